@@ -1,0 +1,200 @@
+"""Run store: one directory per run holding its config, step-indexed tables, checkpoints and attribution snapshots.
+
+Layout of a run directory::
+
+    config.json                      the run's configuration (written once)
+    tables/<name>/part-<first>-<last>.parquet   step-indexed rows (metrics, tracked summaries, ...)
+    checkpoints/step-<step>.pt       model/optimiser/RNG state; only the newest few are kept
+    snapshots/                       room for full attribution maps
+    COMPLETE                         written when the run has finished
+
+Every file is written to a temporary name in the same directory and then renamed, so a reader (or a resumed run)
+never sees half a file. Table parts are written only right before a checkpoint; on resume, parts of steps after the
+newest checkpoint are dropped, so no step row is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+CONFIG_FILE = "config.json"
+COMPLETE_FILE = "COMPLETE"
+_PART = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
+_CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class RunStoreError(RuntimeError):
+    """A run directory is missing, incomplete, corrupt, or belongs to a different configuration."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class RunStore:
+    """Reads and writes one run directory (see the module docstring for its layout)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ----------------------------------------------------------------- config
+    @classmethod
+    def create(cls, root: str | Path, config: dict[str, Any]) -> "RunStore":
+        """Open ``root`` for ``config``: a new or empty directory is initialised; an existing run must match."""
+        store = cls(root)
+        config = json.loads(json.dumps(config))  # normalise tuples etc. to what JSON gives back
+        if store.root.exists() and any(store.root.iterdir()):
+            existing = store.config()
+            if existing != config:
+                changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
+                details = ", ".join(f"{k}: {existing.get(k)!r} there, {config.get(k)!r} now" for k in changed)
+                raise RunStoreError(
+                    f"run directory {store.root} holds a run with a different configuration ({details}); "
+                    "use another run directory, or delete this one to start over"
+                )
+        else:
+            atomic_write_text(store.root / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        store._remove_temporaries()
+        return store
+
+    def config(self) -> dict[str, Any]:
+        path = self.root / CONFIG_FILE
+        if not self.root.is_dir():
+            raise RunStoreError(f"{self.root} is not a run directory: it does not exist")
+        if not path.is_file():
+            raise RunStoreError(f"{self.root} is not a run directory: it has no {CONFIG_FILE}")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunStoreError(f"{path} is corrupt (not valid JSON: {err})") from err
+        if not isinstance(config, dict):
+            raise RunStoreError(f"{path} is corrupt: it holds a {type(config).__name__}, not a JSON object")
+        return config
+
+    @property
+    def complete(self) -> bool:
+        return (self.root / COMPLETE_FILE).is_file()
+
+    def mark_complete(self, steps: int) -> None:
+        atomic_write_text(self.root / COMPLETE_FILE, json.dumps({"steps": steps}) + "\n")
+
+    # ----------------------------------------------------------------- tables
+    def _table_dir(self, name: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ValueError(f"table names are letters, digits and underscores; got {name!r}")
+        return self.root / "tables" / name
+
+    def _parts(self, name: str) -> list[tuple[int, int, Path]]:
+        folder = self._table_dir(name)
+        if not folder.is_dir():
+            return []
+        parts = []
+        for path in folder.iterdir():
+            match = _PART.match(path.name)
+            if match:
+                parts.append((int(match[1]), int(match[2]), path))
+        return sorted(parts)
+
+    def tables(self) -> list[str]:
+        folder = self.root / "tables"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def append_table(self, name: str, frame: pd.DataFrame) -> None:
+        """Store the rows of ``frame`` (which has an integer ``step`` column) as one new part of table ``name``."""
+        if frame.empty:
+            return
+        if "step" not in frame.columns:
+            raise ValueError(f"table {name!r} rows need a 'step' column; got columns {list(frame.columns)}")
+        first, last = int(frame["step"].min()), int(frame["step"].max())
+        buffer = io.BytesIO()
+        frame.reset_index(drop=True).to_parquet(buffer, index=False)
+        atomic_write_bytes(self._table_dir(name) / f"part-{first:08d}-{last:08d}.parquet", buffer.getvalue())
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """All rows of table ``name`` in step order."""
+        parts = self._parts(name)
+        if not parts:
+            raise RunStoreError(f"run {self.root} has no table {name!r}; tables present: {self.tables() or 'none'}")
+        frames = []
+        for _, _, path in parts:
+            try:
+                frames.append(pd.read_parquet(path))
+            except Exception as err:  # pyarrow raises several types for damaged files
+                raise RunStoreError(f"table part {path} is corrupt ({type(err).__name__}: {err})") from err
+        frame = pd.concat(frames, ignore_index=True)
+        if frame["step"].duplicated().any() and name == "metrics":
+            raise RunStoreError(f"table {name!r} of {self.root} has duplicated steps: the run directory is corrupt")
+        return frame.sort_values("step", kind="stable").reset_index(drop=True)
+
+    def truncate_tables(self, last_step: int) -> None:
+        """Drop every row after ``last_step`` from every table (used when resuming from that step's checkpoint)."""
+        for name in self.tables():
+            for first, last, path in self._parts(name):
+                if first > last_step:
+                    path.unlink()
+                elif last > last_step:
+                    frame = pd.read_parquet(path)
+                    path.unlink()
+                    self.append_table(name, frame[frame["step"] <= last_step])
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        folder = self.root / "checkpoints"
+        if not folder.is_dir():
+            return []
+        found = [(int(m[1]), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name))]
+        return sorted(found)
+
+    def save_checkpoint(self, step: int, state: dict[str, Any], keep: int = 1) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.root / "checkpoints" / f"step-{step:08d}.pt", buffer.getvalue())
+        for _, old in self._checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+
+    def checkpoint_steps(self) -> list[int]:
+        return [step for step, _ in self._checkpoints()]
+
+    def load_checkpoint(self, step: int | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Load the checkpoint of ``step`` (default: the newest) with ``weights_only=True``."""
+        checkpoints = dict(self._checkpoints())
+        if not checkpoints:
+            raise RunStoreError(f"run {self.root} has no checkpoint yet")
+        if step is None:
+            step = max(checkpoints)
+        if step not in checkpoints:
+            raise RunStoreError(f"run {self.root} has no checkpoint of step {step}; it has steps {sorted(checkpoints)}")
+        try:
+            return torch.load(checkpoints[step], map_location=map_location, weights_only=True)
+        except Exception as err:  # a truncated or foreign file: pickle, zip and runtime errors alike
+            raise RunStoreError(f"checkpoint {checkpoints[step]} is corrupt ({type(err).__name__}: {err})") from err
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    def _remove_temporaries(self) -> None:
+        for path in self.root.rglob(".*.tmp-*"):
+            path.unlink(missing_ok=True)

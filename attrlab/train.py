@@ -1,0 +1,316 @@
+"""Training loop: the seed code's setup (Adam, lr 1e-3, batch 100, cross-entropy), resumable, with per-step metrics.
+
+Per step the trainer logs the minibatch loss and accuracy (of the forward pass the step was taken on, so "before the
+step") and, every ``eval_every`` steps and after the last one, the loss and accuracy on the test set (or a fixed
+seeded subset of it) and on the attribution set, each also per class. Metrics stay on the device in a preallocated
+buffer and reach the host only when the buffer is flushed, right before a checkpoint: there is no host
+synchronisation per step. Callbacks (the attribution tracker, for one) run after every optimiser step.
+
+Killing a run at any point and calling :func:`train` again with the same configuration resumes from the newest
+checkpoint; the finished metrics equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import DATASET_SHAPES, SELECTIONS, AttributionSet, BatchSampler, ImageDataset, Split, attribution_set, load_dataset
+from .device import resolve_device
+from .models import build_model
+from .runstore import RunStore, RunStoreError
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved as the run's ``config.json``."""
+
+    dataset: str = "digits"
+    model: str = "shallow"
+    epochs: int = 3
+    batch_size: int = 100
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    eval_every: int = 1
+    eval_subset: int | None = None
+    attr_per_class: int = 10
+    attr_selection: str = "first"
+    checkpoint_every: int = 100
+    device: str = "auto"
+    data_root: str = "data"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every", "attr_per_class", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+        if self.attr_selection not in SELECTIONS:
+            raise ValueError(f"unknown attr_selection {self.attr_selection!r}; valid choices: {', '.join(SELECTIONS)}")
+        if self.eval_subset is not None and (not isinstance(self.eval_subset, int) or self.eval_subset <= 0):
+            raise ValueError(f"eval_subset must be a positive integer or None (full test set), got {self.eval_subset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+class Callback:
+    """Hook points of the training loop. Subclasses override what they need."""
+
+    def on_start(self, trainer: "Trainer", step: int) -> None:
+        """Called once before training continues after ``step`` (0 for a fresh run)."""
+
+    def on_step(self, trainer: "Trainer", step: int) -> None:
+        """Called after optimiser step ``step`` (1-based) and its metrics."""
+
+    def on_flush(self, trainer: "Trainer", step: int) -> None:
+        """Persist everything up to ``step``: a checkpoint of that step is written right after."""
+
+    def on_end(self, trainer: "Trainer", step: int) -> None:
+        """Called once after the last step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _grouped_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[loss, acc, loss per class..., acc per class...] as one device tensor (NaN for an absent class)."""
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    correct = (logits.argmax(1) == labels).to(losses.dtype)
+    counts = torch.bincount(labels, minlength=num_classes).to(losses.dtype)
+    per_class_loss = torch.zeros(num_classes, dtype=losses.dtype, device=losses.device).index_add_(0, labels, losses)
+    per_class_acc = torch.zeros(num_classes, dtype=losses.dtype, device=losses.device).index_add_(0, labels, correct)
+    return torch.cat([losses.mean()[None], correct.mean()[None], per_class_loss / counts, per_class_acc / counts])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 1000) -> torch.Tensor:
+    """Loss, accuracy and their per-class values of ``model`` on (x, y), in eval mode; returns a device tensor."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+    return _grouped_metrics(logits, y, num_classes)
+
+
+def metric_columns(num_classes: int) -> list[str]:
+    columns = ["train_loss", "train_acc"]
+    for prefix in ("test", "attr"):
+        columns += [f"{prefix}_loss", f"{prefix}_acc"]
+        columns += [f"{prefix}_loss_c{c}" for c in range(num_classes)]
+        columns += [f"{prefix}_acc_c{c}" for c in range(num_classes)]
+    return columns
+
+
+class Trainer:
+    """Trains one model on one dataset into one run directory; see :func:`train`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        callbacks: Sequence[Callback] = (),
+        dataset: ImageDataset | None = None,
+        progress: bool = True,
+    ):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.store = RunStore.create(run_dir, config.to_dict())
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        if dataset is None:
+            dataset = load_dataset(config.dataset, data_root=config.data_root, device=self.device)
+        elif dataset.name != config.dataset:
+            raise ValueError(f"dataset {dataset.name!r} was passed but the config names {config.dataset!r}")
+        self.data = dataset.to(self.device)
+        self.eval_split: Split = (
+            self.data.test if config.eval_subset is None else self.data.test.subset(config.eval_subset, config.seed)
+        )
+        self.attribution_set: AttributionSet = attribution_set(
+            self.data, config.attr_per_class, config.attr_selection, seed=config.seed
+        )
+        self.model = build_model(config.model, self.data.input_shape, self.data.num_classes, seed=config.seed)
+        self.model.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.sampler = BatchSampler(len(self.data.train), config.batch_size, seed=config.seed, device=self.device)
+        self.total_steps = config.epochs * self.sampler.steps_per_epoch
+        self.columns = metric_columns(self.data.num_classes)
+        self.step = 0
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.loss: torch.Tensor | None = None
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        return torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=0.9)
+
+    # ------------------------------------------------------------ checkpoint
+    def _state(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _resume(self) -> int:
+        if not self.store.checkpoint_steps():
+            self.store.truncate_tables(0)
+            return 0
+        state = self.store.load_checkpoint(map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if "rng_cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+            for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
+                callback.load_state_dict(callback_state)
+            step = int(state["step"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise RunStoreError(
+                f"checkpoint of {self.store.root} does not fit this run ({type(err).__name__}: {err})"
+            ) from err
+        self.store.truncate_tables(step)
+        return step
+
+    # ------------------------------------------------------------------- run
+    def fit(self) -> RunStore:
+        """Train to the end (resuming if the run directory holds a checkpoint) and return the run store."""
+        if self.store.complete:
+            return self.store
+        start = self._resume()
+        self.step = start
+        for callback in self.callbacks:
+            callback.on_start(self, start)
+        capacity = min(self.config.checkpoint_every, self.total_steps)
+        buffer = torch.full((capacity, len(self.columns)), float("nan"), device=self.device)
+        steps: list[int] = []
+        x_train, y_train = self.data.train.x, self.data.train.y
+        loss_fn = nn.CrossEntropyLoss()
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=start, desc=f"train {self.config.model}", disable=not self.progress)
+        for step in range(start + 1, self.total_steps + 1):
+            index = self.sampler.indices(step - 1)
+            xb, yb = x_train[index], y_train[index]
+            logits = self.model(xb)
+            loss = loss_fn(logits, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step, self.batch, self.loss = step, (xb, yb), loss.detach()
+
+            row = buffer[len(steps)]
+            row[0] = self.loss
+            row[1] = (logits.detach().argmax(1) == yb).float().mean()
+            if step % self.config.eval_every == 0 or step == self.total_steps:
+                width = 2 + 2 * self.data.num_classes
+                row[2 : 2 + width] = evaluate(self.model, self.eval_split.x, self.eval_split.y, self.data.num_classes)
+                attr = self.attribution_set
+                row[2 + width :] = evaluate(self.model, attr.x, attr.y, self.data.num_classes)
+            steps.append(step)
+            for callback in self.callbacks:
+                callback.on_step(self, step)
+            if step % self.config.checkpoint_every == 0 or step == self.total_steps:
+                self._flush(buffer, steps)
+                steps = []
+                buffer.fill_(float("nan"))
+            bar.update(1)
+        bar.close()
+        for callback in self.callbacks:
+            callback.on_end(self, self.total_steps)
+        self.store.mark_complete(self.total_steps)
+        return self.store
+
+    def _flush(self, buffer: torch.Tensor, steps: list[int]) -> None:
+        values = buffer[: len(steps)].cpu().numpy()
+        frame = pd.DataFrame(values, columns=self.columns)
+        epochs = [(s - 1) // self.sampler.steps_per_epoch + 1 for s in steps]
+        frame.insert(0, "epoch", epochs)
+        frame.insert(0, "step", steps)
+        self.store.append_table("metrics", frame)
+        for callback in self.callbacks:
+            callback.on_flush(self, self.step)
+        self.store.save_checkpoint(self.step, self._state())
+
+
+def train(
+    run_dir: str | Path,
+    config: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+    dataset: ImageDataset | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> "Run":
+    """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields."""
+    config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    Trainer(config, run_dir, callbacks=callbacks, dataset=dataset, progress=progress).fit()
+    return Run(run_dir)
+
+
+class Run:
+    """A finished or partial run directory, read back: config, tables as DataFrames, checkpoints as models."""
+
+    def __init__(self, run_dir: str | Path):
+        self.store = RunStore(run_dir)
+        self.config = TrainConfig.from_dict(self.store.config())
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    @property
+    def complete(self) -> bool:
+        return self.store.complete
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """One row per optimiser step (evaluation columns are NaN on steps without evaluation)."""
+        return self.store.read_table("metrics")
+
+    def table(self, name: str) -> pd.DataFrame:
+        return self.store.read_table(name)
+
+    def load_model(self, step: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
+        """The model as saved at checkpoint ``step`` (default: the newest), in eval mode."""
+        state = self.store.load_checkpoint(step, map_location=device)
+        shape, num_classes = DATASET_SHAPES[self.config.dataset]
+        model = build_model(self.config.model, shape, num_classes)
+        model.load_state_dict(state["model"])
+        return model.to(device).eval()
+
+    def __repr__(self) -> str:
+        status = "complete" if self.complete else "incomplete"
+        return f"Run({str(self.root)!r}, {self.config.model} on {self.config.dataset}, {status})"
