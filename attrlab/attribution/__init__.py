@@ -1,0 +1,54 @@
+"""Attribution methods by name: ``get_method("lrp")(model, composite=...).attribute(x, target=..., layer=...)``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+from .base import Attribution, Explanation, resolve_layer, resolve_target
+
+#: registry name -> "module:Class" (imported on first use, so importing attrlab stays fast)
+METHODS: dict[str, str] = {}
+
+
+def register_method(name: str, path: str) -> None:
+    """Register ``path`` ("package.module:Class") under ``name``."""
+    if name in METHODS and METHODS[name] != path:
+        raise ValueError(f"an attribution method named {name!r} is registered already ({METHODS[name]})")
+    METHODS[name] = path
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[Attribution]:
+    """The attribution class registered as ``name``; an unknown name lists the valid ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; valid names: {', '.join(available_methods())}")
+    module_name, class_name = METHODS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def make_method(name: str, model: nn.Module, **settings: Any) -> Attribution:
+    """``get_method(name)(model, **settings)``, with a clear error for settings the method does not take."""
+    cls = get_method(name)
+    try:
+        return cls(model, **settings)
+    except TypeError as err:
+        raise TypeError(f"bad settings for attribution method {name!r}: {err}") from err
+
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "Explanation",
+    "available_methods",
+    "get_method",
+    "make_method",
+    "register_method",
+    "resolve_layer",
+    "resolve_target",
+]
