@@ -10,7 +10,10 @@ from torch import nn
 from .base import Attribution, Explanation, resolve_layer, resolve_target
 
 #: registry name -> "module:Class" (imported on first use, so importing attrlab stays fast)
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    # LRP family
+    # gradient, CAM and perturbation family
+}
 
 
 def register_method(name: str, path: str) -> None:
