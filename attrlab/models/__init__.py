@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import seed
+from . import grid, seed
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
 
@@ -16,6 +16,8 @@ MODELS: dict[str, tuple[ModelBuilder, int]] = {
     "shallow": (seed.shallow, 4),
     "deep": (seed.deep, 8),
     "deep_bn": (seed.deep_bn, 8),
+    "vgg_small": (grid.vgg_small, 4),
+    "vgg_small_bn": (grid.vgg_small_bn, 4),
 }
 
 
