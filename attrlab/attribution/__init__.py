@@ -13,6 +13,17 @@ from .base import Attribution, Explanation, resolve_layer, resolve_target
 METHODS: dict[str, str] = {
     # LRP family
     # gradient, CAM and perturbation family
+    "gradient": "attrlab.attribution.gradient:Gradient",
+    "input_x_gradient": "attrlab.attribution.gradient:InputXGradient",
+    "integrated_gradients": "attrlab.attribution.gradient:IntegratedGradients",
+    "smoothgrad": "attrlab.attribution.gradient:SmoothGrad",
+    "guided_backprop": "attrlab.attribution.gradient:GuidedBackprop",
+    "gradcam": "attrlab.attribution.gradcam:GradCAM",
+    "gradcam_pp": "attrlab.attribution.gradcam:GradCAMPlusPlus",
+    "layercam": "attrlab.attribution.gradcam:LayerCAM",
+    "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
+    "occlusion": "attrlab.attribution.perturbation:Occlusion",
+    "rise": "attrlab.attribution.perturbation:RISE",
 }
 
 

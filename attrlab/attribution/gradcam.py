@@ -1,0 +1,106 @@
+"""Class activation maps from gradients: Grad-CAM, Grad-CAM++ and LayerCAM at any convolutional layer, hook-free.
+
+One call runs the model once, split at the layer (:class:`~attrlab.attribution.layer_split.ModelSplit`): the part
+below the layer under ``torch.no_grad()`` (no graph, no saved activations), the part above it with a graph, then one
+``torch.autograd.grad`` of the selected logits' sum with respect to the activation only. Images are independent in
+eval mode, so that single backward pass gives every image the gradient of its own target logit. Nothing is registered
+on the model and no parameter gradient is computed, so the call is safe between a training forward and its backward.
+
+``layer=None`` means the last ``nn.Conv2d`` (Selvaraju et al.'s recommendation), unlike the input for gradient
+methods. Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
+size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w).
+
+The seed code's defective Grad-CAM lives in :mod:`attrlab.attribution.gradcam_seed_code`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Attribution, Explanation, Layer, Target, last_layer_of_type, resolve_target
+from .checks import check_bool, check_image_batch
+from .gradient import target_gradient
+from .layer_split import ModelSplit
+from .model_state import eval_semantics
+
+
+def layer_activation_and_gradient(
+    model: nn.Module, inputs: torch.Tensor, target: Target, layer: Layer
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation (N, C, h, w) at ``layer``, the gradient of each image's target logit w.r.t. it, logits, targets."""
+    split = ModelSplit(model, layer)
+    with eval_semantics(model):
+        with torch.no_grad():
+            activation = split.head(inputs)
+        if activation.ndim != 4:
+            raise ValueError(
+                f"CAM methods need a spatial layer with output (N, C, h, w); layer {layer!r} gives shape "
+                f"{tuple(activation.shape)}"
+            )
+        activation = activation.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = split.tail(activation, inputs)
+            target_index = resolve_target(target, logits)
+            gradient = target_gradient(logits, target_index, activation)
+    return activation.detach(), gradient, logits.detach(), target_index
+
+
+def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
+    """Rectify and resize a (N, 1, h, w) map as the options ask."""
+    if relu:
+        cam = cam.clamp(min=0)
+    if upsample:
+        cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+    return cam
+
+
+class GradCAM(Attribution):
+    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_c mean_hw(dy_t / dA_c) A_c), per image and its own target."""
+
+    name = "gradcam"
+
+    def __init__(self, model: nn.Module, relu: bool = True, upsample: bool = False):
+        super().__init__(model)
+        self.relu = check_bool("relu", relu)
+        self.upsample = check_bool("upsample", upsample)
+
+    def _channel_weighted_sum(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        return (gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True)
+
+    def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
+        x = check_image_batch(inputs)
+        layer = last_layer_of_type(self.model, nn.Conv2d) if layer is None else layer
+        activation, gradient, logits, target_index = layer_activation_and_gradient(self.model, x, target, layer)
+        cam = self._channel_weighted_sum(activation, gradient)
+        return Explanation(finish_map(cam, x, self.relu, self.upsample), logits, target_index)
+
+
+class GradCAMPlusPlus(GradCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018) with the closed-form weights of its exponential-score derivation.
+
+    alpha = g^2 / (2 g^2 + sum_hw(A) g^3) (0 where g = 0), channel weight = sum_hw(alpha ReLU(g)); the same formula
+    (and epsilon 1e-6 in the denominator) as pytorch-grad-cam, so maps are comparable with it.
+    """
+
+    name = "gradcam_pp"
+
+    def _channel_weighted_sum(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        squared = gradient.pow(2)
+        denominator = 2 * squared + activation.sum((2, 3), keepdim=True) * squared * gradient + 1e-6
+        alpha = torch.where(gradient != 0, squared / denominator, torch.zeros_like(gradient))
+        weights = (alpha * gradient.clamp(min=0)).sum((2, 3), keepdim=True)
+        return (weights * activation).sum(1, keepdim=True)
+
+
+class LayerCAM(GradCAM):
+    """LayerCAM (Jiang et al. 2021): ReLU(sum_c ReLU(dy_t / dA_c) * A_c), element-wise weights instead of averages."""
+
+    name = "layercam"
+
+    def _channel_weighted_sum(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        return (gradient.clamp(min=0) * activation).sum(1, keepdim=True)
+
+
+__all__ = ["GradCAM", "GradCAMPlusPlus", "LayerCAM", "finish_map", "layer_activation_and_gradient"]
