@@ -102,12 +102,12 @@ def chapter_parameters(notebook: str | Path) -> dict[str, ChapterParameter]:
     }
 
 
-def validate_parameters(notebook: str | Path, values: Mapping[str, Any]) -> dict[str, ChapterParameter]:
-    """Check ``values`` against the chapter's parameters; a :class:`ParameterError` names every mismatch."""
-    declared = chapter_parameters(notebook)
+def check_values(
+    declared: Mapping[str, ChapterParameter], values: Mapping[str, Any], where: str = "the chapter"
+) -> None:
+    """Raise a :class:`ParameterError` naming every value of ``values`` that ``declared`` does not accept."""
     if not declared:
-        raise ParameterError(f"{notebook} has no code cell tagged 'parameters', so it takes no parameters")
-    listing = ", ".join(f"{p.name}: {p.type_name}" for p in declared.values())
+        raise ParameterError(f"{where} has no code cell tagged 'parameters', so it takes no parameters")
     problems = []
     for name, value in values.items():
         if name not in declared:
@@ -117,5 +117,12 @@ def validate_parameters(notebook: str | Path, values: Mapping[str, Any]) -> dict
                 f"parameter {name!r} must be {declared[name].type_name}, got {value!r} ({type(value).__name__})"
             )
     if problems:
-        raise ParameterError(f"{notebook}: {'; '.join(problems)}. Valid parameters: {listing}")
+        listing = ", ".join(f"{p.name}: {p.type_name}" for p in declared.values())
+        raise ParameterError(f"{where}: {'; '.join(problems)}. Valid parameters: {listing}")
+
+
+def validate_parameters(notebook: str | Path, values: Mapping[str, Any]) -> dict[str, ChapterParameter]:
+    """Check ``values`` against the parameters of ``notebook``; return the declared parameters."""
+    declared = chapter_parameters(notebook)
+    check_values(declared, values, where=str(notebook))
     return declared

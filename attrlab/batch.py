@@ -1,0 +1,290 @@
+"""Parameter sweeps: one chapter executed by papermill for every point of a parameter grid, in parallel on Dask.
+
+A sweep is described in YAML (paths relative to the YAML file)::
+
+    chapter: book/training.ipynb      # a chapter notebook (its paired .md is accepted and mapped to the .ipynb)
+    output: runs/sweeps/depth         # where executed notebooks and run directories go
+    grid: {model: [shallow, deep], seed: [0, 1]}   # every combination, in the order written
+    fixed: {epochs: 10}               # the same for every point
+
+Every name and value is checked against the chapter's ``parameters`` cell before anything runs. Point
+``model=deep, seed=1`` becomes ``<output>/model-deep_seed-1.ipynb``, with its run directory
+``<output>/model-deep_seed-1/`` when the chapter has a ``run_dir`` parameter the sweep does not set. A notebook is
+executed under a temporary name and renamed when it has finished; ``<output>/<point>.done.json`` then marks the point
+finished, so rerunning an interrupted sweep skips it. A failing point is kept as ``<output>/<point>.failed.ipynb``.
+
+Each point runs in its own Jupyter kernel, started by a Dask task: a threaded ``LocalCluster`` by default (the
+work happens in the kernels, so worker threads only wait), or any cluster by its scheduler address, provided the
+workers see the same file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import yaml
+from tqdm.auto import tqdm
+
+from .chapters import ParameterError, chapter_parameters, check_values
+from .runstore import atomic_write_text
+
+SPEC_KEYS = ("chapter", "output", "grid", "fixed")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start (bad description) or some of its points failed."""
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every combination of the ``grid`` values (first key varies slowest), each merged with ``fixed``."""
+    fixed = dict(fixed or {})
+    for name, values in grid.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise SweepError(f"grid values are lists; {name!r} has {values!r} (put single values under 'fixed')")
+        if len(values) == 0:
+            raise SweepError(f"grid parameter {name!r} has no values")
+    both = sorted(set(grid) & set(fixed))
+    if both:
+        raise SweepError(f"parameters {both} are both in 'grid' and in 'fixed'; keep each in one of them")
+    names = list(grid)
+    return [{**dict(zip(names, combination)), **fixed} for combination in itertools.product(*grid.values())]
+
+
+def point_name(values: Mapping[str, Any]) -> str:
+    """A file-name-safe name for a point: ``{"model": "deep", "seed": 1}`` -> ``model-deep_seed-1``."""
+    if not values:
+        return "default"
+    parts = []
+    for name, value in values.items():
+        text = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+        parts.append(f"{name}-{_UNSAFE.sub('-', text).strip('-') or 'empty'}")
+    return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its name, every parameter it passes to the chapter, and where its files go."""
+
+    name: str
+    label: str  #: the grid values as "model=deep, seed=1", appended to the executed notebook's title
+    parameters: dict[str, Any]
+    output: Path
+
+    @property
+    def notebook(self) -> Path:
+        return self.output / f"{self.name}.ipynb"
+
+    @property
+    def marker(self) -> Path:
+        return self.output / f"{self.name}.done.json"
+
+    @property
+    def failed_notebook(self) -> Path:
+        return self.output / f"{self.name}.failed.ipynb"
+
+    @property
+    def done(self) -> bool:
+        return self.marker.is_file() and self.notebook.is_file()
+
+
+@dataclass
+class Sweep:
+    """A chapter, a parameter grid and an output folder; see the module docstring for the YAML form."""
+
+    chapter: Path
+    output: Path
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.chapter = Path(self.chapter)
+        self.output = Path(self.output)
+        if self.chapter.suffix == ".md" and self.chapter.with_suffix(".ipynb").is_file():
+            self.chapter = self.chapter.with_suffix(".ipynb")  # papermill needs the paired notebook
+        if not self.chapter.is_file():
+            raise SweepError(f"chapter notebook {self.chapter} does not exist")
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], base: str | Path = ".") -> "Sweep":
+        """A sweep from its YAML mapping; relative ``chapter`` and ``output`` paths are taken from ``base``."""
+        if not isinstance(spec, Mapping):
+            raise SweepError(f"a sweep description is a mapping with keys {', '.join(SPEC_KEYS)}; got {spec!r}")
+        unknown = sorted(set(spec) - set(SPEC_KEYS))
+        missing = [key for key in ("chapter", "output") if key not in spec]
+        if unknown or missing:
+            raise SweepError(
+                f"sweep description: unknown keys {unknown}, missing keys {missing}; valid keys: {', '.join(SPEC_KEYS)}"
+            )
+        for key in ("grid", "fixed"):
+            if not isinstance(spec.get(key) or {}, Mapping):
+                raise SweepError(f"'{key}' maps parameter names to values; got {spec[key]!r}")
+        base = Path(base)
+        return cls(base / spec["chapter"], base / spec["output"], dict(spec.get("grid") or {}),
+                   dict(spec.get("fixed") or {}))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Sweep":
+        path = Path(path)
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise SweepError(f"{path} is not valid YAML: {err}") from err
+        return cls.from_dict(spec, base=path.parent)
+
+    def points(self) -> list[Point]:
+        """Every point, validated against the chapter's ``parameters`` cell (a :class:`ParameterError` if not)."""
+        declared = chapter_parameters(self.chapter)
+        points = []
+        for values in expand_grid(self.grid, self.fixed):
+            varying = {key: values[key] for key in self.grid}
+            name = point_name(varying)
+            label = ", ".join(f"{key}={value}" for key, value in varying.items()) or "default parameters"
+            parameters = dict(values)
+            if "run_dir" in declared and "run_dir" not in parameters:
+                parameters["run_dir"] = str((self.output / name).resolve())
+            check_values(declared, parameters, where=f"chapter {self.chapter} (point {name})")
+            points.append(Point(name, label, parameters, self.output.resolve()))
+        names = [point.name for point in points]
+        if len(set(names)) != len(names):
+            clashing = sorted({name for name in names if names.count(name) > 1})
+            raise SweepError(f"different grid values give the same point names {clashing}; make the values distinct")
+        return points
+
+
+def _retitle(notebook: Any, suffix: str) -> None:
+    """Append ``suffix`` to the notebook's first top-level heading, so each point's page names its point."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            lines = cell.source.splitlines()
+            for index, line in enumerate(lines):
+                if line.startswith("# "):
+                    lines[index] = f"{line} ({suffix})"
+                    cell.source = "\n".join(lines)
+                    return
+
+
+def execute_point(chapter: str, point: Point) -> dict[str, Any]:
+    """Run ``chapter`` with the point's parameters in a new kernel (the Dask task); return its outcome."""
+    import nbformat
+    import papermill
+
+    point.output.mkdir(parents=True, exist_ok=True)
+    temporary = point.output / f".{point.name}.running-{uuid.uuid4().hex[:8]}.ipynb"
+    started = time.perf_counter()
+    try:
+        try:
+            papermill.execute_notebook(
+                chapter, str(temporary), parameters=point.parameters, cwd=str(Path(chapter).parent),
+                progress_bar=False, log_output=False,
+            )
+        except Exception as err:  # papermill raises its own error for a failing cell, others for kernel trouble
+            if temporary.is_file():
+                os.replace(temporary, point.failed_notebook)
+            return {"name": point.name, "status": "failed", "error": f"{type(err).__name__}: {err}"[:4000]}
+        executed = nbformat.read(temporary, as_version=4)
+        _retitle(executed, point.label)
+        nbformat.write(executed, temporary)
+        os.replace(temporary, point.notebook)
+    finally:
+        temporary.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    point.failed_notebook.unlink(missing_ok=True)
+    record = {"chapter": chapter, "parameters": point.parameters, "seconds": round(seconds, 3)}
+    atomic_write_text(point.marker, json.dumps(record, indent=2, default=str) + "\n")
+    return {"name": point.name, "status": "done", "seconds": seconds}
+
+
+@dataclass
+class SweepResult:
+    """What a call of :func:`run_sweep` did, by point name."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _kernel_threads(workers: int) -> Iterator[None]:
+    """Give each of ``workers`` concurrent kernels its share of the CPU cores (unless OMP_NUM_THREADS is set).
+
+    Kernels inherit the environment; without this every kernel's torch would use all cores at once.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A Dask client of the cluster at ``scheduler``, or of a new threaded LocalCluster with ``workers`` workers."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise SweepError(f"workers must be a positive number, got {workers}")
+    with _kernel_threads(workers), LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_sweep(
+    sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True
+) -> SweepResult:
+    """Validate every point, skip the finished ones and execute the rest on Dask; failures do not stop the others."""
+    points = sweep.points()
+    result = SweepResult(skipped=[point.name for point in points if point.done])
+    todo = [point for point in points if not point.done]
+    if not todo:
+        return result
+    chapter = str(sweep.chapter.resolve())
+    with dask_client(scheduler, workers or min(len(todo), os.cpu_count() or 1)) as client:
+        from distributed import as_completed
+
+        futures = [
+            client.submit(execute_point, chapter, point, key=f"attrlab-{point.name}-{uuid.uuid4().hex[:8]}", pure=False)
+            for point in todo
+        ]
+        bar = tqdm(total=len(futures), desc=f"sweep {sweep.output.name}", disable=not progress)
+        for future in as_completed(futures):
+            outcome = future.result()
+            if outcome["status"] == "done":
+                result.done.append(outcome["name"])
+            else:
+                result.failed[outcome["name"]] = outcome["error"]
+            bar.update(1)
+        bar.close()
+    return result
+
+
+__all__ = [
+    "ParameterError",
+    "Point",
+    "Sweep",
+    "SweepError",
+    "SweepResult",
+    "dask_client",
+    "execute_point",
+    "expand_grid",
+    "point_name",
+    "run_sweep",
+]
