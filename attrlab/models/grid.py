@@ -8,10 +8,12 @@ would commute with the average pooling and each cell's evidence would simply add
 
 Layout (flat ``nn.Sequential``, names as below; ``bn*`` only in ``vgg_small_bn``)::
 
-    conv1 [bn1] relu1 conv2 [bn2] relu2 pool1     16 channels, full resolution
-    conv3 [bn3] relu3 conv4 [bn4] relu4 pool2     32 channels, 1/2
-    conv5 [bn5] relu5 conv6 [bn6] relu6           64 channels, 1/4   (relu6: the final spatial layer)
-    head1 head_relu head2                         1x1 convolutions: 64 -> 64 -> classes
+    conv1 [bn1] relu1 conv2 [bn2] relu2 pool1     8 channels, full resolution
+    conv3 [bn3] relu3 conv4 [bn4] relu4 pool2     16 channels, 1/2
+    conv5 [bn5] relu5 conv6 [bn6] relu6           32 channels, 1/4   (relu6: the final spatial layer)
+    head1 head_relu head2                         1x1 convolutions: 32 -> 32 -> classes
+
+The widths are small on purpose: perturbation methods run hundreds of forward passes per grid on two CPU cores.
     gap flatten                                   global average pooling -> (N, classes)
 
 Two 2x2 max-pools keep every cell of a grid aligned with whole cells of every feature map (28 -> 14 -> 7 per cell),
@@ -25,7 +27,7 @@ from collections import OrderedDict
 from torch import nn
 
 #: channels of the three conv blocks
-WIDTHS = (16, 32, 64)
+WIDTHS = (8, 16, 32)
 #: the layers ML-Att evaluates at besides the input: a middle and the final spatial layer
 MIDDLE_LAYER = "relu4"
 FINAL_LAYER = "relu6"

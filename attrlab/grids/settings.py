@@ -1,0 +1,169 @@
+"""The three grid settings (GridPG, DiFull, DiPart) as flat ``nn.Sequential`` wrappers around a trained grid model.
+
+The wrapped model must be fully convolutional and end in global average pooling (``nn.AdaptiveAvgPool2d(1)``) and
+an optional ``nn.Flatten``, like ``vgg_small``. The wrappers share the model's modules (no copies of the weights) and
+keep the layer names (plus an ``nn.Identity`` named ``"input"`` in front, so layer methods can be asked for the
+input too), so ``layer="relu6"`` means the same activation in every setting, and every named layer's output
+keeps the grid layout (N, C, n*h, n*w) with one batch row per grid:
+
+* **GridPG**: the model itself over the whole grid; its 1x1-conv head slides over the grid and the global average
+  pool gives one logit per class: output (N, classes), target = the class of the scored cell.
+* **DiPart**: the backbone and head over the whole grid; the global pool is replaced by :class:`CellPool`, which
+  averages each cell's own region of the class-evidence map: output (N, n*n*classes), one head per cell.
+* **DiFull**: as DiPart, but every spatial layer (3x3 convolutions, max-pools) runs on each cell separately
+  (:class:`CellwiseConv2d`, :class:`CellwiseMaxPool2d`: the cells go through the layer as a batch and are tiled back,
+  which equals zeroing every kernel weight that reaches into another cell), so no cell can influence another cell's
+  head at all.
+
+For DiFull and DiPart, logit ``cell * classes + c`` is head ``cell``'s score for class ``c``
+(:meth:`GridModel.head_targets` builds these indices).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+SETTINGS = ("gridpg", "difull", "dipart")
+#: modules that act on each position alone (they never mix cells)
+POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+def to_cells(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(N, C, n*h, n*w) grids -> (N*n*n, C, h, w) cells (grid-major, cells row by row)."""
+    batch, channels, height, width = x.shape
+    if height % n or width % n:
+        raise ValueError(f"a {height}x{width} map does not split into {n}x{n} equal cells")
+    h, w = height // n, width // n
+    return x.reshape(batch, channels, n, h, n, w).permute(0, 2, 4, 1, 3, 5).reshape(batch * n * n, channels, h, w)
+
+
+def from_cells(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`to_cells`: (N*n*n, C, h, w) -> (N, C, n*h, n*w)."""
+    count, channels, h, w = x.shape
+    batch = count // (n * n)
+    return x.reshape(batch, n, n, channels, h, w).permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, n * h, n * w)
+
+
+class CellwiseConv2d(nn.Conv2d):
+    """A ``Conv2d`` that convolves each cell of an n x n grid on its own (zero padding at every cell border).
+
+    Being a ``Conv2d`` subclass that only swaps the input layout inside ``_conv_forward``, rules that modify the
+    weights and call the module's forward (zennit-style LRP) still see a convolution.
+    """
+
+    def __init__(self, conv: nn.Conv2d, n: int):
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        # share the trained parameters (no copy)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.n = n
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return from_cells(super()._conv_forward(to_cells(input, self.n), weight, bias), self.n)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cells={self.n}x{self.n}"
+
+
+class CellwiseMaxPool2d(nn.MaxPool2d):
+    """A ``MaxPool2d`` applied to each cell of an n x n grid on its own."""
+
+    def __init__(self, pool: nn.MaxPool2d, n: int):
+        super().__init__(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+        self.n = n
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return from_cells(super().forward(to_cells(input, self.n)), self.n)
+
+
+class CellPool(nn.Module):
+    """Average each cell's region of a (N, classes, n*h, n*w) evidence map: (N, n*n*classes), cell-major."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, evidence: torch.Tensor) -> torch.Tensor:
+        batch, classes, height, width = evidence.shape
+        n = self.n
+        if height % n or width % n:
+            raise ValueError(f"the {height}x{width} evidence map does not split into {n}x{n} equal cells")
+        pooled = evidence.reshape(batch, classes, n, height // n, n, width // n).mean((3, 5))
+        return pooled.permute(0, 2, 3, 1).reshape(batch, n * n * classes)
+
+    def extra_repr(self) -> str:
+        return f"cells={self.n}x{self.n}"
+
+
+class GridModel(nn.Sequential):
+    """A grid model in one setting; see the module docstring for its outputs."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", setting: str, n: int, num_classes: int):
+        super().__init__(layers)
+        self.setting = setting
+        self.n = n
+        self.num_classes = num_classes
+
+    def head_targets(self, cells: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The logit index that scores class ``classes`` for the head of ``cells`` (elementwise, long tensors)."""
+        if self.setting == "gridpg":
+            return classes
+        return cells * self.num_classes + classes
+
+    def extra_repr(self) -> str:
+        return f"setting={self.setting}, cells={self.n}x{self.n}"
+
+
+def _split_at_global_pool(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], int]:
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"grid settings need a flat nn.Sequential model, got {type(model).__name__}")
+    children = list(model.named_children())
+    pools = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.AdaptiveAvgPool2d)]
+    tail = children[pools[-1] + 1 :] if pools else []
+    if not pools or model[pools[-1]].output_size not in (1, (1, 1)) or any(not isinstance(m, nn.Flatten) for _, m in tail):
+        raise ValueError(
+            "grid settings need a fully convolutional model ending in nn.AdaptiveAvgPool2d(1) (+ nn.Flatten), "
+            "like build_model('vgg_small')"
+        )
+    heads = [m for _, m in children[: pools[-1]] if isinstance(m, nn.Conv2d)]
+    return children[: pools[-1]], heads[-1].out_channels
+
+
+def _cellwise(name: str, module: nn.Module, n: int) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        kernel = module.kernel_size
+        if kernel == (1, 1) and module.stride == (1, 1) and module.padding in ((0, 0), "valid"):
+            return module  # a pointwise convolution never mixes cells
+        return CellwiseConv2d(module, n)
+    if isinstance(module, nn.MaxPool2d):
+        return CellwiseMaxPool2d(module, n)
+    if isinstance(module, POINTWISE):
+        return module
+    raise ValueError(f"DiFull cannot disconnect the cells through layer {name!r} ({type(module).__name__})")
+
+
+def grid_model(model: nn.Module, setting: str, n: int) -> GridModel:
+    """Wrap the trained single-image ``model`` for n x n grids in ``setting`` ("gridpg", "difull" or "dipart")."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown grid setting {setting!r}; valid settings: {', '.join(SETTINGS)}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    body, num_classes = _split_at_global_pool(model)
+    # an identity first layer makes the input addressable by name: layer methods (Grad-CAM) can then explain it too
+    entry = [("input", nn.Identity())]
+    if setting == "gridpg":
+        layers = OrderedDict(entry + list(model.named_children()))
+    else:
+        if setting == "difull":
+            body = [(name, _cellwise(name, module, n)) for name, module in body]
+        layers = OrderedDict(entry + body + [("cell_pool", CellPool(n))])
+    wrapped = GridModel(layers, setting, n, num_classes)
+    wrapped.train(model.training)
+    return wrapped
