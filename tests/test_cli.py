@@ -1,0 +1,72 @@
+"""The attrlab command line: train, run (sweeps) and book."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import attrlab.__main__ as cli
+from attrlab.train import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_subcommand_trains_and_resumes(tmp_path, capsys):
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "400", "--no-progress"]
+    assert cli.main(args) == 0
+    run = Run(tmp_path / "run")
+    assert run.complete and run.config.epochs == 1
+    steps = len(run.metrics)
+    assert cli.main(args) == 0  # a finished run is reopened, not retrained
+    assert len(Run(tmp_path / "run").metrics) == steps
+    assert f"{steps} steps" in capsys.readouterr().out
+
+
+def test_train_subcommand_reports_bad_values():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--run-dir", "x", "--optimizer", "rmsprop"])
+    assert exit_info.value.code == 2
+
+
+def test_run_dry_run_lists_points_without_running(tmp_path, capsys):
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(f"chapter: {ROOT / 'book' / 'training.md'}\noutput: out\ngrid: {{model: [shallow, deep]}}\n")
+    assert cli.main(["run", str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "model-shallow: to run" in out and "model-deep: to run" in out and "2 points, 2 to run" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_rejects_unknown_parameters_before_running(tmp_path, capsys):
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(f"chapter: {ROOT / 'book' / 'training.ipynb'}\noutput: out\nfixed: {{epoch: 1}}\n")
+    assert cli.main(["run", str(sweep)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown parameter 'epoch'" in error and "epochs: int" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_book_subcommand_builds_strictly_from_the_root(monkeypatch, tmp_path):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "_config.yml").write_text("title: t\n")
+    (tmp_path / "book" / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command, cwd: calls.append((command, cwd)) or 0)
+    monkeypatch.chdir(tmp_path / "book")  # found by walking up from the cwd
+    assert cli.main(["book"]) == 0
+    command, cwd = calls[0]
+    assert cwd == tmp_path
+    assert command[1:3] == ["build", str(tmp_path / "book")]
+    assert command[command.index("--config") + 1] == str(tmp_path / "_config.yml")
+    assert command[command.index("--toc") + 1] == str(tmp_path / "book" / "_toc.yml")
+    assert command[command.index("--path-output") + 1] == str(tmp_path)
+    assert "-W" in command and "--keep-going" in command
+    assert cli.main(["book", "--no-strict", "--all"]) == 0
+    assert "-W" not in calls[1][0] and "--all" in calls[1][0]
+
+
+def test_book_subcommand_outside_a_book_says_so(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no attrlab book"):
+        cli.main(["book"])
