@@ -179,11 +179,23 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "callbacks": [callback.state_dict() for callback in self.callbacks],
+            "callbacks": {key: callback.state_dict() for key, callback in self._keyed_callbacks().items()},
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
+
+    def _keyed_callbacks(self) -> dict[str, Callback]:
+        """Callbacks by a stable key (class name, numbered when repeated) for their checkpointed state."""
+        keyed: dict[str, Callback] = {}
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            key, number = name, 1
+            while key in keyed:
+                number += 1
+                key = f"{name}-{number}"
+            keyed[key] = callback
+        return keyed
 
     def _resume(self) -> int:
         if not self.store.checkpoint_steps():
@@ -196,8 +208,10 @@ class Trainer:
             torch.set_rng_state(state["rng_cpu"].cpu())
             if "rng_cuda" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
-            for callback, callback_state in zip(self.callbacks, state["callbacks"], strict=True):
-                callback.load_state_dict(callback_state)
+            saved = state["callbacks"]
+            for key, callback in self._keyed_callbacks().items():
+                if key in saved:  # a callback added on resume starts fresh from this step
+                    callback.load_state_dict(saved[key])
             step = int(state["step"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise RunStoreError(
