@@ -1,0 +1,133 @@
+"""The book: table of contents, jupytext pairs in sync, parameters cells, citations, and the training chapter run by papermill."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+from attrlab.chapters import chapter_parameters, run_dir_for, runs_root
+from attrlab.train import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+
+
+def _toc_files(entries) -> list[str]:
+    files = []
+    for entry in entries:
+        if "file" in entry:
+            files.append(entry["file"])
+        for key in ("parts", "chapters", "sections"):
+            files += _toc_files(entry.get(key, []))
+    return files
+
+
+TOC = yaml.safe_load((BOOK / "_toc.yml").read_text())
+PAGES = [TOC["root"], *_toc_files(TOC.get("parts", []))]
+# a chapter is a toc page that is a jupytext notebook (it has a kernelspec in its front matter)
+CHAPTERS = [page for page in PAGES if "kernelspec:" in (BOOK / f"{page}.md").read_text().split("\n---", 1)[0]]
+
+
+def test_every_toc_page_exists_and_the_book_has_chapters():
+    for page in PAGES:
+        assert (BOOK / f"{page}.md").is_file(), f"_toc.yml lists {page} but book/{page}.md does not exist"
+    assert "training" in CHAPTERS
+
+
+def test_config_builds_from_the_root_with_a_cache_and_strict_execution():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "cache"
+    assert config["execute"]["allow_errors"] is False
+    assert "*.ipynb" in config["exclude_patterns"]  # chapters are built from their .md twins
+    assert (BOOK / config["bibtex_bibfiles"][0]).is_file()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_pairs_are_in_sync_and_committed_without_outputs(chapter):
+    markdown = jupytext.read(BOOK / f"{chapter}.md")
+    assert markdown.metadata["jupytext"]["formats"] == "ipynb,md:myst", "pair it: jupytext --set-formats ipynb,md:myst"
+    paired = BOOK / f"{chapter}.ipynb"
+    assert paired.is_file(), f"book/{chapter}.ipynb is missing: run make sync"
+    notebook = nbformat.read(paired, as_version=4)
+    expected = [(c.cell_type, c.source, dict(c.metadata)) for c in markdown.cells]
+    actual = [(c.cell_type, c.source, dict(c.metadata)) for c in notebook.cells]
+    assert actual == expected, f"book/{chapter}.md and .ipynb differ: run make sync"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), f"book/{chapter}.ipynb has outputs"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_starts_with_typed_commented_parameters(chapter):
+    notebook = nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4)
+    first_code = next(c for c in notebook.cells if c.cell_type == "code")
+    assert "parameters" in first_code.metadata.get("tags", []), "the first code cell must be tagged parameters"
+    declared = chapter_parameters(BOOK / f"{chapter}.ipynb")
+    assert declared
+    for parameter in declared.values():
+        assert parameter.type_name != "None", f"{chapter}: parameter {parameter.name} needs a type annotation"
+        assert parameter.help, f"{chapter}: parameter {parameter.name} needs a comment"
+
+
+def test_every_citation_is_in_the_bibliography():
+    from pybtex.database import parse_file
+
+    keys = set(parse_file(BOOK / "references.bib").entries)
+    assert {"terzieva2023trends", "sixt2020explanations", "pahde2023canonization", "boehle2024thesis"} <= keys
+    cited = set()
+    for page in BOOK.glob("*.md"):
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
+            cited.update(key.strip() for key in group.split(","))
+    assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
+
+
+def test_run_dirs_are_distinct_per_parameters_and_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTRLAB_RUNS", str(tmp_path))
+    assert runs_root() == tmp_path
+    one = run_dir_for("training", "digits-shallow", epochs=1, seed=0)
+    assert one == run_dir_for("training", "digits-shallow", seed=0, epochs=1)
+    assert one != run_dir_for("training", "digits-shallow", epochs=1, seed=1)
+    assert one.parent == tmp_path / "training" and one.name.startswith("digits-shallow-")
+    monkeypatch.delenv("ATTRLAB_RUNS")
+    monkeypatch.chdir(BOOK)  # the book build runs chapters inside book/: runs still go to the repository root
+    assert runs_root() == ROOT / "runs"
+
+
+def _glued(notebook) -> dict[str, str]:
+    values = {}
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook")
+            if record:
+                values[record["name"]] = output["data"][f"{record['mime_prefix']}text/plain"]
+    return values
+
+
+@pytest.mark.slow
+def test_training_chapter_runs_under_papermill(tmp_path):
+    output, run_dir = tmp_path / "out.ipynb", tmp_path / "run"
+    command = [
+        str(Path(sys.executable).with_name("papermill")), str(BOOK / "training.ipynb"), str(output),
+        "-p", "dataset", "digits", "-p", "epochs", "1", "-p", "run_dir", str(run_dir), "--no-progress-bar",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    executed = nbformat.read(output, as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # learning curves and per-class accuracy
+    run = Run(run_dir)
+    assert run.complete and run.config.epochs == 1
+    final = run.metrics.dropna(subset=["test_acc"]).iloc[-1]
+    glued = _glued(executed)
+    assert glued["final_test_acc"] == repr(f"{final['test_acc']:.1%}")
+    assert glued["steps"] == str(int(run.metrics["step"].max()))
+    assert json.loads((run_dir / "config.json").read_text())["dataset"] == "digits"
