@@ -1,0 +1,220 @@
+"""LRP composites: small objects that map each layer of a walked model to its rule (by name, first layer, or type).
+
+The built-in composites give every layer the rule zennit 0.5.1's composite of the same name gives it (zennit's
+"first layer" is the first module, in model order, that matches the first-layer types), plus seed 000's
+configuration and the two configurations of Böhle's thesis (ch. 4):
+
+=====================  ==================  ======================  =========================  =================
+name                   dense (Linear)      conv (Conv2d)           first layer                max pooling
+=====================  ==================  ======================  =========================  =================
+``epsilon``            epsilon             epsilon                 (same)                     gradient
+``epsilon_plus_flat``  epsilon (1e-6)      z+                      flat (first Conv/Linear)   gradient
+``epsilon_gamma_box``  epsilon (1e-6)      gamma (0.25)            z^B (first Conv)           gradient
+``seed000``            LRP-0               gamma (0.25)            z^B [-1, 1] (first Conv)   as average pooling
+``lrp_focus``          epsilon (0.25)      z+                      z^B (first Conv)           gradient
+``lrp_composite``      epsilon (0.25)      gamma (``gamma``)       z^B (first Conv)           gradient
+=====================  ==================  ======================  =========================  =================
+
+Every composite also takes ``name_map`` ({layer name: rule}, highest priority), ``layer_map`` ([(types, rule)],
+before the built-in type map) and ``max_pool`` ("gradient": relevance routed to the maximum like zennit, or
+"average": max pooling treated as average pooling like seed 000's code). ReLUs pass relevance, average pools share it
+in proportion to their inputs (zennit's Norm), Flatten / Dropout / Identity use their gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from ..canonize import ThreshReLU
+from ..data import INPUT_BOUNDS
+from .rules import (
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    MaxAsAvg,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    ZPlus,
+)
+
+TypeMap = Sequence[tuple[type | tuple[type, ...], Rule]]
+MAX_POOL_MODES = ("gradient", "average")
+
+
+class Composite:
+    """Assign rules to a model's layers: ``name_map`` first, then ``first_map`` (first match only), then ``layer_map``."""
+
+    def __init__(
+        self,
+        layer_map: TypeMap = (),
+        first_map: TypeMap = (),
+        name_map: Mapping[str, Rule] | None = None,
+        max_pool: str = "gradient",
+        stabilizer: float = 1e-6,
+    ):
+        if max_pool not in MAX_POOL_MODES:
+            raise ValueError(f"unknown max_pool {max_pool!r}; valid choices: {', '.join(MAX_POOL_MODES)}")
+        for rule in [rule for _, rule in (*layer_map, *first_map)] + list((name_map or {}).values()):
+            if not isinstance(rule, Rule):
+                raise TypeError(f"composite entries must be attrlab.lrp.rules.Rule objects, got {rule!r}")
+        self.name_map = dict(name_map or {})
+        self.first_map = list(first_map)
+        base: TypeMap = [
+            ((nn.ReLU, ThreshReLU), Pass()),
+            (nn.MaxPool2d, Gradient() if max_pool == "gradient" else MaxAsAvg(stabilizer)),
+            ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), Norm(stabilizer)),
+            ((nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity), Gradient()),
+        ]
+        self.layer_map = list(layer_map) + base
+
+    def rules(self, layers: Sequence[tuple[str, nn.Module]]) -> list[Rule]:
+        """The rule of each (name, module) in walk order; a layer without a rule raises an error naming it."""
+        unknown = set(self.name_map) - {name for name, _ in layers}
+        if unknown:
+            raise ValueError(
+                f"name_map names layers the model does not have: {sorted(unknown)}; "
+                f"valid layers: {', '.join(name for name, _ in layers)}"
+            )
+        rules, first_seen = [], False
+        for name, module in layers:
+            rule = None
+            if not first_seen:
+                rule = _match(self.first_map, module)
+                first_seen = rule is not None
+            if name in self.name_map:
+                rule = self.name_map[name]
+            if rule is None:
+                rule = _match(self.layer_map, module)
+            if rule is None:
+                raise TypeError(
+                    f"no LRP rule for layer {name!r} of type {type(module).__name__}; give it one with "
+                    "name_map={name: rule} or layer_map=[(type, rule)]"
+                )
+            rules.append(rule)
+        return rules
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name_map={self.name_map!r}, first_map={self.first_map!r})"
+
+
+def _match(type_map: TypeMap, module: nn.Module) -> Rule | None:
+    for types, rule in type_map:
+        if isinstance(module, types):
+            return rule
+    return None
+
+
+def _standard(dense: Rule, conv: Rule, first: TypeMap, name_map, layer_map, max_pool, stabilizer) -> dict[str, Any]:
+    return dict(
+        layer_map=list(layer_map or []) + [(nn.Conv2d, conv), (nn.Linear, dense)],
+        first_map=first,
+        name_map=name_map,
+        max_pool=max_pool,
+        stabilizer=stabilizer,
+    )
+
+
+class EpsilonOnly(Composite):
+    """Epsilon on every Conv2d and Linear layer (``epsilon=0``: LRP-0)."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None,
+                 max_pool: str = "gradient"):
+        rule = Epsilon(epsilon)
+        super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
+
+
+class EpsilonPlusFlat(Composite):
+    """zennit's EpsilonPlusFlat: epsilon on dense layers, z+ on convolutions, flat on the first Conv/Linear."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None,
+                 max_pool: str = "gradient"):
+        first = [((nn.Conv2d, nn.Linear), Flat(stabilizer))]
+        super().__init__(**_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool,
+                                     stabilizer))
+
+
+class EpsilonGammaBox(Composite):
+    """zennit's EpsilonGammaBox: epsilon on dense layers, gamma on convolutions, z^B on the first convolution."""
+
+    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 1e-6, gamma: float = 0.25,
+                 stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        super().__init__(**_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map,
+                                     max_pool, stabilizer))
+
+
+class Seed000(Composite):
+    """Seed 000's public code (Montavon et al. 2019): LRP-0 dense, gamma 0.25 conv, z^B [-1, 1] first conv,
+    max pooling as average pooling."""
+
+    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], gamma: float = 0.25, stabilizer: float = 1e-6,
+                 name_map=None, layer_map=None, max_pool: str = "average"):
+        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        super().__init__(**_standard(Epsilon(0.0), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool,
+                                     stabilizer))
+
+
+class LRPFocus(Composite):
+    """Böhle's LRP-Focus: epsilon 0.25 dense, z+ conv, z^B first conv."""
+
+    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 0.25, stabilizer: float = 1e-6,
+                 name_map=None, layer_map=None, max_pool: str = "gradient"):
+        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        super().__init__(**_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool,
+                                     stabilizer))
+
+
+class LRPComposite(Composite):
+    """Böhle's LRP-Composite(gamma): epsilon dense (0.25, as LRP-Focus, its gamma -> inf limit), gamma conv, z^B
+    first conv."""
+
+    def __init__(self, gamma: float = 0.25, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 0.25,
+                 stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        super().__init__(**_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map,
+                                     max_pool, stabilizer))
+
+
+COMPOSITES: dict[str, type[Composite]] = {
+    "epsilon": EpsilonOnly,
+    "epsilon_plus_flat": EpsilonPlusFlat,
+    "epsilon_gamma_box": EpsilonGammaBox,
+    "seed000": Seed000,
+    "lrp_focus": LRPFocus,
+    "lrp_composite": LRPComposite,
+}
+
+
+def make_composite(composite: str | Composite | Mapping, **settings: Any) -> Composite:
+    """A composite from a registered name (with its settings), a Composite, or a {layer name or type: rule} mapping."""
+    if isinstance(composite, Composite):
+        if settings:
+            raise TypeError(f"settings {sorted(settings)} only apply to composites given by name")
+        return composite
+    if isinstance(composite, Mapping):
+        names = {key: rule for key, rule in composite.items() if isinstance(key, str)}
+        types = [(key, rule) for key, rule in composite.items() if not isinstance(key, str)]
+        return Composite(layer_map=types, name_map=names, **settings)
+    if isinstance(composite, str):
+        if composite not in COMPOSITES:
+            raise ValueError(f"unknown composite {composite!r}; valid names: {', '.join(COMPOSITES)}")
+        return COMPOSITES[composite](**settings)
+    raise TypeError(f"composite must be a name, a Composite or a mapping, not {type(composite).__name__}")
+
+
+__all__ = [
+    "COMPOSITES",
+    "Composite",
+    "EpsilonGammaBox",
+    "EpsilonOnly",
+    "EpsilonPlusFlat",
+    "LRPComposite",
+    "LRPFocus",
+    "Seed000",
+    "make_composite",
+]

@@ -1,0 +1,173 @@
+"""The LRP attribution method: one rule-modified forward pass and one backward pass, batched, hook-free.
+
+The engine walks the model's layers in order (flat or nested ``nn.Sequential``), folds BatchNorms into their
+neighbours (:mod:`attrlab.canonize`, eval semantics: running statistics), and lets each layer's rule compute the
+layer's true output carrying the rule's gradient (:mod:`attrlab.lrp.rules`). A single ``torch.autograd.grad`` from the
+target logits to the input (or to the chosen layer's output) then gives the relevance: activation x gradient.
+
+The model is never changed and never called: parameters are read (detached), layers are applied through functional
+calls, so module hooks do not run, the train/eval flag, ``requires_grad`` and ``.grad`` stay as they are, and a
+pending training ``loss.backward()`` still works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target
+from ..canonize import canonize_layers
+from .composites import Composite, make_composite
+from .rules import Affine, LayerInfo, Rule
+
+Start = Literal["logit", "one"]
+STARTS = ("logit", "one")
+# layers through which a non-negative input stays non-negative
+_SIGN_KEEPING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
+_RESHAPES = (nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
+
+
+def walk(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The leaf layers of a (nested) ``nn.Sequential`` in execution order, with their dotted names."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(
+            f"LRP walks nn.Sequential models; {prefix or 'the model'} is a {type(model).__name__} (write it as an "
+            "nn.Sequential of layers)"
+        )
+    layers: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, nn.Sequential):
+            layers.extend(walk(child, full))
+        elif next(child.children(), None) is not None:
+            raise TypeError(
+                f"LRP walks nn.Sequential models; layer {full!r} ({type(child).__name__}) has sub-modules but is not "
+                "an nn.Sequential"
+            )
+        else:
+            layers.append((full, child))
+    return layers
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer of the LRP forward pass."""
+
+    name: str
+    layer: nn.Module | Affine
+    rule: Rule
+    info: LayerInfo
+
+
+def plan(model: nn.Module, composite: Composite) -> list[Step]:
+    """The canonized layer sequence of ``model`` with each layer's rule and surroundings."""
+    layers = canonize_layers(walk(model))
+    rules = composite.rules(layers)
+    steps: list[Step] = []
+    nonnegative, only_reshapes = False, True
+    for index, ((name, module), rule) in enumerate(zip(layers, rules)):
+        following = layers[index + 1][1] if index + 1 < len(layers) else None
+        info = LayerInfo(
+            name=name,
+            input_nonnegative=nonnegative,
+            output_rectified=isinstance(following, nn.ReLU),
+            model_input=only_reshapes,
+        )
+        if rule.input_space and not only_reshapes:
+            raise ValueError(
+                f"rule {rule!r} on layer {name!r} replaces the layer's input, so it only fits the layer that receives "
+                "the model input (the first Conv2d/Linear)"
+            )
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            layer: nn.Module | Affine = Affine(module)
+        elif isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Bilinear)):
+            raise TypeError(f"layer {name!r} of type {type(module).__name__} is not supported by attrlab's LRP")
+        else:
+            layer = module
+        steps.append(Step(name, layer, rule, info))
+        nonnegative = isinstance(module, nn.ReLU) or (nonnegative and isinstance(module, _SIGN_KEEPING))
+        only_reshapes = only_reshapes and isinstance(module, _RESHAPES)
+    return steps
+
+
+class LRP(Attribution):
+    """Layer-wise relevance propagation with a composite of rules (zennit-compatible results, one backward pass).
+
+    Parameters
+    ----------
+    model: a (nested) ``nn.Sequential`` of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
+        Dropout and BatchNorm layers (BatchNorms are folded into their neighbours).
+    composite: a registered name (see :data:`attrlab.lrp.composites.COMPOSITES`), a :class:`Composite`, or a mapping
+        {layer name or layer type: rule}.
+    start: the relevance the explained logit starts with: ``"logit"`` (its value, seed 000's choice) or ``"one"``
+        (zennit's one-hot convention). With ``"one"`` an explained logit that is exactly 0 gives zero relevance.
+    composite_settings: settings of a composite given by name (``gamma=0.1``, ``max_pool="average"``, ...).
+    """
+
+    name = "lrp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: str | Composite | Mapping = "epsilon_plus_flat",
+        start: Start = "logit",
+        **composite_settings: Any,
+    ):
+        super().__init__(model)
+        if start not in STARTS:
+            raise ValueError(f"unknown start {start!r}; valid choices: {', '.join(STARTS)}")
+        self.composite = make_composite(composite, **composite_settings)
+        self.start = start
+        plan(model, self.composite)  # fail early on unsupported layers or misplaced rules
+
+    def explain(self, inputs: Tensor, target: Target = None, layer: Layer = None) -> Explanation:
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor batch, not {type(inputs).__name__}")
+        capture = _capture_name(self.model, resolve_layer(self.model, layer))
+        steps = plan(self.model, self.composite)  # parameters may have changed since the last call (training)
+        with torch.enable_grad():
+            x = inputs.detach().requires_grad_(True)
+            activation, captured = x, None
+            for step in steps:
+                activation = step.rule(step.layer, activation, step.info)
+                if step.name == capture:
+                    captured = activation
+            logits = activation
+            if logits.dim() != 2:
+                raise ValueError(f"the model must output (N, classes) logits, got shape {tuple(logits.shape)}")
+            target_index = resolve_target(target, logits)
+            seed = torch.zeros_like(logits).scatter_(1, target_index[:, None], 1.0)
+            if self.start == "one":
+                chosen = logits.detach().gather(1, target_index[:, None])
+                seed = seed * torch.where(chosen != 0, 1.0 / torch.where(chosen != 0, chosen, 1.0), 0.0)
+            wrt = x if captured is None else captured
+            (gradient,) = torch.autograd.grad(logits, wrt, grad_outputs=seed)
+        if captured is None and steps and steps[_first_affine(steps)].rule.input_space:
+            relevance = gradient  # input-space rules hand back the relevance itself
+        else:
+            relevance = wrt.detach() * gradient
+        return Explanation(attribution=relevance, logits=logits.detach(), target=target_index)
+
+
+def _capture_name(model: nn.Module, module: nn.Module | None) -> str | None:
+    """The walk name whose output is ``module``'s output (its last leaf for a container), None for the input."""
+    if module is None:
+        return None
+    layers = walk(model)
+    if next(module.children(), None) is None:
+        return next(name for name, leaf in layers if leaf is module)
+    leaves = {id(leaf) for leaf in module.modules()}
+    inside = [name for name, leaf in layers if id(leaf) in leaves]
+    if not inside:
+        raise ValueError(f"layer {type(module).__name__} holds no layers to attribute to")
+    return inside[-1]
+
+
+def _first_affine(steps: list[Step]) -> int:
+    return next((i for i, step in enumerate(steps) if isinstance(step.layer, Affine)), 0)
+
+
+__all__ = ["LRP", "Step", "plan", "walk"]

@@ -1,0 +1,412 @@
+"""LRP rules: how one layer passes relevance down, as small zennit-style classes usable in a single autograd pass.
+
+Every rule computes a layer's true output and gives it the gradient of the rule, so that one backward pass of the
+whole network yields the LRP relevances (relevance at a layer = activation x gradient). For a layer ``z = W x + b``
+whose rule uses the modified weights ``W'`` and denominator ``d`` (all rules here), the output is::
+
+    z + (W' x - stop_grad(W' x)) * stop_grad(z / stabilize(d))
+
+whose value is exactly ``z`` and whose gradient is ``W'^T (g z / d)``: with ``R = z g`` that is the rule
+``R_in = x W'^T (R / d)``. Formulas and conventions (stabilizer ``d + eps * sign(d)`` with ``sign(0) = +1``, which
+terms carry the bias, generalised gamma) follow zennit 0.5.1 so the results agree with it to float precision.
+
+*Input-space* rules (:class:`Flat`, :class:`WSquare`, :class:`ZBox`) do not have the form ``x * gradient``: their
+backward returns the input relevance itself, so they only fit the layer that receives the model's input.
+
+Rules get a :class:`LayerInfo` with what the walk knows about the layer's surroundings; two facts allow exact
+shortcuts: a non-negative input (after a ReLU, all ``x-`` terms vanish) and a ReLU right after the layer (outputs with
+``z <= 0`` receive no relevance, so the gamma rule's negative branch is never used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..canonize import ThreshReLU
+from ..data import INPUT_BOUNDS
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the engine knows about a layer when its rule runs."""
+
+    name: str
+    input_nonnegative: bool = False  # every input value is >= 0 (the layer follows a ReLU, possibly via pooling)
+    output_rectified: bool = False  # a ReLU takes this layer's output directly
+    model_input: bool = False  # the layer receives the model input (possibly through reshapes only)
+
+
+class Affine:
+    """A Conv2d or Linear layer as the rules see it: (possibly canonized) weight and bias and a functional call."""
+
+    def __init__(self, module: nn.Module, weight: Tensor | None = None, bias: Tensor | None = None):
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"Affine wraps Conv2d or Linear layers, not {type(module).__name__}")
+        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            raise ValueError(f"LRP supports zero-padded convolutions only, got padding_mode={module.padding_mode!r}")
+        self.module = module
+        self.weight = (module.weight if weight is None else weight).detach()
+        if weight is None:
+            bias = module.bias
+        self.bias = None if bias is None else bias.detach()
+
+    def __call__(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None | str = "same") -> Tensor:
+        """The layer applied to ``x`` with ``weight`` (default: its own) and ``bias`` (default: its own; None: none)."""
+        weight = self.weight if weight is None else weight
+        bias = self.bias if isinstance(bias, str) else bias
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+        return F.linear(x, weight, bias)
+
+    def bias_or_zero(self) -> Tensor:
+        return self.bias if self.bias is not None else self.weight.new_zeros(self.weight.shape[0])
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (zennit's convention): never zero for ``epsilon > 0``."""
+    return z + torch.where(z >= 0, epsilon, -epsilon)
+
+
+def reroute(value: Tensor, differentiable: Tensor, scale: Tensor) -> Tensor:
+    """``value`` exactly, with the gradient of ``differentiable * scale`` (``scale`` and ``value`` are constants)."""
+    return value + (differentiable - differentiable.detach()) * scale
+
+
+def _positive(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _negative(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+class Rule:
+    """Base class: ``rule(layer, x, info)`` returns the layer output carrying the rule's gradient."""
+
+    #: True for rules whose backward returns the input relevance itself (only valid on the model input)
+    input_space: bool = False
+
+    def __call__(self, layer: nn.Module | Affine, x: Tensor, info: LayerInfo) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
+        return f"{type(self).__name__}({settings})"
+
+
+# ----------------------------------------------------------------------------------------------------- linear layers
+class Epsilon(Rule):
+    """LRP-epsilon: ``R_in = x W^T (R / (z + eps sign z))``; ``epsilon=0`` is LRP-0 (units with ``z = 0`` get none)."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
+        z = layer(x)
+        with torch.no_grad():
+            scale = (z != 0).to(z.dtype) if self.epsilon == 0 else z / stabilize(z, self.epsilon)
+        return z.detach() + (z - z.detach()) * scale
+
+
+class _TwoBranch(Rule):
+    """Shared form of alpha-beta, z+ and (generalised) gamma: weights ``A``/``B`` for the two signs of the input.
+
+    Branch 1: ``d1 = A x+ + B x- + bias_A``, branch 2: ``d2 = B x+ + A x- + bias_B``; the gradient is
+    ``c1 * (branch 1 with z/d1) + c2 * (branch 2 with z/d2)``, each optionally restricted to ``z > 0`` / ``z < 0``.
+    """
+
+    stabilizer: float = 1e-6
+    masked: bool = False  # branch 1 only for z > 0 and branch 2 only for z < 0 (gamma)
+
+    def coefficients(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def weights(self, layer: Affine) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        raise NotImplementedError
+
+    def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
+        a, b, bias_a, bias_b = self.weights(layer)
+        c1, c2 = self.coefficients()
+        with torch.no_grad():
+            z = layer(x)
+        use_second = c2 != 0 and not (self.masked and info.output_rectified)
+        branches = [(c1, a, b, bias_a, 1)] + ([(c2, b, a, bias_b, -1)] if use_second else [])
+        if info.input_nonnegative:
+            parts = [(coeff, layer(x, first, None), bias, sign) for coeff, first, _, bias, sign in branches]
+        else:
+            x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+            parts = [
+                (coeff, layer(x_pos, first, None) + layer(x_neg, second, None), bias, sign)
+                for coeff, first, second, bias, sign in branches
+            ]
+        out = z
+        for coeff, modified, bias, sign in parts:
+            with torch.no_grad():
+                denominator = modified if bias is None else modified + (bias.view(-1, *[1] * (z.dim() - 2)))
+                scale = z / stabilize(denominator, self.stabilizer)
+                if self.masked:
+                    scale = scale * ((z > 0) if sign > 0 else (z < 0))
+                if coeff != 1:
+                    scale = scale * coeff
+            out = out + (modified - modified.detach()) * scale
+        return out
+
+
+class AlphaBeta(_TwoBranch):
+    """LRP-alpha-beta: ``alpha`` times the positive contributions minus ``beta`` times the negative ones."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
+            raise ValueError(f"alpha-beta needs alpha, beta >= 0 and alpha - beta = 1, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
+
+    def coefficients(self) -> tuple[float, float]:
+        return self.alpha, -self.beta
+
+    def weights(self, layer: Affine):
+        w = layer.weight
+        return w.clamp(min=0), w.clamp(max=0), _positive(layer.bias), _negative(layer.bias)
+
+
+class ZPlus(AlphaBeta):
+    """LRP-z+ (alpha=1, beta=0): only positive contributions ``x+ w+ + x- w-`` (and ``b+``) count."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        super().__init__(alpha=1.0, beta=0.0, stabilizer=stabilizer)
+
+    def __repr__(self) -> str:
+        return f"ZPlus(stabilizer={self.stabilizer!r})"
+
+
+class Gamma(_TwoBranch):
+    """Generalised LRP-gamma (zennit): ``w + gamma w+`` for outputs ``z > 0``, ``w + gamma w-`` for ``z < 0``."""
+
+    masked = True
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma, self.stabilizer = float(gamma), float(stabilizer)
+
+    def coefficients(self) -> tuple[float, float]:
+        return 1.0, 1.0
+
+    def weights(self, layer: Affine):
+        w, bias, g = layer.weight, layer.bias, self.gamma
+        pos = w + g * w.clamp(min=0)
+        neg = w + g * w.clamp(max=0)
+        bias_pos = None if bias is None else bias + g * bias.clamp(min=0)
+        bias_neg = None if bias is None else bias + g * bias.clamp(max=0)
+        return pos, neg, bias_pos, bias_neg
+
+
+# ------------------------------------------------------------------------------------------- input-space rules
+def _expand_bound(bound: float | Tensor, x: Tensor) -> Tensor:
+    """A bound as one (1, C, H, W) image (broadcast over the batch), on ``x``'s device and dtype."""
+    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    return bound.expand((bound.shape[0] if bound.dim() == x.dim() else 1, *x.shape[1:]))
+
+
+class _InputSpace(Rule):
+    """Base of rules whose backward returns the input relevance ``sum_k m_k T(W_k, R / d)`` directly."""
+
+    input_space = True
+
+    def terms(self, layer: Affine, x: Tensor, z: Tensor) -> tuple[Tensor, list[tuple[Tensor | float, Tensor]]]:
+        """The denominator ``d`` and the (input multiplier, weight) pairs of the numerator, for output ``z``."""
+        raise NotImplementedError
+
+    def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
+        with torch.no_grad():
+            z = layer(x)
+            denominator, terms = self.terms(layer, x.detach(), z)
+            scale = z / stabilize(denominator, self.stabilizer)
+        return _InputSpaceRelevance.apply(x, z, scale, layer, terms)
+
+
+class _InputSpaceRelevance(torch.autograd.Function):
+    """Forward: the true layer output; backward: ``sum_k m_k * W_k^T (g * scale)``, the relevance of the input."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, z: Tensor, scale: Tensor, layer: Affine, terms: list) -> Tensor:
+        ctx.layer, ctx.terms, ctx.input_shape = layer, terms, x.shape
+        ctx.save_for_backward(scale)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (scale,) = ctx.saved_tensors
+        relevance = _transpose(ctx.layer, grad * scale, ctx.terms, ctx.input_shape)
+        return relevance, None, None, None, None
+
+
+def _transpose(layer: Affine, grad: Tensor, terms: list[tuple[Tensor, Tensor]], input_shape: torch.Size) -> Tensor:
+    """``sum_k m_k * W_k^T grad`` in one call (weights stacked along the input channels)."""
+    weights = torch.cat([weight for _, weight in terms], dim=1)
+    m = layer.module
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1:
+            raise ValueError("input-space rules support convolutions with groups=1 only")
+        padding = _numeric_padding(m)
+        shape = (input_shape[0], weights.shape[1], *input_shape[2:])
+        if grad.shape[1] != weights.shape[0]:  # a one-channel shortcut (Flat): weights have one output channel
+            grad = grad.sum(1, keepdim=True)
+        back = torch.nn.grad.conv2d_input(shape, weights, grad, m.stride, padding, m.dilation, 1)
+    else:
+        if grad.shape[1] != weights.shape[0]:
+            grad = grad.sum(1, keepdim=True)
+        back = grad @ weights
+    chunks = back.split(input_shape[1], dim=1)
+    return sum(multiplier * chunk for (multiplier, _), chunk in zip(terms, chunks))
+
+
+def _numeric_padding(m: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return (0, 0)
+        totals = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+        if any(total % 2 for total in totals):
+            raise ValueError(f"padding='same' with an even kernel {m.kernel_size} is not supported by input-space rules")
+        return tuple(total // 2 for total in totals)
+    return tuple(m.padding)
+
+
+class Flat(_InputSpace):
+    """LRP-flat: all weights 1, input 1, no bias: relevance spread uniformly over each receptive field."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = float(stabilizer)
+
+    def terms(self, layer: Affine, x: Tensor, z: Tensor):
+        # d is the same for every image and output channel: compute it once on one image with one output channel
+        ones = layer.weight.new_ones((1, *layer.weight.shape[1:]))
+        denominator = layer(torch.ones_like(x[:1]), ones, None)
+        return denominator, [(1.0, ones)]
+
+
+class WSquare(_InputSpace):
+    """LRP-w^2: squared weights (and squared bias), input 1."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = float(stabilizer)
+
+    def terms(self, layer: Affine, x: Tensor, z: Tensor):
+        squared = layer.weight**2
+        bias = None if layer.bias is None else layer.bias**2
+        return layer(torch.ones_like(x[:1]), squared, bias), [(1.0, squared)]
+
+
+class ZBox(_InputSpace):
+    """LRP-z^B for inputs bounded by ``low`` and ``high``: ``(x w - l w+ - h w-) / sum(...)``."""
+
+    def __init__(self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1],
+                 stabilizer: float = 1e-6):
+        self.low, self.high, self.stabilizer = low, high, float(stabilizer)
+
+    def terms(self, layer: Affine, x: Tensor, z: Tensor):
+        w = layer.weight
+        low, high = _expand_bound(self.low, x), _expand_bound(self.high, x)
+        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
+        # zennit keeps the bias in all three terms (b - b+ - b- = 0 up to rounding); so do we, to match it exactly
+        denominator = z - layer(low, w_pos, _positive(layer.bias)) - layer(high, w_neg, _negative(layer.bias))
+        return denominator, [(x, w), (-low, w_pos), (-high, w_neg)]
+
+
+# ------------------------------------------------------------------------------------------------ other layers
+class Gradient(Rule):
+    """The layer's own gradient: ReLU (relevance passes), max pooling (routed to the maximum), reshapes, dropout."""
+
+    def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
+        return functional(layer)(x)
+
+
+class Pass(Rule):
+    """Element-wise activations: the relevance passes through unchanged (gradient ``f(x) / x``)."""
+
+    def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
+        if isinstance(layer, nn.ReLU):
+            return F.relu(x)  # for ReLU the pass-through is the gradient itself
+        with torch.no_grad():
+            y = functional(layer)(x)
+            scale = torch.where(x != 0, y / torch.where(x != 0, x, 1.0), 0.0)
+        return reroute(y, x, scale)
+
+
+class Norm(Rule):
+    """Average pooling: relevance shared in proportion to the inputs, ``R_in = x T(R / stabilize(avg))``."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = float(stabilizer)
+
+    def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
+        y = functional(layer)(x)
+        with torch.no_grad():
+            scale = y / stabilize(y, self.stabilizer)
+        return y.detach() + (y - y.detach()) * scale
+
+
+class MaxAsAvg(Rule):
+    """Max pooling treated as average pooling in the backward pass (seed 000's code): value max, relevance shared in
+    proportion to the inputs of each window."""
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = float(stabilizer)
+
+    def __call__(self, layer: nn.MaxPool2d, x: Tensor, info: LayerInfo) -> Tensor:
+        if layer.dilation not in (1, (1, 1)):
+            raise ValueError(f"MaxAsAvg needs an undilated max pooling, got dilation={layer.dilation}")
+        average = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                               count_include_pad=True)
+        with torch.no_grad():
+            y = functional(layer)(x)
+            scale = y / stabilize(average, self.stabilizer)
+        return reroute(y, average, scale)
+
+
+def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The eval-mode forward of a parameter-free layer as a functional call (module hooks never run)."""
+    if isinstance(layer, nn.ReLU):
+        return F.relu
+    if isinstance(layer, nn.MaxPool2d):
+        return lambda x: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                      ceil_mode=layer.ceil_mode)
+    if isinstance(layer, nn.AvgPool2d):
+        return lambda x: F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                                      layer.count_include_pad, layer.divisor_override)
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return lambda x: F.adaptive_avg_pool2d(x, layer.output_size)
+    if isinstance(layer, nn.Flatten):
+        return lambda x: x.flatten(layer.start_dim, layer.end_dim)
+    if isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+        return lambda x: x  # dropout is the identity in eval semantics
+    if isinstance(layer, ThreshReLU):
+        return layer.forward  # attrlab's own module (canonization), called without hooks
+    raise TypeError(f"no functional form for layer type {type(layer).__name__}")
+
+
+__all__ = [
+    "Affine",
+    "AlphaBeta",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "Gradient",
+    "LayerInfo",
+    "MaxAsAvg",
+    "Norm",
+    "Pass",
+    "Rule",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "reroute",
+    "stabilize",
+]
