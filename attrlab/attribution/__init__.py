@@ -12,6 +12,7 @@ from .base import Attribution, Explanation, resolve_layer, resolve_target
 #: registry name -> "module:Class" (imported on first use, so importing attrlab stays fast)
 METHODS: dict[str, str] = {
     # LRP family
+    "lrp": "attrlab.lrp.engine:LRP",
     # gradient, CAM and perturbation family
     "gradient": "attrlab.attribution.gradient:Gradient",
     "input_x_gradient": "attrlab.attribution.gradient:InputXGradient",
