@@ -83,6 +83,9 @@ class Callback:
     def on_start(self, trainer: "Trainer", step: int) -> None:
         """Called once before training continues after ``step`` (0 for a fresh run)."""
 
+    def before_step(self, trainer: "Trainer", step: int) -> None:
+        """Called after the training backward of step ``step``, right before the optimiser step."""
+
     def on_step(self, trainer: "Trainer", step: int) -> None:
         """Called after optimiser step ``step`` (1-based) and its metrics."""
 
@@ -243,8 +246,10 @@ class Trainer:
             loss = loss_fn(logits, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
             self.step, self.batch, self.loss = step, (xb, yb), loss.detach()
+            for callback in self.callbacks:
+                callback.before_step(self, step)
+            self.optimizer.step()
 
             row = buffer[len(steps)]
             row[0] = self.loss

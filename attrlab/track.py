@@ -1,0 +1,195 @@
+"""Attribution tracker: a training callback that explains the attribution set after optimiser steps and summarises.
+
+After every scheduled step it runs each configured method on the attribution set (the model in eval semantics, the
+target the predicted class unless told otherwise), reduces the maps to per-image summaries on the device
+(:mod:`attrlab.summaries`) and aggregates them per step (all images, per class, per train/test half, with NaN counts).
+Rows stay in a preallocated device buffer and reach the host only when the trainer flushes before a checkpoint, into
+the run store's ``attributions`` table (one row per step and method). Full maps can be kept at chosen steps as
+float16 snapshots for filmstrips. A resumed run recomputes nothing twice and loses nothing: rows after the checkpoint
+are dropped by the store, snapshots are rewritten identically.
+
+The first method's forward pass also yields the predictions; the other methods are given those targets, so every
+method explains the same class per image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .attribution import Attribution, make_method
+from .attribution.gradcam_seed_code import SeedCodeGradCAM
+from .runstore import RunStore, atomic_write_bytes
+from .summaries import aggregate, aggregate_columns, group_matrix, summarise
+from .train import Callback, Trainer
+
+TABLE = "attributions"
+TARGETS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One tracked method: a label for the tables, the registry name, its settings and the layer to attribute at."""
+
+    label: str
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.label):
+            raise ValueError(f"method labels are letters, digits, '-' and '_'; got {self.label!r}")
+
+
+#: the seed's protocol: LRP with seed 000's rules, Grad-CAM at the last convolution
+DEFAULT_METHODS = (
+    MethodSpec("lrp", "lrp", {"composite": "seed000"}),
+    MethodSpec("gradcam", "gradcam"),
+)
+
+
+class Schedule:
+    """Which steps are tracked: ``"every"``, an int k (every k-th step and the last), ``"log:N"`` (about N
+    log-spaced steps from 1 to the end), or an explicit iterable of steps."""
+
+    def __init__(self, spec: str | int | Iterable[int] = "every"):
+        self.spec = spec
+        if isinstance(spec, bool):
+            raise ValueError(f"bad schedule {spec!r}; use 'every', an int k, 'log:N' or a list of steps")
+        if isinstance(spec, int):
+            if spec <= 0:
+                raise ValueError(f"schedule every k steps needs k >= 1, got {spec}")
+        elif isinstance(spec, str):
+            if spec != "every" and not re.fullmatch(r"log:[1-9]\d*", spec):
+                raise ValueError(f"bad schedule {spec!r}; use 'every', an int k, 'log:N' (N >= 1) or a list of steps")
+        else:
+            steps = list(spec)
+            if not all(isinstance(s, (int, np.integer)) and s >= 1 for s in steps):
+                raise ValueError(f"an explicit schedule lists steps >= 1, got {steps!r}")
+            self.spec = sorted({int(s) for s in steps})
+
+    def steps(self, total_steps: int) -> list[int]:
+        """The tracked steps of a run with ``total_steps`` optimiser steps."""
+        spec = self.spec
+        if spec == "every":
+            return list(range(1, total_steps + 1))
+        if isinstance(spec, int):
+            return sorted(set(range(spec, total_steps + 1, spec)) | {total_steps})
+        if isinstance(spec, str):
+            count = int(spec.split(":")[1])
+            spaced = np.unique(np.round(np.logspace(0, math.log10(total_steps), count)).astype(int))
+            return spaced.tolist()
+        return [s for s in spec if s <= total_steps]
+
+
+class Tracker(Callback):
+    """Tracks attribution summaries during training (see the module docstring)."""
+
+    def __init__(
+        self,
+        methods: Sequence[MethodSpec] = DEFAULT_METHODS,
+        schedule: str | int | Iterable[int] = "every",
+        snapshots: str | int | Iterable[int] = (),
+        target: str = "predicted",
+    ):
+        if not methods:
+            raise ValueError("the tracker needs at least one method")
+        labels = [spec.label for spec in methods]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"method labels must be unique, got {labels}")
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; valid choices: {', '.join(TARGETS)}")
+        self.specs = list(methods)
+        self.schedule = Schedule(schedule)
+        self.snapshot_schedule = Schedule(snapshots)
+        self.target = target
+        self.methods: list[Attribution] = []
+
+    # ---------------------------------------------------------------- set-up
+    def on_start(self, trainer: Trainer, step: int) -> None:
+        model = trainer.model
+        self.methods = [make_method(spec.method, model, **spec.settings) for spec in self.specs]
+        attribution = trainer.attribution_set
+        self.groups = group_matrix(attribution.y, attribution.is_train, trainer.data.num_classes)
+        self.columns = aggregate_columns(trainer.data.num_classes)
+        self.tracked = set(self.schedule.steps(trainer.total_steps))
+        self.snapshot_steps = set(self.snapshot_schedule.steps(trainer.total_steps))
+        rows_between_flushes = min(trainer.config.checkpoint_every, trainer.total_steps) * len(self.methods)
+        self.buffer = torch.full((rows_between_flushes, len(self.columns)), float("nan"), device=trainer.device)
+        self.rows: list[tuple[int, str]] = []
+
+    def before_step(self, trainer: Trainer, step: int) -> None:
+        # the seed code's Grad-CAM weights come from this step's training loss, before the parameters change
+        if step in self.tracked:
+            for method in self.methods:
+                if isinstance(method, SeedCodeGradCAM):
+                    method.set_training_batch(*trainer.batch, compute_now=True)
+
+    # ------------------------------------------------------------------ step
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        if step not in self.tracked and step not in self.snapshot_steps:
+            return
+        attribution_set = trainer.attribution_set
+        target = None if self.target == "predicted" else attribution_set.y
+        for spec, method in zip(self.specs, self.methods):
+            explanation = method.explain(attribution_set.x, target=target, layer=spec.layer)
+            target = explanation.target  # later methods explain the same classes
+            if step in self.tracked:
+                self.buffer[len(self.rows)] = aggregate(summarise(explanation.attribution), self.groups)
+                self.rows.append((step, spec.label))
+            if step in self.snapshot_steps:
+                save_snapshot(trainer.store, spec.label, step, explanation.attribution)
+
+    def on_flush(self, trainer: Trainer, step: int) -> None:
+        if not self.rows:
+            return
+        frame = pd.DataFrame(self.buffer[: len(self.rows)].cpu().numpy(), columns=self.columns)
+        frame.insert(0, "method", [label for _, label in self.rows])
+        frame.insert(0, "step", [s for s, _ in self.rows])
+        trainer.store.append_table(TABLE, frame)
+        self.rows = []
+        self.buffer.fill_(float("nan"))
+
+
+def _snapshot_path(store: RunStore, label: str, step: int) -> Path:
+    return store.snapshot_dir / label / f"step-{step:08d}.pt"
+
+
+def save_snapshot(store: RunStore, label: str, step: int, attribution: torch.Tensor) -> None:
+    """Keep the channel-summed maps (N, H, W) of one method at one step as float16."""
+    maps = attribution.sum(1) if attribution.ndim == 4 else attribution
+    buffer = io.BytesIO()
+    torch.save(maps.detach().to("cpu", torch.float16).contiguous(), buffer)
+    atomic_write_bytes(_snapshot_path(store, label, step), buffer.getvalue())
+
+
+def load_snapshots(run_dir: str | Path, label: str) -> tuple[list[int], np.ndarray]:
+    """Steps and float32 maps (steps, images, H, W) saved for ``label`` in ``run_dir``."""
+    store = RunStore(run_dir)
+    folder = store.snapshot_dir / label
+    files = sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
+    if not files:
+        present = sorted(p.name for p in store.snapshot_dir.iterdir()) if store.snapshot_dir.is_dir() else []
+        raise ValueError(f"run {store.root} has no snapshots of {label!r}; methods with snapshots: {present or 'none'}")
+    steps = [int(path.stem.split("-")[1]) for path in files]
+    maps = np.stack([torch.load(path, weights_only=True).float().numpy() for path in files])
+    return steps, maps
+
+
+def tracked_frame(run_dir: str | Path, method: str | None = None) -> pd.DataFrame:
+    """The ``attributions`` table of a run, optionally of one method, indexed by step."""
+    frame = RunStore(run_dir).read_table(TABLE)
+    if method is not None:
+        methods = sorted(frame["method"].unique())
+        if method not in methods:
+            raise ValueError(f"unknown method {method!r} in this run; tracked methods: {', '.join(methods)}")
+        frame = frame[frame["method"] == method]
+    return frame.set_index("step") if method is not None else frame
