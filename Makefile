@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv test book bench clean
+.PHONY: venv test book site-check sync bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ test: venv
 ## the main job: train and track on the embedded digits data, then build the book into _build/html
 book: venv
 	$(PY) -m attrlab book
+
+## the built book in headless Chromium: every page renders, figures load, no error output; screenshots in _build/screenshots
+site-check: venv
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) book/tools/check_site.py
+
+## bring each chapter's jupytext pair (book/<chapter>.md <-> book/<chapter>.ipynb) in step; the newer file wins
+sync: venv
+	$(VENV)/bin/jupytext --sync $$(grep -l '^jupytext:' book/*.md)
 
 bench: venv
 	$(PY) bench/attribution.py

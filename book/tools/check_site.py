@@ -1,0 +1,193 @@
+"""Browser check of the built book: every page opens in headless Chromium, figures load, no cell shows an error.
+
+Usage (after ``make book``)::
+
+    .venv/bin/python book/tools/check_site.py [--site _build/html] [--screenshots _build/screenshots]
+
+The site is served from 127.0.0.1 on a free port. Each HTML page the server hands out gets a small script appended
+that, once the page has loaded, records in ``<body data-site-check>`` which ``<img>`` elements loaded (complete, with
+a natural width); Chromium's ``--dump-dom`` then returns that DOM. A page fails when
+
+- an image did not load, or a chapter (a notebook page in ``book/_toc.yml``) shows no image at all,
+- a cell output is an error, a traceback or stderr (myst-nb's ``output error`` / ``traceback`` / ``stderr``
+  classes, or a "Traceback (most recent call last)" anywhere), or Sphinx left a ``system-message`` in the page.
+
+A full-page screenshot of each page is written to ``--screenshots``. Exit status 0 only when every page passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html.parser
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--mute-audio",
+]
+# appended to every served page: report which images loaded, once everything has loaded
+PROBE = b"""<script>
+window.addEventListener("load", function () {
+  var images = Array.from(document.querySelectorAll("article img, main img"));
+  var report = images.map(function (img) {
+    return {src: img.getAttribute("src").slice(0, 120), loaded: img.complete && img.naturalWidth > 0};
+  });
+  document.body.setAttribute("data-site-check", JSON.stringify(report));
+});
+</script>"""
+ERROR_CLASSES = ({"output", "error"}, {"output", "traceback"}, {"output", "stderr"}, {"system-message"})
+
+
+class ProbingHandler(SimpleHTTPRequestHandler):
+    """Serves the site and appends :data:`PROBE` to HTML pages."""
+
+    def send_head(self):  # type: ignore[override]
+        path = Path(self.translate_path(self.path))
+        if path.is_dir():
+            path = path / "index.html"
+        if path.suffix != ".html" or not path.is_file():
+            return super().send_head()
+        body = path.read_bytes().replace(b"</body>", PROBE + b"</body>")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+    def log_message(self, format: str, *args) -> None:  # keep the output to the check's own report
+        pass
+
+
+class PageScan(html.parser.HTMLParser):
+    """Collects the probe's report, error outputs and tracebacks from a dumped DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: list[dict] | None = None
+        self.errors: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "body" and attributes.get("data-site-check") is not None:
+            self.report = json.loads(attributes["data-site-check"] or "[]")
+        classes = set((attributes.get("class") or "").split())
+        for error_classes in ERROR_CLASSES:
+            if error_classes <= classes:
+                self.errors.append(f"<{tag} class='{' '.join(sorted(classes))}'>")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def chapters_of(toc: Path) -> tuple[list[str], list[str]]:
+    """All pages of the toc and the chapters among them (pages that are notebooks)."""
+
+    def walk(entries) -> list[str]:
+        found = []
+        for entry in entries:
+            if "file" in entry:
+                found.append(entry["file"])
+            for key in ("parts", "chapters", "sections"):
+                found += walk(entry.get(key, []))
+        return found
+
+    spec = yaml.safe_load(toc.read_text())
+    pages = [spec["root"], *walk(spec.get("parts", [])), *walk(spec.get("chapters", []))]
+    chapters = []
+    for page in pages:
+        source = toc.parent / f"{page}.md"
+        if source.is_file() and "kernelspec:" in source.read_text().split("\n---", 1)[0]:
+            chapters.append(page)
+        elif (toc.parent / f"{page}.ipynb").is_file() and not source.is_file():
+            chapters.append(page)
+    return pages, chapters
+
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    raise SystemExit("no Chromium found: apt-get install -y chromium (make site-check does this when it can)")
+
+
+def browse(chromium: str, profile: str, url: str, *extra: str) -> subprocess.CompletedProcess:
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *extra, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def check_page(chromium: str, base: str, page: str, chapter: bool, screenshots: Path) -> tuple[list[str], int]:
+    """The problems of one page (none when it passes) and its number of images; saves its screenshot."""
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="site-check-") as profile:
+        dumped = browse(chromium, profile, f"{base}/{page}.html", "--dump-dom")
+        if dumped.returncode != 0 or "<body" not in dumped.stdout:
+            return [f"Chromium could not render the page (exit {dumped.returncode}): {dumped.stderr[-500:]}"], 0
+        scan = PageScan()
+        scan.feed(dumped.stdout)
+        if scan.report is None:
+            problems.append("the page never finished loading (no load event within the time budget)")
+        else:
+            broken = [image["src"] for image in scan.report if not image["loaded"]]
+            if broken:
+                problems.append(f"{len(broken)} of {len(scan.report)} images did not load: {broken[:5]}")
+            if chapter and not scan.report:
+                problems.append("a chapter without any figure")
+        if scan.errors:
+            problems.append(f"error outputs: {scan.errors[:5]}")
+        if "Traceback (most recent call last)" in "".join(scan.text):
+            problems.append("a traceback is shown")
+        shot = screenshots / f"{page.replace('/', '_')}.png"
+        taken = browse(chromium, profile, f"{base}/{page}.html", f"--screenshot={shot}", "--window-size=1280,2400")
+        if taken.returncode != 0 or not shot.is_file():
+            problems.append(f"no screenshot (exit {taken.returncode}): {taken.stderr[-300:]}")
+    return problems, len(scan.report or [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", default=str(ROOT / "_build" / "html"), help="the built HTML (default _build/html)")
+    parser.add_argument("--toc", default=str(ROOT / "book" / "_toc.yml"), help="the book's _toc.yml")
+    parser.add_argument("--screenshots", default=str(ROOT / "_build" / "screenshots"), help="where PNGs go")
+    args = parser.parse_args(argv)
+    site, screenshots = Path(args.site).resolve(), Path(args.screenshots).resolve()
+    if not (site / "index.html").is_file():
+        raise SystemExit(f"no built site in {site}: run make book first")
+    screenshots.mkdir(parents=True, exist_ok=True)
+    pages, chapters = chapters_of(Path(args.toc))
+    chromium = find_chromium()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(ProbingHandler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    failed = 0
+    try:
+        for page in pages:
+            started = time.perf_counter()
+            problems, images = check_page(chromium, base, page, page in chapters, screenshots)
+            kind = "chapter" if page in chapters else "page"
+            status = "ok  " if not problems else "FAIL"
+            print(f"{status} {kind:7} {page:30} {images:3d} images  {time.perf_counter() - started:5.1f} s", flush=True)
+            for problem in problems:
+                print(f"       {problem}")
+            failed += bool(problems)
+    finally:
+        server.shutdown()
+    print(f"{len(pages) - failed} of {len(pages)} pages pass; screenshots in {screenshots}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
