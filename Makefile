@@ -23,7 +23,7 @@ book: venv
 
 ## the built book in headless Chromium: every page renders, figures load, no error output; screenshots in _build/screenshots
 site-check: venv
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	command -v chromium >/dev/null || command -v google-chrome >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) book/tools/check_site.py
 
 ## bring each chapter's jupytext pair (book/<chapter>.md <-> book/<chapter>.ipynb) in step; the newer file wins
