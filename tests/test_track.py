@@ -1,0 +1,105 @@
+"""The tracker: schedules, the table it writes, snapshots, resume with tracking, and bad input."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from attrlab.runstore import RunStore
+from attrlab.summaries import summarise
+from attrlab.track import MethodSpec, Schedule, Tracker, load_snapshots, tracked_frame
+from attrlab.train import Callback, Run, TrainConfig, Trainer, train
+
+CONFIG = dict(dataset="digits", model="shallow", epochs=1, checkpoint_every=4, device="cpu", eval_every=3)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("every", list(range(1, 11))),
+        (3, [3, 6, 9, 10]),
+        ("log:4", [1, 2, 5, 10]),
+        ([7, 2, 2, 50], [2, 7]),
+    ],
+)
+def test_schedules(spec, expected):
+    assert Schedule(spec).steps(10) == expected
+
+
+@pytest.mark.parametrize("spec", [0, "hourly", "log:0", [0, 3], True])
+def test_bad_schedules(spec):
+    with pytest.raises(ValueError, match="schedule|steps >= 1"):
+        Schedule(spec)
+
+
+def test_bad_tracker_arguments():
+    with pytest.raises(ValueError, match="unknown target 'truth'; valid choices: predicted, label"):
+        Tracker(target="truth")
+    with pytest.raises(ValueError, match="method labels must be unique"):
+        Tracker(methods=[MethodSpec("a", "lrp"), MethodSpec("a", "gradcam")])
+    with pytest.raises(ValueError, match="method labels are letters"):
+        MethodSpec("a b", "lrp")
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory, digits):
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    tracker = Tracker(schedule=2, snapshots=[1, 15])
+    train(run_dir, TrainConfig(**CONFIG), callbacks=[tracker], dataset=digits, progress=False)
+    return run_dir
+
+
+def test_table_has_a_row_per_tracked_step_and_method(tracked_run):
+    frame = tracked_frame(tracked_run)
+    assert frame["step"].tolist() == [s for s in [2, 4, 6, 8, 10, 12, 14, 15] for _ in range(2)]
+    assert frame["method"].tolist() == ["lrp", "gradcam"] * 8
+    assert frame[["norm_pos", "norm_pos_train", "norm_pos_c9", "frac_pos"]].notna().all().all()
+    with pytest.raises(ValueError, match="unknown method 'rise' in this run; tracked methods: gradcam, lrp"):
+        tracked_frame(tracked_run, "rise")
+
+
+def test_rows_equal_a_direct_computation(tracked_run, digits):
+    """The stored aggregate at the last step equals summarising the final model's LRP maps by hand."""
+    from attrlab.attribution import make_method
+    from attrlab.data import attribution_set
+
+    model = Run(tracked_run).load_model(step=15)
+    chosen = attribution_set(digits)
+    maps = make_method("lrp", model, composite="seed000").attribute(chosen.x)
+    per_image = summarise(maps)
+    row = tracked_frame(tracked_run, "lrp").loc[15]
+    assert row["norm_pos"] == pytest.approx(per_image[:, 0].mean().item(), rel=1e-5)
+    assert row["norm_pos_c3"] == pytest.approx(per_image[60:80, 0].mean().item(), rel=1e-5)
+    assert row["norm_pos_test"] == pytest.approx(per_image[~chosen.is_train, 0].mean().item(), rel=1e-5)
+
+
+def test_snapshots(tracked_run):
+    steps, maps = load_snapshots(tracked_run, "gradcam")
+    assert steps == [1, 15] and maps.shape == (2, 200, 14, 14)  # Grad-CAM at conv2 of the shallow model (after one pool)
+    with pytest.raises(ValueError, match="no snapshots of 'ig'"):
+        load_snapshots(tracked_run, "ig")
+
+
+class _Interrupt(Callback):
+    def on_step(self, trainer, step):
+        if step == 11:
+            raise KeyboardInterrupt
+
+
+def test_resume_with_tracking_equals_an_uninterrupted_run(tmp_path, digits, tracked_run):
+    config = TrainConfig(**CONFIG)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, tmp_path / "run", callbacks=[Tracker(schedule=2, snapshots=[1, 15]), _Interrupt()],
+                dataset=digits, progress=False).fit()
+    assert RunStore(tmp_path / "run").checkpoint_steps() == [8]
+    train(tmp_path / "run", config, callbacks=[Tracker(schedule=2, snapshots=[1, 15])], dataset=digits, progress=False)
+    pd.testing.assert_frame_equal(tracked_frame(tmp_path / "run"), tracked_frame(tracked_run))
+    pd.testing.assert_frame_equal(Run(tmp_path / "run").metrics, Run(tracked_run).metrics)
+
+
+def test_seed_code_gradcam_is_fed_the_training_batch(tmp_path, digits):
+    tracker = Tracker(methods=[MethodSpec("seed", "gradcam_seed_code")], schedule=[1, 2])
+    train(tmp_path / "run", TrainConfig(**{**CONFIG, "epochs": 1}), callbacks=[tracker], dataset=digits, progress=False)
+    frame = tracked_frame(tmp_path / "run", "seed")
+    assert frame.index.tolist() == [1, 2] and frame["norm_pos"].notna().all()
