@@ -1,0 +1,151 @@
+"""Grid-evaluation figures: localisation box plots (thesis Fig. 4.4 layout), AggAtt panels, smoothing sweeps.
+
+The functions read the long score table of :func:`attrlab.grids.evaluate_setting` (columns setting, n, method,
+kernel_size, layer, grid, cell, score; several results concatenated) or the AggAtt bins of a
+:class:`attrlab.grids.GridResult`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from ..grids.aggatt import BINS
+
+SETTING_TITLES = {"gridpg": "GridPG", "dipart": "DiPart", "difull": "DiFull"}
+LAYER_TICKS = {"input": "Inp", "middle": "Mid", "final": "Fin"}
+
+
+def _require(scores: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in scores.columns]
+    if missing:
+        raise ValueError(f"the score table lacks columns {missing}; it has {list(scores.columns)}")
+
+
+def _ordered(values: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
+    present = list(dict.fromkeys(values))
+    if preferred is None:
+        return present
+    unknown = [v for v in preferred if v not in present]
+    if unknown:
+        raise ValueError(f"{unknown} not in the table; it holds {present}")
+    return list(preferred)
+
+
+def plot_localisation_boxes(
+    scores: pd.DataFrame,
+    methods: Sequence[str] | None = None,
+    settings: Sequence[str] | None = None,
+    layers: Sequence[str] = ("input", "middle", "final"),
+) -> Figure:
+    """Box plots of the localisation scores: one row per setting, per method a group of boxes (input, middle, final).
+
+    As in the thesis' Fig. 4.4, boxes of one colour belong to one method and each group runs from the input to the
+    final layer; the dotted lines mark perfect (1) and uniform (1/n^2) localisation.
+    """
+    _require(scores, ["setting", "method", "layer", "score", "n"])
+    methods = _ordered(scores["method"], methods)
+    settings = _ordered(scores["setting"], settings or [s for s in SETTING_TITLES if s in set(scores["setting"])])
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(np.arange(len(methods)))
+    fig, axes = plt.subplots(len(settings), 1, figsize=(max(8, 0.33 * len(methods) * len(layers) + 2), 2.3 * len(settings)),
+                             sharex=True, squeeze=False)
+    width = 0.8 / len(layers)
+    for ax, setting in zip(axes[:, 0], settings):
+        table = scores[scores["setting"] == setting]
+        for m, method in enumerate(methods):
+            for l, layer in enumerate(layers):
+                values = table.loc[(table["method"] == method) & (table["layer"] == layer), "score"].to_numpy()
+                if len(values) == 0:
+                    continue
+                box = ax.boxplot(values, positions=[m + (l - (len(layers) - 1) / 2) * width], widths=width * 0.85,
+                                 patch_artist=True, showfliers=False, medianprops={"color": "black"})
+                box["boxes"][0].set(facecolor=colours[m], alpha=0.45 + 0.55 * l / max(1, len(layers) - 1))
+        uniform = 1 / table["n"].iloc[0] ** 2 if len(table) else 0.25
+        for level in (1.0, uniform):
+            ax.axhline(level, color="0.4", linestyle=":", linewidth=1)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_ylabel(f"{SETTING_TITLES.get(setting, setting)}\nlocalisation")
+    ax = axes[-1, 0]
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(methods) - 0.4)
+    fig.legend(handles=[Patch(facecolor="0.3", alpha=0.45 + 0.55 * l / max(1, len(layers) - 1),
+                              label=f"{LAYER_TICKS.get(layer, layer)}") for l, layer in enumerate(layers)],
+               title="layer (left to right)", loc="upper right", ncols=len(layers), fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
+def plot_aggatt(
+    bins: Mapping[tuple[str, str], torch.Tensor],
+    n: int,
+    bin_scores: Mapping[tuple[str, str], torch.Tensor] | None = None,
+    bin_ranges: Sequence[tuple[float, float]] = BINS,
+) -> Figure:
+    """AggAtt panels: one row per (method, layer), one column per percentile bin (best localised on the left).
+
+    ``bins[(method, layer)]`` is the (len(bin_ranges), H, W) mean positive map of each bin. All rows of one method
+    share one colour scale (0 to that method's largest mean value), so a method's layers compare directly; the grid
+    cells are outlined and the scored cell (top-left) drawn solid. ``bin_scores`` adds each bin's mean score.
+    """
+    keys = list(bins)
+    if not keys:
+        raise ValueError("no AggAtt bins to plot")
+    scale = {}
+    for (method, _), maps in bins.items():
+        scale[method] = max(scale.get(method, 0.0), float(maps.max()))
+    columns = len(bin_ranges)
+    fig, axes = plt.subplots(len(keys), columns, figsize=(1.35 * columns + 1.2, 1.35 * len(keys)), squeeze=False)
+    for row, key in enumerate(keys):
+        method, layer = key
+        maps = bins[key].detach().cpu().numpy()
+        if maps.shape[0] != columns:
+            raise ValueError(f"{key} has {maps.shape[0]} bins but there are {columns} bin ranges")
+        side = maps.shape[-1] / n
+        for col in range(columns):
+            ax = axes[row, col]
+            ax.imshow(maps[col], cmap="Reds", vmin=0, vmax=scale[method] or 1.0)
+            for k in range(1, n):
+                ax.axhline(k * side - 0.5, color="0.6", linewidth=0.6)
+                ax.axvline(k * side - 0.5, color="0.6", linewidth=0.6)
+            ax.add_patch(plt.Rectangle((-0.5, -0.5), side, side, fill=False, edgecolor="tab:blue", linewidth=1.2))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if bin_scores is not None:
+                ax.set_xlabel(f"L={float(bin_scores[key][col]):.2f}", fontsize="x-small", labelpad=1)
+            if row == 0:
+                low, high = bin_ranges[col]
+                ax.set_title(f"{low:g}-{high:g} %", fontsize="small")
+        axes[row, 0].set_ylabel(f"{method}\n{LAYER_TICKS.get(layer, layer)}", fontsize="small", rotation=0,
+                                ha="right", va="center")
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def plot_smoothing(scores: pd.DataFrame, by: str = "model", statistic: str = "median") -> Figure:
+    """Localisation (``statistic`` over grids) against the Gaussian kernel size: one panel per setting and method,
+    one line per value of ``by`` (for example the model with and without BatchNorm)."""
+    _require(scores, ["setting", "method", "kernel_size", "score", by])
+    base = scores.assign(family=scores["method"].str.removeprefix("S-"))
+    settings = [s for s in SETTING_TITLES if s in set(base["setting"])]
+    families = list(dict.fromkeys(base["family"]))
+    fig, axes = plt.subplots(1, len(settings) * len(families), figsize=(3.0 * len(settings) * len(families), 2.8),
+                             sharey=True, squeeze=False)
+    for i, (setting, family) in enumerate((s, f) for s in settings for f in families):
+        ax = axes[0, i]
+        table = base[(base["setting"] == setting) & (base["family"] == family)]
+        summary = table.groupby([by, "kernel_size"])["score"].agg(statistic).reset_index()
+        for value, line in summary.groupby(by):
+            ax.plot(line["kernel_size"], line["score"], marker="o", label=str(value))
+        ax.set_title(f"S-{family} on {SETTING_TITLES.get(setting, setting)}", fontsize="small")
+        ax.set_xlabel("kernel size K (sigma = K/4)")
+        ax.set_xticks(sorted(table["kernel_size"].unique()))
+    axes[0, 0].set_ylabel(f"{statistic} localisation")
+    axes[0, -1].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
