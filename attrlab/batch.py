@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .chapters import ParameterError, chapter_parameters, check_values
 from .runstore import atomic_write_text
 
-SPEC_KEYS = ("chapter", "output", "grid", "fixed")
+SPEC_KEYS = ("chapter", "output", "grid", "fixed", "description")  # description: free text
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
 
 

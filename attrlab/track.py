@@ -49,11 +49,20 @@ class MethodSpec:
             raise ValueError(f"method labels are letters, digits, '-' and '_'; got {self.label!r}")
 
 
-#: the seed's protocol: LRP with seed 000's rules, Grad-CAM at the last convolution
-DEFAULT_METHODS = (
-    MethodSpec("lrp", "lrp", {"composite": "seed000"}),
-    MethodSpec("gradcam", "gradcam"),
-)
+
+
+#: settings a method gets when it is tracked by registry name alone (LRP: the seed's rules)
+DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {"lrp": {"composite": "seed000"}}
+
+
+def method_specs(names: Sequence[str]) -> list[MethodSpec]:
+    """Specs for registry names, each labelled by its name, with :data:`DEFAULT_SETTINGS` where there are some."""
+    from .attribution import available_methods
+
+    unknown = [name for name in names if name not in available_methods()]
+    if unknown:
+        raise ValueError(f"unknown attribution methods {unknown}; valid names: {', '.join(available_methods())}")
+    return [MethodSpec(name, name, dict(DEFAULT_SETTINGS.get(name, {}))) for name in names]
 
 
 class Schedule:
@@ -88,6 +97,10 @@ class Schedule:
             spaced = np.unique(np.round(np.logspace(0, math.log10(total_steps), count)).astype(int))
             return spaced.tolist()
         return [s for s in spec if s <= total_steps]
+
+
+#: the seed's protocol: LRP with seed 000's rules, Grad-CAM at the last convolution
+DEFAULT_METHODS = tuple(method_specs(["lrp", "gradcam"]))
 
 
 class Tracker(Callback):
