@@ -1,0 +1,105 @@
+"""Benchmark of attribution tracking: one tracked step against an input-gradient pass and a training step, and the
+overhead of tracking every step of a full digits run. Ratios are measured side by side in one run.
+
+    python bench/tracking.py            # full: deep model, 200 images, 20 repeats; digits run of 3 epochs
+    python bench/tracking.py --quick    # fewer repeats, 1 epoch
+
+Target (issue 4): one tracked step (LRP with the seed's rules + Grad-CAM + summaries on 200 images of the deep
+FashionMNIST-shaped model) costs at most 2x one input-gradient pass over the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from attrlab.data import load_dataset
+from attrlab.track import Tracker
+from attrlab.train import TrainConfig, Trainer, train
+
+
+def median_ms(function, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def one_step(repeats: int, data) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        config = TrainConfig(dataset="digits", model="deep", epochs=1, device="cpu")
+        tracker = Tracker()
+        trainer = Trainer(config, Path(folder) / "run", callbacks=[tracker], dataset=data, progress=False)
+        tracker.on_start(trainer, 0)
+        model, x = trainer.model, trainer.attribution_set.x
+        xb, yb = data.train.x[:100], data.train.y[:100]
+        optimizer = trainer.optimizer
+
+        def input_gradient():
+            inputs = x.detach().requires_grad_(True)
+            logits = model(inputs)
+            target = logits.argmax(1)
+            torch.autograd.grad(logits.gather(1, target[:, None]).sum(), inputs)
+
+        def training_step():
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def tracked_step():
+            tracker.on_step(trainer, 1)
+            tracker.rows.clear()  # keep the buffer from filling up across repeats
+
+        model.eval()
+        results = {
+            "input gradient (200 images)": median_ms(input_gradient, repeats),
+            "training step (batch 100)": median_ms(training_step, repeats),
+            "tracked step (LRP seed000 + Grad-CAM + summaries, 200 images)": median_ms(tracked_step, repeats),
+        }
+    floor = results["input gradient (200 images)"]
+    step = results["training step (batch 100)"]
+    print(f"one tracked step, deep model (1x28x28), {torch.get_num_threads()} threads, median of {repeats}")
+    for name, ms in results.items():
+        print(f"  {name:<64} {ms:8.1f} ms  {ms / floor:5.2f}x input gradient  {ms / step:5.2f}x training step")
+    ratio = results["tracked step (LRP seed000 + Grad-CAM + summaries, 200 images)"] / floor
+    print(f"  target: tracked step <= 2.00x input gradient -> {ratio:.2f}x {'met' if ratio <= 2.0 else 'NOT met'}")
+
+
+def full_run(epochs: int, data) -> None:
+    timings = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, callbacks in (("untracked", []), ("tracked every step", [Tracker()])):
+            config = TrainConfig(dataset="digits", model="shallow", epochs=epochs, device="cpu")
+            start = time.perf_counter()
+            train(Path(folder) / name, config, callbacks=callbacks, dataset=data, progress=False)
+            timings[name] = time.perf_counter() - start
+    print(f"digits run, shallow model, {epochs} epochs (test and attribution sets evaluated every step)")
+    for name, seconds in timings.items():
+        print(f"  {name:<20} {seconds:7.2f} s")
+    print(f"  overhead of tracking every step: {timings['tracked every step'] / timings['untracked']:.2f}x the run")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="5 repeats and a 1-epoch run")
+    args = parser.parse_args()
+    repeats, epochs = (5, 1) if args.quick else (args.repeats, args.epochs)
+    data = load_dataset("digits", device="cpu")
+    one_step(repeats, data)
+    full_run(epochs, data)
+
+
+if __name__ == "__main__":
+    main()
