@@ -2,19 +2,20 @@
 
 Every rule computes a layer's true output and gives it the gradient of the rule, so that one backward pass of the
 whole network yields the LRP relevances (relevance at a layer = activation x gradient). For a layer ``z = W x + b``
-whose rule uses the modified weights ``W'`` and denominator ``d`` (all rules here), the output is::
+whose rule uses modified weights ``W'`` and a denominator ``d``, the backward pass maps the gradient ``g`` of the
+output to ``W'^T (g z / stabilize(d))``: with ``R = z g`` that is the rule ``R_in = x W'^T (R / d)``. This is the
+``z_mod * stop_grad(z / z_mod)`` construction, written as a tiny autograd function so that the true output and all
+denominators come from ONE convolution with the stacked weights ``[W; W']`` (no graph is recorded for it) and the
+backward pass needs one transposed convolution with ``W'`` only: no module hooks, no weight copies kept.
 
-    z + (W' x - stop_grad(W' x)) * stop_grad(z / stabilize(d))
-
-whose value is exactly ``z`` and whose gradient is ``W'^T (g z / d)``: with ``R = z g`` that is the rule
-``R_in = x W'^T (R / d)``. Formulas and conventions (stabilizer ``d + eps * sign(d)`` with ``sign(0) = +1``, which
-terms carry the bias, generalised gamma) follow zennit 0.5.1 so the results agree with it to float precision.
+Formulas and conventions (stabilizer ``d + eps * sign(d)`` with ``sign(0) = +1``, which terms carry the bias,
+generalised gamma) follow zennit 0.5.1, so the results agree with it to float precision.
 
 *Input-space* rules (:class:`Flat`, :class:`WSquare`, :class:`ZBox`) do not have the form ``x * gradient``: their
 backward returns the input relevance itself, so they only fit the layer that receives the model's input.
 
 Rules get a :class:`LayerInfo` with what the walk knows about the layer's surroundings; two facts allow exact
-shortcuts: a non-negative input (after a ReLU, all ``x-`` terms vanish) and a ReLU right after the layer (outputs with
+shortcuts: a non-negative input (after a ReLU all ``x-`` terms vanish) and a ReLU right after the layer (outputs with
 ``z <= 0`` receive no relevance, so the gamma rule's negative branch is never used).
 """
 
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 from ..canonize import ThreshReLU
 from ..data import INPUT_BOUNDS
 
+Backward = Callable[[Tensor], Tensor]
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -42,7 +45,7 @@ class LayerInfo:
 
 
 class Affine:
-    """A Conv2d or Linear layer as the rules see it: (possibly canonized) weight and bias and a functional call."""
+    """A Conv2d or Linear layer as the rules see it: (possibly canonized) weight and bias and functional calls."""
 
     def __init__(self, module: nn.Module, weight: Tensor | None = None, bias: Tensor | None = None):
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -54,6 +57,7 @@ class Affine:
         if weight is None:
             bias = module.bias
         self.bias = None if bias is None else bias.detach()
+        self.padding = _numeric_padding(module) if isinstance(module, nn.Conv2d) else None
 
     def __call__(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None | str = "same") -> Tensor:
         """The layer applied to ``x`` with ``weight`` (default: its own) and ``bias`` (default: its own; None: none)."""
@@ -61,11 +65,40 @@ class Affine:
         bias = self.bias if isinstance(bias, str) else bias
         m = self.module
         if isinstance(m, nn.Conv2d):
-            return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+            return F.conv2d(x, weight, bias, m.stride, self.padding, m.dilation, m.groups)
         return F.linear(x, weight, bias)
 
-    def bias_or_zero(self) -> Tensor:
-        return self.bias if self.bias is not None else self.weight.new_zeros(self.weight.shape[0])
+    def stacked(self, x: Tensor, weights: list[Tensor], biases: list[Tensor | None]) -> list[Tensor]:
+        """``[layer(x, w, b) for w, b in zip(weights, biases)]`` computed as one call with stacked weights."""
+        if len(weights) == 1:
+            return [self(x, weights[0], biases[0])]
+        if isinstance(self.module, nn.Conv2d) and self.module.groups != 1:
+            return [self(x, w, b) for w, b in zip(weights, biases)]
+        zero = self.weight.new_zeros(self.weight.shape[0])
+        bias = None if all(b is None for b in biases) else torch.cat([zero if b is None else b for b in biases])
+        return list(self(x, torch.cat(weights), bias).chunk(len(weights), dim=1))
+
+    def transpose(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+        """``weight^T grad``: the gradient of ``layer(x, weight)`` w.r.t. ``x`` (weights may be stacked along dim 0,
+        with ``grad`` stacked along its channels, to sum several terms in one call)."""
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            shape = (input_shape[0], weight.shape[1] * m.groups, *input_shape[2:])
+            return torch.nn.grad.conv2d_input(shape, weight, grad, m.stride, self.padding, m.dilation, m.groups)
+        return grad @ weight
+
+
+def _numeric_padding(m: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return (0, 0)
+        if any(s != 1 for s in m.stride):
+            raise ValueError("padding='same' needs stride 1")
+        totals = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+        if any(total % 2 for total in totals):
+            raise ValueError(f"padding='same' with an even kernel {m.kernel_size} is not supported by attrlab's LRP")
+        return tuple(total // 2 for total in totals)
+    return tuple(m.padding)
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -73,9 +106,36 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z + torch.where(z >= 0, epsilon, -epsilon)
 
 
+def _ratio_(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+    """``z / stabilize(denominator, epsilon)``, overwriting ``denominator`` (a temporary) to save memory traffic."""
+    denominator.add_(torch.where(denominator >= 0, epsilon, -epsilon))
+    if denominator.shape == z.shape and denominator.is_contiguous():
+        return torch.div(z, denominator, out=denominator)
+    return z / denominator
+
+
 def reroute(value: Tensor, differentiable: Tensor, scale: Tensor) -> Tensor:
     """``value`` exactly, with the gradient of ``differentiable * scale`` (``scale`` and ``value`` are constants)."""
     return value + (differentiable - differentiable.detach()) * scale
+
+
+class _Propagation(torch.autograd.Function):
+    """Forward: ``propagate(x) -> (output, backward)`` without recording a graph; backward: ``backward(grad)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, propagate: Callable[[Tensor], tuple[Tensor, Backward]]) -> Tensor:
+        output, ctx.backward_map = propagate(x)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        backward, ctx.backward_map = ctx.backward_map, None  # free the saved tensors at once
+        return backward(grad), None
+
+
+def propagation(x: Tensor, propagate: Callable[[Tensor], tuple[Tensor, Backward]]) -> Tensor:
+    """The output of ``propagate(x)`` carrying the backward map it returns."""
+    return _Propagation.apply(x, propagate)
 
 
 def _positive(t: Tensor | None) -> Tensor | None:
@@ -110,10 +170,12 @@ class Epsilon(Rule):
         self.epsilon = float(epsilon)
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
-        z = layer(x)
-        with torch.no_grad():
+        def propagate(x: Tensor) -> tuple[Tensor, Backward]:
+            z = layer(x)
             scale = (z != 0).to(z.dtype) if self.epsilon == 0 else z / stabilize(z, self.epsilon)
-        return z.detach() + (z - z.detach()) * scale
+            return z, lambda grad: layer.transpose(grad * scale, layer.weight, x.shape)
+
+        return propagation(x, propagate)
 
 
 class _TwoBranch(Rule):
@@ -129,35 +191,62 @@ class _TwoBranch(Rule):
     def coefficients(self) -> tuple[float, float]:
         raise NotImplementedError
 
-    def weights(self, layer: Affine) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def weights(self, layer: Affine, second: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(A, B, bias_A, bias_B); with ``second=False`` the bias of branch 2 is not needed."""
         raise NotImplementedError
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
-        a, b, bias_a, bias_b = self.weights(layer)
         c1, c2 = self.coefficients()
-        with torch.no_grad():
-            z = layer(x)
-        use_second = c2 != 0 and not (self.masked and info.output_rectified)
-        branches = [(c1, a, b, bias_a, 1)] + ([(c2, b, a, bias_b, -1)] if use_second else [])
-        if info.input_nonnegative:
-            parts = [(coeff, layer(x, first, None), bias, sign) for coeff, first, _, bias, sign in branches]
-        else:
+        second = c2 != 0 and not (self.masked and info.output_rectified)
+        a, b, bias_a, bias_b = self.weights(layer, second)
+        w, bias = layer.weight, layer.bias
+
+        # with a ReLU right after the layer, its gradient already zeroes every output with z <= 0
+        mask = self.masked and not info.output_rectified
+
+        def scales(z: Tensor, denominators: list[Tensor]) -> Tensor:
+            parts = []
+            for coeff, sign, d in zip((c1, c2), (1, -1), denominators):
+                scale = _ratio_(z, d, self.stabilizer)
+                if mask:
+                    scale.mul_((z > 0) if sign > 0 else (z < 0))
+                parts.append(scale if coeff == 1 else scale.mul_(coeff))
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+        def propagate_nonnegative(x: Tensor) -> tuple[Tensor, Backward]:
+            # x- = 0: d1 = A x + bias_A, d2 = B x + bias_B, all from one stacked call with the true output
+            z, *denominators = layer.stacked(x, [w, a] + ([b] if second else []),
+                                             [bias, bias_a] + ([bias_b] if second else []))
+            scale = scales(z, denominators)
+            back = torch.cat([a, b]) if second else a
+            return z, lambda grad: layer.transpose(_repeat(grad, second) * scale, back, x.shape)
+
+        def propagate_signed(x: Tensor) -> tuple[Tensor, Backward]:
             x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-            parts = [
-                (coeff, layer(x_pos, first, None) + layer(x_neg, second, None), bias, sign)
-                for coeff, first, second, bias, sign in branches
-            ]
-        out = z
-        for coeff, modified, bias, sign in parts:
-            with torch.no_grad():
-                denominator = modified if bias is None else modified + (bias.view(-1, *[1] * (z.dim() - 2)))
-                scale = z / stabilize(denominator, self.stabilizer)
-                if self.masked:
-                    scale = scale * ((z > 0) if sign > 0 else (z < 0))
-                if coeff != 1:
-                    scale = scale * coeff
-            out = out + (modified - modified.detach()) * scale
-        return out
+            z = layer(x)
+            pos_a, pos_b = layer.stacked(x_pos, [a, b], [None, None])
+            neg_a, neg_b = layer.stacked(x_neg, [a, b], [None, None])
+            denominators = [_add_bias(pos_a + neg_b, bias_a)] + ([_add_bias(pos_b + neg_a, bias_b)] if second else [])
+            scale = scales(z, denominators)
+            forward_weights = torch.cat([a, b]) if second else a
+            swapped_weights = torch.cat([b, a]) if second else b
+
+            def backward(grad: Tensor) -> Tensor:
+                g = _repeat(grad, second) * scale
+                return (x > 0) * layer.transpose(g, forward_weights, x.shape) + (x < 0) * layer.transpose(
+                    g, swapped_weights, x.shape)
+
+            return z, backward
+
+        return propagation(x, propagate_nonnegative if info.input_nonnegative else propagate_signed)
+
+
+def _repeat(grad: Tensor, twice: bool) -> Tensor:
+    return torch.cat([grad, grad], dim=1) if twice else grad
+
+
+def _add_bias(t: Tensor, bias: Tensor | None) -> Tensor:
+    return t if bias is None else t + bias.view(-1, *[1] * (t.dim() - 2))
 
 
 class AlphaBeta(_TwoBranch):
@@ -171,9 +260,9 @@ class AlphaBeta(_TwoBranch):
     def coefficients(self) -> tuple[float, float]:
         return self.alpha, -self.beta
 
-    def weights(self, layer: Affine):
+    def weights(self, layer: Affine, second: bool):
         w = layer.weight
-        return w.clamp(min=0), w.clamp(max=0), _positive(layer.bias), _negative(layer.bias)
+        return w.clamp(min=0), w.clamp(max=0), _positive(layer.bias), _negative(layer.bias) if second else None
 
 
 class ZPlus(AlphaBeta):
@@ -199,12 +288,12 @@ class Gamma(_TwoBranch):
     def coefficients(self) -> tuple[float, float]:
         return 1.0, 1.0
 
-    def weights(self, layer: Affine):
+    def weights(self, layer: Affine, second: bool):
         w, bias, g = layer.weight, layer.bias, self.gamma
         pos = w + g * w.clamp(min=0)
         neg = w + g * w.clamp(max=0)
         bias_pos = None if bias is None else bias + g * bias.clamp(min=0)
-        bias_neg = None if bias is None else bias + g * bias.clamp(max=0)
+        bias_neg = None if bias is None or not second else bias + g * bias.clamp(max=0)
         return pos, neg, bias_pos, bias_neg
 
 
@@ -216,7 +305,7 @@ def _expand_bound(bound: float | Tensor, x: Tensor) -> Tensor:
 
 
 class _InputSpace(Rule):
-    """Base of rules whose backward returns the input relevance ``sum_k m_k T(W_k, R / d)`` directly."""
+    """Base of rules whose backward returns the input relevance ``sum_k m_k W_k^T (R / d)`` directly."""
 
     input_space = True
 
@@ -225,58 +314,26 @@ class _InputSpace(Rule):
         raise NotImplementedError
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
-        with torch.no_grad():
+        def propagate(x: Tensor) -> tuple[Tensor, Backward]:
             z = layer(x)
-            denominator, terms = self.terms(layer, x.detach(), z)
-            scale = z / stabilize(denominator, self.stabilizer)
-        return _InputSpaceRelevance.apply(x, z, scale, layer, terms)
+            denominator, terms = self.terms(layer, x, z)
+            scale = _ratio_(z, denominator, self.stabilizer)
+            return z, lambda grad: _input_relevance(layer, grad * scale, terms, x.shape)
+
+        return propagation(x, propagate)
 
 
-class _InputSpaceRelevance(torch.autograd.Function):
-    """Forward: the true layer output; backward: ``sum_k m_k * W_k^T (g * scale)``, the relevance of the input."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, scale: Tensor, layer: Affine, terms: list) -> Tensor:
-        ctx.layer, ctx.terms, ctx.input_shape = layer, terms, x.shape
-        ctx.save_for_backward(scale)
-        return z.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (scale,) = ctx.saved_tensors
-        relevance = _transpose(ctx.layer, grad * scale, ctx.terms, ctx.input_shape)
-        return relevance, None, None, None, None
-
-
-def _transpose(layer: Affine, grad: Tensor, terms: list[tuple[Tensor, Tensor]], input_shape: torch.Size) -> Tensor:
+def _input_relevance(layer: Affine, grad: Tensor, terms: list[tuple[Tensor | float, Tensor]],
+                     input_shape: torch.Size) -> Tensor:
     """``sum_k m_k * W_k^T grad`` in one call (weights stacked along the input channels)."""
     weights = torch.cat([weight for _, weight in terms], dim=1)
-    m = layer.module
-    if isinstance(m, nn.Conv2d):
-        if m.groups != 1:
-            raise ValueError("input-space rules support convolutions with groups=1 only")
-        padding = _numeric_padding(m)
-        shape = (input_shape[0], weights.shape[1], *input_shape[2:])
-        if grad.shape[1] != weights.shape[0]:  # a one-channel shortcut (Flat): weights have one output channel
-            grad = grad.sum(1, keepdim=True)
-        back = torch.nn.grad.conv2d_input(shape, weights, grad, m.stride, padding, m.dilation, 1)
-    else:
-        if grad.shape[1] != weights.shape[0]:
-            grad = grad.sum(1, keepdim=True)
-        back = grad @ weights
+    if grad.shape[1] != weights.shape[0]:  # one-output-channel weights (Flat): sum the output channels first
+        grad = grad.sum(1, keepdim=True)
+    if isinstance(layer.module, nn.Conv2d) and layer.module.groups != 1:
+        raise ValueError("input-space rules support convolutions with groups=1 only")
+    back = layer.transpose(grad, weights, (input_shape[0], weights.shape[1], *input_shape[2:]))
     chunks = back.split(input_shape[1], dim=1)
     return sum(multiplier * chunk for (multiplier, _), chunk in zip(terms, chunks))
-
-
-def _numeric_padding(m: nn.Conv2d) -> tuple[int, int]:
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            return (0, 0)
-        totals = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
-        if any(total % 2 for total in totals):
-            raise ValueError(f"padding='same' with an even kernel {m.kernel_size} is not supported by input-space rules")
-        return tuple(total // 2 for total in totals)
-    return tuple(m.padding)
 
 
 class Flat(_InputSpace):
@@ -407,6 +464,7 @@ __all__ = [
     "WSquare",
     "ZBox",
     "ZPlus",
+    "propagation",
     "reroute",
     "stabilize",
 ]

@@ -1,0 +1,131 @@
+"""Attribution speed benchmark: LRP and Grad-CAM (attrlab, zennit, captum) as multiples of an input-gradient pass.
+
+Runs on the seed's "deep" FashionMNIST-shaped model (1x28x28) with random weights, a batch of ``--batch`` images and
+the predicted classes as targets. Every method is timed in the same process, interleaved round by round (so load
+from other processes hits all of them alike), after a warm-up; the table shows medians and their ratio to the
+input-gradient pass (forward + backward of the target logits w.r.t. the input), next to the targets.
+
+    python bench/attribution.py [--batch 200] [--repeats 7] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from attrlab.lrp import LRP
+from attrlab.models import build_model
+
+TARGETS = {  # method -> (largest ratio to the input-gradient pass, note)
+    "attrlab LRP EpsilonPlusFlat": 1.5,
+    "attrlab LRP EpsilonGammaBox": 2.0,
+    "attrlab Grad-CAM": 0.6,
+}
+
+
+def input_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    x = inputs.detach().requires_grad_(True)
+    logits = model(x)
+    (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+    return gradient
+
+
+class _CaptumCopy(nn.Module):
+    """The model without nn.Flatten (captum's LRP rejects it), on its own copy (captum edits weights in place)."""
+
+    def __init__(self, model: nn.Sequential):
+        super().__init__()
+        layers = list(copy.deepcopy(model).children())
+        cut = next(i for i, layer in enumerate(layers) if isinstance(layer, nn.Flatten))
+        self.features, self.head = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut + 1 :])
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callable[[torch.Tensor], object] | str]:
+    """name -> callable(inputs), or a string saying why the method is skipped."""
+    from captum.attr import LRP as CaptumLRP
+    from captum.attr import LayerGradCam
+    from zennit.attribution import Gradient as ZennitGradient
+    from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+
+    onehot = torch.eye(10)[target]
+    ours_flat, ours_box = LRP(model, "epsilon_plus_flat"), LRP(model, "epsilon_gamma_box")
+
+    def zennit(composite):
+        def run(inputs):
+            with ZennitGradient(model, composite) as attributor:
+                return attributor(inputs, lambda out: out * onehot)[1]
+        return run
+
+    captum_model = _CaptumCopy(model)
+    captum_lrp = CaptumLRP(captum_model)
+    captum_cam = LayerGradCam(model, model.conv6)
+    table: dict[str, Callable | str] = {
+        "input gradient": lambda x: input_gradient(model, x, target),
+        "attrlab LRP EpsilonPlusFlat": lambda x: ours_flat.attribute(x, target),
+        "attrlab LRP EpsilonGammaBox": lambda x: ours_box.attribute(x, target),
+        "zennit EpsilonPlusFlat": zennit(EpsilonPlusFlat()),
+        "zennit EpsilonGammaBox": zennit(EpsilonGammaBox(low=-1.0, high=1.0)),
+        "captum LRP (epsilon)": lambda x: captum_lrp.attribute(x, target=target),
+        "captum LayerGradCam": lambda x: captum_cam.attribute(x, target=target),
+    }
+    try:
+        from attrlab.attribution.gradcam import GradCAM
+    except ImportError as err:
+        table["attrlab Grad-CAM"] = f"skipped: {err}"
+    else:
+        ours_cam = GradCAM(model)
+        table["attrlab Grad-CAM"] = lambda x: ours_cam.attribute(x, target, layer="conv6")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported)")
+    parser.add_argument("--quick", action="store_true", help="batch 50, 3 rounds")
+    args = parser.parse_args()
+    batch, repeats = (50, 3) if args.quick else (args.batch, args.repeats)
+
+    model = build_model("deep", (1, 28, 28), seed=0).eval()
+    inputs = torch.rand((batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        target = model(inputs).argmax(1)
+    table = methods(model, target)
+    runnable = {name: fn for name, fn in table.items() if callable(fn)}
+    for fn in runnable.values():  # warm-up
+        fn(inputs)
+    times: dict[str, list[float]] = {name: [] for name in runnable}
+    for _ in range(repeats):
+        for name, fn in runnable.items():
+            start = time.perf_counter()
+            fn(inputs)
+            times[name].append(time.perf_counter() - start)
+
+    floor = statistics.median(times["input gradient"])
+    print(f"deep model, 1x28x28, batch {batch}, {torch.get_num_threads()} torch threads, median of {repeats} rounds")
+    print(f"{'method':32s} {'ms':>8s} {'x input-grad':>13s}  target")
+    for name, entry in table.items():
+        if not callable(entry):
+            print(f"{name:32s} {entry}")
+            continue
+        median = statistics.median(times[name])
+        goal = f"<= {TARGETS[name]:.1f}x" if name in TARGETS else ""
+        if name in TARGETS:
+            goal += "  ok" if median / floor <= TARGETS[name] else "  MISSED"
+        print(f"{name:32s} {median * 1e3:8.1f} {median / floor:13.2f}  {goal}")
+    for ours, theirs in (("EpsilonPlusFlat", "EpsilonPlusFlat"), ("EpsilonGammaBox", "EpsilonGammaBox")):
+        speedup = statistics.median(times[f"zennit {theirs}"]) / statistics.median(times[f"attrlab LRP {ours}"])
+        print(f"attrlab vs zennit {ours}: {speedup:.2f}x faster (target >= 2x){'' if speedup >= 2 else '  MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
