@@ -244,7 +244,7 @@ def test_aggatt_bins_follow_the_percentile_ranges():
 def test_batched_evaluation_equals_the_per_image_loop_and_difull_ixg_is_perfect(model, confident):
     grids = make_grids(confident, count=6, n=2, layout="repeated", seed=0)
     spec = MethodSpec("IxG", InlineInputXGradient, smoothing=(1, 5))
-    kwargs = dict(layers={"input": None}, progress=False)
+    kwargs = dict(layers={"input": None}, cells=[0, 3], progress=False)
     batched = evaluate_setting(model, grids, "difull", [spec], batch_size=64, **kwargs)
     looped = evaluate_setting(model, grids, "difull", [spec], batch_size=1, **kwargs)
     torch.testing.assert_close(
@@ -266,3 +266,28 @@ def test_evaluation_with_the_registered_methods_at_named_layers(model, confident
     # IxG is exactly in-cell at the input; later layers lose a little to the bilinear upsampling only
     assert table[("IxG", "input")] == 1.0 and table[("IxG", "final")] > 0.8
     assert result.scores["score"].between(0, 1).all()
+
+
+# ------------------------------------------------------ localisation over training
+def test_grid_localisation_callback_writes_a_table_per_flush_and_leaves_training_mode(tmp_path, confident):
+    from attrlab.data import load_dataset
+    from attrlab.grids.callback import GridLocalisation
+    from attrlab.train import Callback, train
+
+    class ModeProbe(Callback):
+        modes: list[bool] = []
+
+        def on_step(self, trainer, step):
+            self.modes.append(trainer.model.training)
+
+    grids = {"difull": make_grids(confident, count=3, n=2, layout="repeated", seed=0)}
+    callback = GridLocalisation(grids, [MethodSpec("IxG", InlineInputXGradient)], every=2, layers={"input": None})
+    probe = ModeProbe()
+    data = load_dataset("digits", device="cpu")
+    small = type(data)(data.name, data.train.subset(100), data.test, data.classes)
+    run = train(tmp_path / "run", model="vgg_small_bn", epochs=1, batch_size=30, checkpoint_every=2, eval_every=4,
+                attr_per_class=1, callbacks=[callback, probe], dataset=small, progress=False)
+    table = run.table("grid_localisation")
+    assert table["step"].tolist() == [2, 4]
+    assert set(table["method"]) == {"IxG"} and table["median"].eq(1.0).all()
+    assert all(probe.modes)  # the evaluation put the model back into training mode

@@ -112,17 +112,38 @@ def evaluate_setting(
 ) -> GridResult:
     """Evaluate every method of ``methods`` at every layer of ``layers`` on all ``grids`` in ``setting``.
 
-    ``cells`` are the scored cells (default: top-left and bottom-right; GridPG and the repeated-class settings alike);
-    for each, a grid is explained for the class in that cell (GridPG) or for that cell's head (DiFull, DiPart).
+    ``cells`` are the scored cells (default: the top-left one, as in the thesis; pass ``[0, n*n - 1]`` to score the
+    repeated corner as well); for each, a grid is explained for the class in that cell (GridPG) or for that cell's
+    head (DiFull, DiPart).
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown grid setting {setting!r}; valid settings: {', '.join(SETTINGS)}")
     n = grids.n
-    cells = list(cells) if cells is not None else sorted({0, n * n - 1})
+    cells = list(cells) if cells is not None else [0]
     if not cells or any(not 0 <= c < n * n for c in cells):
         raise ValueError(f"cells must be cell numbers in 0..{n * n - 1}, got {cells!r}")
+    # the wrapper shares the model's modules: evaluate in eval mode, hand the model back in the mode it came in
+    was_training = model.training
     wrapped: GridModel = grid_model(model, setting, n).eval()
-    device = next(model.parameters()).device
+    try:
+        return _evaluate(wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(
+    wrapped: GridModel,
+    grids: GridSet,
+    setting: str,
+    methods: Sequence[MethodSpec],
+    layers: Mapping[str, str | None],
+    cells: list[int],
+    batch_size: int,
+    keep_maps: bool,
+    progress: bool,
+) -> GridResult:
+    n = grids.n
+    device = next(wrapped.parameters()).device
     images = grids.images.to(device)
     masks = grids.masks.to(device)
     count = len(grids)
