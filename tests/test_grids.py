@@ -119,7 +119,7 @@ def test_confident_images_keep_confident_correct_ones_and_name_short_classes():
 def test_gridpg_is_the_model_over_the_grid_and_difull_the_model_per_cell(model):
     x = torch.randn(3, 1, 56, 56)
     assert torch.equal(grid_model(model, "gridpg", 2)(x), model(x))
-    per_cell = model(to_cells(x, 2)).reshape(3, 40)
+    per_cell = model(to_cells(x, 2)).reshape(3, 4, 10).transpose(1, 2).reshape(3, 40)
     torch.testing.assert_close(grid_model(model, "difull", 2)(x), per_cell, rtol=1e-5, atol=1e-5)
 
 
@@ -127,7 +127,7 @@ def test_gridpg_is_the_model_over_the_grid_and_difull_the_model_per_cell(model):
 def test_difull_heads_have_exactly_zero_gradient_from_other_cells(model, n):
     wrapped = grid_model(model, "difull", n)
     x = torch.randn(2, 1, 28 * n, 28 * n, requires_grad=True)
-    logits = wrapped(x).reshape(2, n * n, 10)
+    logits = wrapped(x).reshape(2, 10, n * n).transpose(1, 2)
     masks = cell_masks(n, (28, 28))
     for cell in range(n * n):
         (grad,) = torch.autograd.grad(logits[:, cell].sum(), x, retain_graph=True)
@@ -140,17 +140,17 @@ def test_dipart_head_pools_only_its_own_cell_of_the_evidence_map(model):
     x = torch.randn(2, 1, 56, 56, requires_grad=False)
     features = x
     for name, module in wrapped.named_children():
-        if name == "cell_pool":
+        if name == "cell_pool":  # the per-cell pooling, followed by flatten
             break
         features = module(features)
     assert features.shape == (2, 10, 14, 14)
     expected = torch.stack(
         [features[:, :, :7, :7], features[:, :, :7, 7:], features[:, :, 7:, :7], features[:, :, 7:, 7:]], 1
     ).mean((3, 4))
-    torch.testing.assert_close(wrapped(x).reshape(2, 4, 10), expected)
+    torch.testing.assert_close(wrapped(x).reshape(2, 10, 4).transpose(1, 2), expected)
     # DiPart is only partly disconnected: the receptive field reaches over the cell border, but not far
     x.requires_grad_(True)
-    (grad,) = torch.autograd.grad(wrapped(x).reshape(2, 4, 10)[:, 3].sum(), x)
+    (grad,) = torch.autograd.grad(wrapped(x).reshape(2, 10, 4)[:, :, 3].sum(), x)
     assert bool((grad[:, 0, 20:28, 20:28] != 0).any())
     assert bool((grad[:, 0, :10, :10] == 0).all())
 
@@ -158,7 +158,9 @@ def test_dipart_head_pools_only_its_own_cell_of_the_evidence_map(model):
 def test_head_targets_address_cell_heads(model):
     difull, gridpg = grid_model(model, "difull", 3), grid_model(model, "gridpg", 3)
     cells, classes = torch.tensor([0, 8, 4]), torch.tensor([3, 1, 9])
-    assert difull.head_targets(cells, classes).tolist() == [3, 81, 49]
+    assert difull.head_targets(cells, classes).tolist() == [27, 17, 85]
+    logits = torch.arange(90.0)[None]  # the wrapper's flatten order: class-major
+    assert logits.reshape(1, 10, 9)[0, 1, 8] == logits[0, difull.head_targets(torch.tensor(8), torch.tensor(1))]
     assert gridpg.head_targets(cells, classes).tolist() == [3, 1, 9]
 
 
@@ -291,3 +293,22 @@ def test_grid_localisation_callback_writes_a_table_per_flush_and_leaves_training
     assert table["step"].tolist() == [2, 4]
     assert set(table["method"]) == {"IxG"} and table["median"].eq(1.0).all()
     assert all(probe.modes)  # the evaluation put the model back into training mode
+
+
+def test_difull_cell_by_cell_equals_the_wrapper_and_serves_lrp(model, confident):
+    from attrlab.attribution import make_method
+    from attrlab.grids import grid_maps, grid_maps_per_cell
+
+    grids = make_grids(confident, count=3, n=2, layout="repeated", seed=0)
+    wrapped, single = grid_model(model, "difull", 2).eval(), grid_model(model, "gridpg", 1).eval()
+    cells, classes = torch.tensor([0, 3, 1]), grids.labels[torch.arange(3), torch.tensor([0, 3, 1])]
+    for layer in ("input", "relu4"):
+        through_wrapper = grid_maps(
+            make_method("input_x_gradient", wrapped), grids.images, wrapped.head_targets(cells, classes), layer, 2
+        )
+        cell_by_cell = grid_maps_per_cell(make_method("input_x_gradient", single), grids.images, cells, classes,
+                                          layer, 2, 2)
+        torch.testing.assert_close(cell_by_cell, through_wrapper, rtol=1e-4, atol=1e-6)
+    result = evaluate_setting(model, grids, "difull", [MethodSpec("LRP", "lrp")], layers={"input": "input"},
+                              progress=False)
+    assert result.scores["score"].eq(1.0).all()

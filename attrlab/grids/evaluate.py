@@ -27,7 +27,7 @@ from ..models.grid import FINAL_LAYER, MIDDLE_LAYER
 from .aggatt import aggregate
 from .data import GridSet
 from .localisation import attribution_map, localisation
-from .settings import SETTINGS, GridModel, grid_model
+from .settings import SETTINGS, GridModel, from_cells, grid_model, to_cells
 from .smoothing import smooth
 
 #: ML-Att layers of the vgg_small models: display key -> layer name (None: the input)
@@ -99,6 +99,45 @@ def grid_maps(
     return torch.cat(chunks)
 
 
+def grid_maps_per_cell(
+    method: Attribution,
+    images: torch.Tensor,
+    cells: torch.Tensor,
+    classes: torch.Tensor,
+    layer: str | None,
+    n: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """DiFull maps computed cell by cell: ``method`` (built on the single-image model) explains each grid's scored
+    cell alone for its class; the attribution is placed at that cell of an otherwise zero grid-layout map.
+
+    DiFull's head of a cell *is* the single-image model applied to that cell, so this is the same computation as the
+    DiFull wrapper for every method whose attribution of a cell depends only on that cell's computation (gradients,
+    LRP); it serves engines that never call the wrapper's modules (attrlab's LRP evaluates layers functionally).
+    """
+    count = images.shape[0]
+    size = tuple(images.shape[-2:])
+    slot = torch.arange(count, device=images.device) * (n * n) + cells
+    alone = to_cells(images, n)[slot]
+    chunks = []
+    for i in range(0, count, batch_size):
+        attribution = method.attribute(alone[i : i + batch_size], target=classes[i : i + batch_size], layer=layer)
+        attribution = attribution.detach()
+        rows = attribution.shape[0]
+        placed = attribution.new_zeros((rows * n * n, *attribution.shape[1:]))
+        placed[torch.arange(rows, device=placed.device) * (n * n) + cells[i : i + batch_size]] = attribution
+        chunks.append(attribution_map(from_cells(placed, n), size))
+    return torch.cat(chunks)
+
+
+def _reads_layers_functionally(method: Attribution) -> bool:
+    """Whether ``method`` evaluates the model's layers from their parameters instead of calling them (then it cannot
+    see the per-cell forward of DiFull's :class:`~attrlab.grids.settings.CellwiseConv2d`)."""
+    from ..lrp.engine import LRP
+
+    return isinstance(method, LRP)
+
+
 def evaluate_setting(
     model: nn.Module,
     grids: GridSet,
@@ -126,12 +165,13 @@ def evaluate_setting(
     was_training = model.training
     wrapped: GridModel = grid_model(model, setting, n).eval()
     try:
-        return _evaluate(wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
+        return _evaluate(model, wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
     finally:
         model.train(was_training)
 
 
 def _evaluate(
+    model: nn.Module,
     wrapped: GridModel,
     grids: GridSet,
     setting: str,
@@ -161,7 +201,11 @@ def _evaluate(
     frames, maps, cell_scores = [], {}, {}
     for spec, key in tqdm(jobs, desc=f"{setting} {n}x{n}", disable=not progress):
         method = spec.build(wrapped, key)
-        raw = grid_maps(method, inputs, targets, layers[key], batch_size)
+        if setting == "difull" and _reads_layers_functionally(method):
+            single = spec.build(grid_model(model, "gridpg", 1), key)  # the single-image model, same layer names
+            raw = grid_maps_per_cell(single, inputs, cell_index, classes, layers[key], n, batch_size)
+        else:
+            raw = grid_maps(method, inputs, targets, layers[key], batch_size)
         for kernel_size in spec.smoothing:
             smoothed = smooth(raw, kernel_size)
             score, mass = localisation(smoothed, masks, cell_index)

@@ -8,15 +8,19 @@ keeps the grid layout (N, C, n*h, n*w) with one batch row per grid:
 
 * **GridPG**: the model itself over the whole grid; its 1x1-conv head slides over the grid and the global average
   pool gives one logit per class: output (N, classes), target = the class of the scored cell.
-* **DiPart**: the backbone and head over the whole grid; the global pool is replaced by :class:`CellPool`, which
-  averages each cell's own region of the class-evidence map: output (N, n*n*classes), one head per cell.
+* **DiPart**: the backbone and head over the whole grid; the global pool is replaced by ``nn.AdaptiveAvgPool2d(n)``,
+  which averages each cell's own region of the class-evidence map (the map splits evenly into n x n cells for the
+  grid models), then flattened: output (N, classes*n*n), one head per cell.
 * **DiFull**: as DiPart, but every spatial layer (3x3 convolutions, max-pools) runs on each cell separately
   (:class:`CellwiseConv2d`, :class:`CellwiseMaxPool2d`: the cells go through the layer as a batch and are tiled back,
   which equals zeroing every kernel weight that reaches into another cell), so no cell can influence another cell's
   head at all.
 
-For DiFull and DiPart, logit ``cell * classes + c`` is head ``cell``'s score for class ``c``
-(:meth:`GridModel.head_targets` builds these indices).
+For DiFull and DiPart, logit ``c * n*n + cell`` is head ``cell``'s score for class ``c`` (the order
+``nn.Flatten`` gives; :meth:`GridModel.head_targets` builds these indices). Only standard layers stand between the
+backbone and the logits, so attribution engines that evaluate layers functionally (attrlab's LRP) handle DiPart. Such
+engines never call :class:`CellwiseConv2d`'s forward, though, so :mod:`attrlab.grids.evaluate` explains DiFull for
+them cell by cell on the single-image model, which is the same computation.
 """
 
 from __future__ import annotations
@@ -83,25 +87,6 @@ class CellwiseMaxPool2d(nn.MaxPool2d):
         return from_cells(super().forward(to_cells(input, self.n)), self.n)
 
 
-class CellPool(nn.Module):
-    """Average each cell's region of a (N, classes, n*h, n*w) evidence map: (N, n*n*classes), cell-major."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def forward(self, evidence: torch.Tensor) -> torch.Tensor:
-        batch, classes, height, width = evidence.shape
-        n = self.n
-        if height % n or width % n:
-            raise ValueError(f"the {height}x{width} evidence map does not split into {n}x{n} equal cells")
-        pooled = evidence.reshape(batch, classes, n, height // n, n, width // n).mean((3, 5))
-        return pooled.permute(0, 2, 3, 1).reshape(batch, n * n * classes)
-
-    def extra_repr(self) -> str:
-        return f"cells={self.n}x{self.n}"
-
-
 class GridModel(nn.Sequential):
     """A grid model in one setting; see the module docstring for its outputs."""
 
@@ -115,7 +100,7 @@ class GridModel(nn.Sequential):
         """The logit index that scores class ``classes`` for the head of ``cells`` (elementwise, long tensors)."""
         if self.setting == "gridpg":
             return classes
-        return cells * self.num_classes + classes
+        return classes * (self.n * self.n) + cells
 
     def extra_repr(self) -> str:
         return f"setting={self.setting}, cells={self.n}x{self.n}"
@@ -163,7 +148,7 @@ def grid_model(model: nn.Module, setting: str, n: int) -> GridModel:
     else:
         if setting == "difull":
             body = [(name, _cellwise(name, module, n)) for name, module in body]
-        layers = OrderedDict(entry + body + [("cell_pool", CellPool(n))])
+        layers = OrderedDict(entry + body + [("cell_pool", nn.AdaptiveAvgPool2d(n)), ("flatten", nn.Flatten())])
     wrapped = GridModel(layers, setting, n, num_classes)
     wrapped.train(model.training)
     return wrapped
