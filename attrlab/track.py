@@ -141,7 +141,7 @@ class Tracker(Callback):
 
     def before_step(self, trainer: Trainer, step: int) -> None:
         # the seed code's Grad-CAM weights come from this step's training loss, before the parameters change
-        if step in self.tracked:
+        if step in self.tracked or step in self.snapshot_steps:
             for method in self.methods:
                 if isinstance(method, SeedCodeGradCAM):
                     method.set_training_batch(*trainer.batch, compute_now=True)

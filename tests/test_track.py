@@ -99,7 +99,9 @@ def test_resume_with_tracking_equals_an_uninterrupted_run(tmp_path, digits, trac
 
 
 def test_seed_code_gradcam_is_fed_the_training_batch(tmp_path, digits):
-    tracker = Tracker(methods=[MethodSpec("seed", "gradcam_seed_code")], schedule=[1, 2])
+    # a snapshot step outside the tracked schedule needs the training batch too
+    tracker = Tracker(methods=[MethodSpec("seed", "gradcam_seed_code")], schedule=[2, 3], snapshots=[1])
     train(tmp_path / "run", TrainConfig(**{**CONFIG, "epochs": 1}), callbacks=[tracker], dataset=digits, progress=False)
     frame = tracked_frame(tmp_path / "run", "seed")
-    assert frame.index.tolist() == [1, 2] and frame["norm_pos"].notna().all()
+    assert frame.index.tolist() == [2, 3] and frame["norm_pos"].notna().all()
+    assert load_snapshots(tmp_path / "run", "seed")[0] == [1]
