@@ -161,16 +161,23 @@ class Sweep:
         return points
 
 
-def _retitle(notebook: Any, suffix: str) -> None:
-    """Append ``suffix`` to the notebook's first top-level heading, so each point's page names its point."""
+def _prepare_for_book(notebook: Any, label: str) -> None:
+    """Make an executed point notebook fit into a book next to the chapter and the other points.
+
+    Its first top-level heading gets ``label`` appended, so each page names its point, and the figure labels
+    (``mystnb.figure.name``) are dropped, since a label may exist only once in a book.
+    """
+    titled = False
     for cell in notebook.cells:
-        if cell.cell_type == "markdown":
+        if cell.cell_type == "markdown" and not titled:
             lines = cell.source.splitlines()
             for index, line in enumerate(lines):
                 if line.startswith("# "):
-                    lines[index] = f"{line} ({suffix})"
+                    lines[index] = f"{line} ({label})"
                     cell.source = "\n".join(lines)
-                    return
+                    titled = True
+                    break
+        cell.metadata.get("mystnb", {}).get("figure", {}).pop("name", None)
 
 
 def execute_point(chapter: str, point: Point) -> dict[str, Any]:
@@ -192,7 +199,7 @@ def execute_point(chapter: str, point: Point) -> dict[str, Any]:
                 os.replace(temporary, point.failed_notebook)
             return {"name": point.name, "status": "failed", "error": f"{type(err).__name__}: {err}"[:4000]}
         executed = nbformat.read(temporary, as_version=4)
-        _retitle(executed, point.label)
+        _prepare_for_book(executed, point.label)
         nbformat.write(executed, temporary)
         os.replace(temporary, point.notebook)
     finally:

@@ -106,6 +106,7 @@ def test_real_sweep_of_the_training_chapter_then_rerun_skips(tmp_path):
     for seed in (0, 1):
         executed = nbformat.read(tmp_path / "sweep" / f"seed-{seed}.ipynb", as_version=4)
         assert executed.cells[0].source.startswith(f"# Training a classifier (seed={seed})")
+        assert not [c for c in executed.cells if "name" in c.metadata.get("mystnb", {}).get("figure", {})]
         injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert f"seed = {seed}" in injected[0].source
         marker = json.loads((tmp_path / "sweep" / f"seed-{seed}.done.json").read_text())
