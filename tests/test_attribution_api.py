@@ -1,0 +1,181 @@
+"""The call shape of the gradient, CAM and perturbation methods: registry, errors, target conventions, eval-mode
+semantics, and that an attribution call leaves a training model exactly as it was (even mid training step)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from attribution_cases import images
+from torch import nn
+
+from attrlab.attribution import available_methods, get_method, make_method
+from attrlab.models import build_model
+
+#: every method of this family with settings that keep the tests fast
+FAST_SETTINGS = {
+    "gradient": {},
+    "input_x_gradient": {},
+    "integrated_gradients": {"n_steps": 4},
+    "smoothgrad": {"n_samples": 3},
+    "guided_backprop": {},
+    "gradcam": {},
+    "gradcam_pp": {},
+    "layercam": {},
+    "gradcam_seed_code": {},  # the training batch is added per test
+    "occlusion": {"window": 7, "stride": 7},
+    "rise": {"n_masks": 8},
+}
+SHAPE = (1, 28, 28)
+
+
+def _method(name: str, model: nn.Module):
+    settings = dict(FAST_SETTINGS[name])
+    if name == "gradcam_seed_code":
+        settings["training_batch"] = (images(SHAPE, count=8, offset=50), torch.arange(8) % 10)
+    return make_method(name, model, **settings)
+
+
+def test_registry_lists_the_family_and_resolves_each_class():
+    assert set(FAST_SETTINGS) <= set(available_methods())
+    for name in FAST_SETTINGS:
+        assert get_method(name).name == name
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names: .*gradcam.*integrated_gradients"):
+        get_method("grad_cam")
+
+
+@pytest.mark.parametrize(
+    "name, settings, error, message",
+    [
+        ("gradcam", {"colour": True}, TypeError, "bad settings for attribution method 'gradcam'"),
+        ("gradcam", {"relu": "yes"}, TypeError, "relu must be True or False"),
+        ("integrated_gradients", {"n_steps": 0}, ValueError, "n_steps must be an integer >= 1"),
+        ("integrated_gradients", {"method": "riemann_trapezoid", "n_steps": 1}, ValueError, "n_steps must be an integer >= 2"),
+        ("integrated_gradients", {"method": "simpson"}, ValueError, "valid choices: gausslegendre"),
+        ("integrated_gradients", {"baseline": "zero"}, ValueError, "baseline must be a finite number"),
+        ("integrated_gradients", {"internal_batch_size": 0}, ValueError, "internal_batch_size"),
+        ("smoothgrad", {"stdev": -0.1}, ValueError, "stdev must be a finite number >= 0"),
+        ("smoothgrad", {"n_samples": 0}, ValueError, "n_samples"),
+        ("occlusion", {"window": 0}, ValueError, "window must be an integer >= 1"),
+        ("occlusion", {"window": 3, "stride": 4}, ValueError, "stride .* is larger than the window"),
+        ("occlusion", {"output": "prob"}, ValueError, "valid choices: logit, probability"),
+        ("rise", {"p": 0.0}, ValueError, r"p must be a probability in \(0, 1\]"),
+        ("rise", {"cell_size": 2.5}, ValueError, "cell_size"),
+    ],
+)
+def test_bad_settings_are_named(name, settings, error, message):
+    model = build_model("shallow", SHAPE, seed=0)
+    with pytest.raises(error, match=message):
+        make_method(name, model, **settings)
+
+
+@pytest.mark.parametrize("name", sorted(FAST_SETTINGS))
+def test_bad_targets_layers_and_inputs_are_named(name):
+    model = build_model("shallow", SHAPE, seed=0).eval()
+    method = _method(name, model)
+    x = images(SHAPE, count=3)
+    with pytest.raises(ValueError, match="outside 0..9"):
+        method.attribute(x, target=10)
+    with pytest.raises(ValueError, match="target has 2 entries but the batch has 3"):
+        method.attribute(x, target=[1, 2])
+    with pytest.raises(TypeError, match="integer class indices"):
+        method.attribute(x, target=torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="unknown layer 'conv9'; valid layers: conv1, relu1"):
+        method.attribute(x, layer="conv9")
+    with pytest.raises(ValueError, match="not a sub-module"):
+        method.attribute(x, layer=nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
+        method.attribute(x.numpy())
+    with pytest.raises(TypeError, match="floating point"):
+        method.attribute(x.long())
+
+
+@pytest.mark.parametrize("name", sorted(FAST_SETTINGS))
+def test_target_conventions(name):
+    model = build_model("deep", SHAPE, seed=1).eval()
+    method = _method(name, model)
+    x = images(SHAPE, count=4)
+    with torch.no_grad():
+        logits = model(x)
+    predicted = method.explain(x)
+    assert torch.equal(predicted.target, logits.argmax(1))
+    torch.testing.assert_close(predicted.logits, logits)
+    assert torch.equal(predicted.attribution, method.attribute(x, target=logits.argmax(1)))
+    as_int = method.explain(x, target=3)
+    assert torch.equal(as_int.target, torch.full((4,), 3))
+    assert torch.equal(as_int.attribution, method.attribute(x, target=[3, 3, 3, 3]))
+    assert torch.equal(as_int.attribution, method.attribute(x, target=torch.tensor([3])))
+
+
+def _model_state(model: nn.Module) -> dict:
+    return {
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "parameters": [p for p in model.parameters()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
+            for m in model.modules()
+        ],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    assert before["tensors"].keys() == after["tensors"].keys()
+    for key, value in before["tensors"].items():
+        assert torch.equal(value, after["tensors"][key]), key
+    assert all(a is b for a, b in zip(before["parameters"], after["parameters"]))
+    for key in ("requires_grad", "training", "hooks"):
+        assert before[key] == after[key], key
+    for a, b in zip(before["grad"], after["grad"]):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def _training_model() -> nn.Module:
+    """deep_bn in train mode (BatchNorm would update its running statistics), one BN frozen in eval, conv1 frozen."""
+    model = build_model("deep_bn", SHAPE, seed=4).train()
+    model.bn2.eval()
+    model.conv1.weight.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(FAST_SETTINGS))
+def test_model_is_untouched_even_between_a_training_forward_and_its_backward(name):
+    x_train, y_train = images(SHAPE, count=16, offset=300), torch.arange(16) % 10
+    x = images(SHAPE, count=3)
+
+    reference = _training_model()
+    F.cross_entropy(reference(x_train), y_train).backward()
+
+    model = _training_model()
+    loss = F.cross_entropy(model(x_train), y_train)  # the pending training step
+    before = _model_state(model)
+    attribution = _method(name, model).attribute(x)
+    _assert_same_state(before, _model_state(model))
+    loss.backward()
+    for (key, p), p_ref in zip(model.named_parameters(), reference.parameters()):
+        assert (p.grad is None) == (p_ref.grad is None), key
+        assert p.grad is None or torch.equal(p.grad, p_ref.grad), key
+    # and the attribution is the eval-mode one (a copy: the training forward moved the BatchNorm statistics)
+    evaluated = copy.deepcopy(model).eval()
+    assert torch.equal(attribution, _method(name, evaluated).attribute(x))
+    assert not x.requires_grad and x.grad is None
+
+
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "gradcam", "occlusion"])
+def test_methods_work_under_no_grad_and_leave_inputs_alone(name):
+    model = build_model("shallow", SHAPE, seed=2).eval()
+    method = _method(name, model)
+    x = images(SHAPE, count=2)
+    expected = method.attribute(x)
+    with torch.no_grad():
+        assert torch.equal(method.attribute(x), expected)
+    x_grad = x.clone().requires_grad_(True)
+    assert torch.equal(method.attribute(x_grad), expected)
+    assert x_grad.grad is None
