@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 #: environment variable that overrides where chapters put their run directories
 RUNS_ENV = "ATTRLAB_RUNS"
+#: environment variable that overrides where chapters look for downloaded datasets
+DATA_ENV = "ATTRLAB_DATA"
 
 
 class ParameterError(ValueError):
@@ -74,6 +76,19 @@ def runs_root() -> Path:
         return book_root() / "runs"
     except FileNotFoundError:
         return (Path.cwd() / "runs").resolve()
+
+
+def data_root() -> Path:
+    """Where chapters find datasets (FashionMNIST, CIFAR10): ``$ATTRLAB_DATA``, else ``data/`` at the book root.
+
+    Like :func:`runs_root`, so a chapter finds the same files whether the book build or papermill runs it.
+    """
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).resolve()
+    try:
+        return book_root() / "data"
+    except FileNotFoundError:
+        return (Path.cwd() / "data").resolve()
 
 
 def run_dir_for(chapter: str, prefix: str, **parameters: Any) -> Path:

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from attrlab.chapters import chapter_parameters, run_dir_for, runs_root
+from attrlab.chapters import chapter_parameters, data_root, run_dir_for, runs_root
 from attrlab.train import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,11 @@ def test_run_dirs_are_distinct_per_parameters_and_follow_the_environment(monkeyp
     assert one != run_dir_for("training", "digits-shallow", epochs=1, seed=1)
     assert one.parent == tmp_path / "training" and one.name.startswith("digits-shallow-")
     monkeypatch.delenv("ATTRLAB_RUNS")
-    monkeypatch.chdir(BOOK)  # the book build runs chapters inside book/: runs still go to the repository root
-    assert runs_root() == ROOT / "runs"
+    monkeypatch.delenv("ATTRLAB_DATA", raising=False)
+    monkeypatch.chdir(BOOK)  # the book build runs chapters inside book/: runs and data stay at the repository root
+    assert runs_root() == ROOT / "runs" and data_root() == ROOT / "data"
+    monkeypatch.chdir(tmp_path)  # outside any book: next to the cwd
+    assert runs_root() == tmp_path / "runs"
 
 
 def _glued(notebook) -> dict[str, str]:
