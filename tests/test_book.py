@@ -134,3 +134,22 @@ def test_training_chapter_runs_under_papermill(tmp_path):
     assert glued["final_test_acc"] == repr(f"{final['test_acc']:.1%}")
     assert glued["steps"] == str(int(run.metrics["step"].max()))
     assert json.loads((run_dir / "config.json").read_text())["dataset"] == "digits"
+
+
+def test_site_check_finds_error_outputs_broken_images_and_chapters():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_site", BOOK / "tools" / "check_site.py")
+    check_site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_site)
+    pages, chapters = check_site.chapters_of(BOOK / "_toc.yml")
+    assert pages == PAGES and chapters == CHAPTERS
+    scan = check_site.PageScan()
+    report = json.dumps([{"src": "a.png", "loaded": True}, {"src": "b.png", "loaded": False}])
+    scan.feed(
+        f"<html><body data-site-check='{report}'><div class='cell_output'><div class='output stderr'>x</div>"
+        "<div class='output text_plain'>fine</div><pre>Traceback (most recent call last)</pre></div></body></html>"
+    )
+    assert [image["loaded"] for image in scan.report] == [True, False]
+    assert scan.errors == ["<div class='output stderr'>"]
+    assert "Traceback (most recent call last)" in "".join(scan.text)
