@@ -299,3 +299,45 @@ def test_errors_name_the_bad_value():
 
 def test_registry_entry():
     assert get_method("lrp") is LRP
+
+
+def test_average_pools_and_dense_first_layers_match_zennit():
+    """Norm rule on AvgPool2d / AdaptiveAvgPool2d, Flat and WSquare on a Linear first layer (after a Flatten)."""
+    torch.manual_seed(4)
+    pooled = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(32, 10),
+    ).train()  # dropout is the identity in attribution
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 10)).eval()
+    inputs = torch.rand(3, 1, 8, 8) * 2 - 1
+    target = [2, 3, 4]
+    for model in (pooled, mlp):
+        ours = LRP(model, "epsilon_plus_flat").attribute(inputs, target)
+        expected = zennit_relevance(model.eval(), zennit_composites.EpsilonPlusFlat(), inputs, target)
+        model.train(model is pooled)
+        assert ours.shape == inputs.shape
+        assert relative_l2(ours, expected) <= TOLERANCE
+    from attrlab.lrp import WSquare
+
+    ours = LRP(mlp, {"1": WSquare(), nn.Linear: Epsilon()}).attribute(inputs, target)
+    reference = zennit_composites.SpecialFirstLayerMapComposite(
+        layer_map=zennit_composites.layer_map_base() + [(torch.nn.Linear, zennit_rules.Epsilon())],
+        first_map=[(torch.nn.Linear, zennit_rules.WSquare())],
+    )
+    assert relative_l2(ours, zennit_relevance(mlp, reference, inputs, target)) <= TOLERANCE
+
+
+def test_cached_weights_follow_training_updates():
+    """One LRP object used across optimiser steps gives what a fresh one gives (cached modified weights refresh)."""
+    model, inputs = make_model("shallow", (1, 28, 28), False), make_inputs((1, 28, 28))
+    for composite in ("epsilon_plus_flat", "epsilon_gamma_box", "lrp_focus"):
+        kept = LRP(model, composite)
+        kept.attribute(inputs, 1)
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(inputs), torch.tensor([1, 2, 3])).backward()
+        optimiser.step()
+        torch.testing.assert_close(kept.attribute(inputs, 1), LRP(model, composite).attribute(inputs, 1))
+        with torch.no_grad():
+            model.load_state_dict(_weights("shallow", (1, 28, 28), True))
+        torch.testing.assert_close(kept.attribute(inputs, 1), LRP(model, composite).attribute(inputs, 1))

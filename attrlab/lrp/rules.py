@@ -22,7 +22,7 @@ shortcuts: a non-negative input (after a ReLU all ``x-`` terms vanish) and a ReL
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,10 @@ class Affine:
             raise TypeError(f"Affine wraps Conv2d or Linear layers, not {type(module).__name__}")
         if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
             raise ValueError(f"LRP supports zero-padded convolutions only, got padding_mode={module.padding_mode!r}")
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ValueError(f"LRP supports convolutions with groups=1 only, got groups={module.groups}")
         self.module = module
+        self.owns_parameters = weight is None  # False for canonized layers (folded BatchNorm): nothing to cache
         self.weight = (module.weight if weight is None else weight).detach()
         if weight is None:
             bias = module.bias
@@ -65,26 +68,16 @@ class Affine:
         bias = self.bias if isinstance(bias, str) else bias
         m = self.module
         if isinstance(m, nn.Conv2d):
-            return F.conv2d(x, weight, bias, m.stride, self.padding, m.dilation, m.groups)
+            return F.conv2d(x, weight, bias, m.stride, self.padding, m.dilation)
         return F.linear(x, weight, bias)
-
-    def stacked(self, x: Tensor, weights: list[Tensor], biases: list[Tensor | None]) -> list[Tensor]:
-        """``[layer(x, w, b) for w, b in zip(weights, biases)]`` computed as one call with stacked weights."""
-        if len(weights) == 1:
-            return [self(x, weights[0], biases[0])]
-        if isinstance(self.module, nn.Conv2d) and self.module.groups != 1:
-            return [self(x, w, b) for w, b in zip(weights, biases)]
-        zero = self.weight.new_zeros(self.weight.shape[0])
-        bias = None if all(b is None for b in biases) else torch.cat([zero if b is None else b for b in biases])
-        return list(self(x, torch.cat(weights), bias).chunk(len(weights), dim=1))
 
     def transpose(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
         """``weight^T grad``: the gradient of ``layer(x, weight)`` w.r.t. ``x`` (weights may be stacked along dim 0,
         with ``grad`` stacked along its channels, to sum several terms in one call)."""
         m = self.module
         if isinstance(m, nn.Conv2d):
-            shape = (input_shape[0], weight.shape[1] * m.groups, *input_shape[2:])
-            return torch.nn.grad.conv2d_input(shape, weight, grad, m.stride, self.padding, m.dilation, m.groups)
+            shape = (input_shape[0], weight.shape[1], *input_shape[2:])
+            return torch.nn.grad.conv2d_input(shape, weight, grad, m.stride, self.padding, m.dilation, 1)
         return grad @ weight
 
 
@@ -109,7 +102,7 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
 def _ratio_(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     """``z / stabilize(denominator, epsilon)``, overwriting ``denominator`` (a temporary) to save memory traffic."""
     denominator.add_(torch.where(denominator >= 0, epsilon, -epsilon))
-    if denominator.shape == z.shape and denominator.is_contiguous():
+    if denominator.shape == z.shape:
         return torch.div(z, denominator, out=denominator)
     return z / denominator
 
@@ -155,8 +148,29 @@ class Rule:
     def __call__(self, layer: nn.Module | Affine, x: Tensor, info: LayerInfo) -> Tensor:
         raise NotImplementedError
 
+    def cached(self, layer: Affine, tag: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` (modified weights and the like) for ``layer``, reused while its parameters are unchanged.
+
+        Parameters count as unchanged while they are the same tensors with the same storage and in-place version
+        counters (an optimiser step or ``load_state_dict`` bumps them), so attributing a model during training stays
+        exact. Recomputing costs only small tensor ops, but on a busy CPU every extra op has a fixed cost.
+        """
+        if not layer.owns_parameters:
+            return compute()
+        module = layer.module
+        key = (tag,) + tuple(
+            None if p is None else (p._version, p.data_ptr(), p.dtype, p.device) for p in (module.weight, module.bias)
+        )
+        cache = self.__dict__.setdefault("_cache", {})
+        entry = cache.get(id(module))
+        if entry is not None and entry[0] is module and entry[1] == key:
+            return entry[2]
+        value = compute()
+        cache[id(module)] = (module, key, value)  # the module reference keeps id(module) from being reused
+        return value
+
     def __repr__(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if not key.startswith("_"))
         return f"{type(self).__name__}({settings})"
 
 
@@ -172,7 +186,11 @@ class Epsilon(Rule):
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
         def propagate(x: Tensor) -> tuple[Tensor, Backward]:
             z = layer(x)
-            scale = (z != 0).to(z.dtype) if self.epsilon == 0 else z / stabilize(z, self.epsilon)
+            if self.epsilon == 0:
+                scale = (z != 0).to(z.dtype)
+            else:  # z / (z + eps sign z) = |z| / (|z| + eps): same value, fewer passes
+                magnitude = z.abs()
+                scale = magnitude.div_(magnitude + self.epsilon)
             return z, lambda grad: layer.transpose(grad * scale, layer.weight, x.shape)
 
         return propagation(x, propagate)
@@ -198,38 +216,38 @@ class _TwoBranch(Rule):
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
         c1, c2 = self.coefficients()
         second = c2 != 0 and not (self.masked and info.output_rectified)
-        a, b, bias_a, bias_b = self.weights(layer, second)
-        w, bias = layer.weight, layer.bias
-
         # with a ReLU right after the layer, its gradient already zeroes every output with z <= 0
         mask = self.masked and not info.output_rectified
+        nonnegative = info.input_nonnegative
+        prepared = self.cached(layer, (second, nonnegative), lambda: self._prepare(layer, second, nonnegative))
+        count = 2 if second else 1
 
         def scales(z: Tensor, denominators: list[Tensor]) -> Tensor:
             parts = []
             for coeff, sign, d in zip((c1, c2), (1, -1), denominators):
-                scale = _ratio_(z, d, self.stabilizer)
+                if nonnegative and sign > 0:
+                    # d already holds + eps (in the bias); see _prepare for why clamping is exact
+                    scale = torch.div(z, d if self.first_branch_nonnegative else d.clamp_(min=self.stabilizer), out=d)
+                else:
+                    scale = _ratio_(z, d, self.stabilizer)
                 if mask:
                     scale.mul_((z > 0) if sign > 0 else (z < 0))
                 parts.append(scale if coeff == 1 else scale.mul_(coeff))
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
         def propagate_nonnegative(x: Tensor) -> tuple[Tensor, Backward]:
-            # x- = 0: d1 = A x + bias_A, d2 = B x + bias_B, all from one stacked call with the true output
-            z, *denominators = layer.stacked(x, [w, a] + ([b] if second else []),
-                                             [bias, bias_a] + ([bias_b] if second else []))
+            stacked_weight, stacked_bias, back = prepared
+            z, *denominators = layer(x, stacked_weight, stacked_bias).chunk(1 + count, dim=1)
             scale = scales(z, denominators)
-            back = torch.cat([a, b]) if second else a
             return z, lambda grad: layer.transpose(_repeat(grad, second) * scale, back, x.shape)
 
         def propagate_signed(x: Tensor) -> tuple[Tensor, Backward]:
-            x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+            both, bias_a, bias_b, forward_weights, swapped_weights = prepared
             z = layer(x)
-            pos_a, pos_b = layer.stacked(x_pos, [a, b], [None, None])
-            neg_a, neg_b = layer.stacked(x_neg, [a, b], [None, None])
+            pos_a, pos_b = layer(x.clamp(min=0), both, None).chunk(2, dim=1)
+            neg_a, neg_b = layer(x.clamp(max=0), both, None).chunk(2, dim=1)
             denominators = [_add_bias(pos_a + neg_b, bias_a)] + ([_add_bias(pos_b + neg_a, bias_b)] if second else [])
             scale = scales(z, denominators)
-            forward_weights = torch.cat([a, b]) if second else a
-            swapped_weights = torch.cat([b, a]) if second else b
 
             def backward(grad: Tensor) -> Tensor:
                 g = _repeat(grad, second) * scale
@@ -238,7 +256,25 @@ class _TwoBranch(Rule):
 
             return z, backward
 
-        return propagation(x, propagate_nonnegative if info.input_nonnegative else propagate_signed)
+        return propagation(x, propagate_nonnegative if nonnegative else propagate_signed)
+
+    #: with x >= 0 the branch-1 denominator ``A x + bias_A`` is >= 0 (true for z+ / alpha-beta: A = w+, bias_A = b+)
+    first_branch_nonnegative: bool = True
+
+    def _prepare(self, layer: Affine, second: bool, nonnegative: bool) -> tuple:
+        a, b, bias_a, bias_b = self.weights(layer, second)
+        if not nonnegative:
+            return torch.cat([a, b]), bias_a, bias_b, torch.cat([a, b]) if second else a, \
+                torch.cat([b, a]) if second else b
+        # x >= 0 (x- = 0): z, d1 = A x + bias_A (+ eps) and d2 = B x + bias_B from ONE call with stacked weights.
+        # Branch 1's stabilizer is + eps wherever it counts: d1 >= 0 for z+ / alpha-beta, and d1 >= z > 0 for gamma
+        # on outputs z > 0 (the others are masked or zeroed by the ReLU; clamping them to eps keeps them finite).
+        zero = layer.weight.new_zeros(layer.weight.shape[0])
+        biases = [layer.bias, bias_a] + ([bias_b] if second else [])
+        biases = [zero if t is None else t for t in biases]
+        biases[1] = biases[1] + self.stabilizer
+        stacked_weight = torch.cat([layer.weight, a] + ([b] if second else []))
+        return stacked_weight, torch.cat(biases), torch.cat([a, b]) if second else a
 
 
 def _repeat(grad: Tensor, twice: bool) -> Tensor:
@@ -279,6 +315,7 @@ class Gamma(_TwoBranch):
     """Generalised LRP-gamma (zennit): ``w + gamma w+`` for outputs ``z > 0``, ``w + gamma w-`` for ``z < 0``."""
 
     masked = True
+    first_branch_nonnegative = False
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
         if gamma < 0:
@@ -305,35 +342,43 @@ def _expand_bound(bound: float | Tensor, x: Tensor) -> Tensor:
 
 
 class _InputSpace(Rule):
-    """Base of rules whose backward returns the input relevance ``sum_k m_k W_k^T (R / d)`` directly."""
+    """Base of rules whose backward returns the input relevance ``sum_k m_k W_k^T (R / d)`` directly.
+
+    Subclasses give :meth:`constants` (what depends on the weights and the image shape only, cached) and
+    :meth:`terms` (the denominator and the (input multiplier, index of the weight block) pairs).
+    """
 
     input_space = True
 
-    def terms(self, layer: Affine, x: Tensor, z: Tensor) -> tuple[Tensor, list[tuple[Tensor | float, Tensor]]]:
-        """The denominator ``d`` and the (input multiplier, weight) pairs of the numerator, for output ``z``."""
+    def constants(self, layer: Affine, x: Tensor) -> tuple:
+        """(stacked weight blocks along the input channels, anything else ``terms`` needs); computed on one image."""
+        raise NotImplementedError
+
+    def terms(self, z: Tensor, x: Tensor, constants: tuple) -> tuple[Tensor, list[Tensor | float]]:
+        """The denominator ``d`` (a temporary) and the input multiplier of each weight block."""
         raise NotImplementedError
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
+        tag = (tuple(x.shape[1:]), x.dtype, x.device)
+        constants = self.cached(layer, tag, lambda: self.constants(layer, x.detach()))
+
         def propagate(x: Tensor) -> tuple[Tensor, Backward]:
             z = layer(x)
-            denominator, terms = self.terms(layer, x, z)
+            denominator, multipliers = self.terms(z, x, constants)
             scale = _ratio_(z, denominator, self.stabilizer)
-            return z, lambda grad: _input_relevance(layer, grad * scale, terms, x.shape)
+            return z, lambda grad: _input_relevance(layer, grad * scale, constants[0], multipliers, x.shape)
 
         return propagation(x, propagate)
 
 
-def _input_relevance(layer: Affine, grad: Tensor, terms: list[tuple[Tensor | float, Tensor]],
+def _input_relevance(layer: Affine, grad: Tensor, weights: Tensor, multipliers: list[Tensor | float],
                      input_shape: torch.Size) -> Tensor:
-    """``sum_k m_k * W_k^T grad`` in one call (weights stacked along the input channels)."""
-    weights = torch.cat([weight for _, weight in terms], dim=1)
+    """``sum_k m_k * W_k^T grad`` in one call (the weight blocks W_k stacked along the input channels)."""
     if grad.shape[1] != weights.shape[0]:  # one-output-channel weights (Flat): sum the output channels first
         grad = grad.sum(1, keepdim=True)
-    if isinstance(layer.module, nn.Conv2d) and layer.module.groups != 1:
-        raise ValueError("input-space rules support convolutions with groups=1 only")
     back = layer.transpose(grad, weights, (input_shape[0], weights.shape[1], *input_shape[2:]))
     chunks = back.split(input_shape[1], dim=1)
-    return sum(multiplier * chunk for (multiplier, _), chunk in zip(terms, chunks))
+    return sum(multiplier * chunk for multiplier, chunk in zip(multipliers, chunks))
 
 
 class Flat(_InputSpace):
@@ -342,11 +387,13 @@ class Flat(_InputSpace):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
 
-    def terms(self, layer: Affine, x: Tensor, z: Tensor):
-        # d is the same for every image and output channel: compute it once on one image with one output channel
+    def constants(self, layer: Affine, x: Tensor):
+        # d is the same for every image and output channel: one image, one output channel
         ones = layer.weight.new_ones((1, *layer.weight.shape[1:]))
-        denominator = layer(torch.ones_like(x[:1]), ones, None)
-        return denominator, [(1.0, ones)]
+        return ones, layer(torch.ones_like(x[:1]), ones, None)
+
+    def terms(self, z: Tensor, x: Tensor, constants: tuple):
+        return constants[1].clone(), [1.0]
 
 
 class WSquare(_InputSpace):
@@ -355,10 +402,13 @@ class WSquare(_InputSpace):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
 
-    def terms(self, layer: Affine, x: Tensor, z: Tensor):
+    def constants(self, layer: Affine, x: Tensor):
         squared = layer.weight**2
         bias = None if layer.bias is None else layer.bias**2
-        return layer(torch.ones_like(x[:1]), squared, bias), [(1.0, squared)]
+        return squared, layer(torch.ones_like(x[:1]), squared, bias)
+
+    def terms(self, z: Tensor, x: Tensor, constants: tuple):
+        return constants[1].clone(), [1.0]
 
 
 class ZBox(_InputSpace):
@@ -368,13 +418,17 @@ class ZBox(_InputSpace):
                  stabilizer: float = 1e-6):
         self.low, self.high, self.stabilizer = low, high, float(stabilizer)
 
-    def terms(self, layer: Affine, x: Tensor, z: Tensor):
+    def constants(self, layer: Affine, x: Tensor):
         w = layer.weight
         low, high = _expand_bound(self.low, x), _expand_bound(self.high, x)
         w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
-        # zennit keeps the bias in all three terms (b - b+ - b- = 0 up to rounding); so do we, to match it exactly
-        denominator = z - layer(low, w_pos, _positive(layer.bias)) - layer(high, w_neg, _negative(layer.bias))
-        return denominator, [(x, w), (-low, w_pos), (-high, w_neg)]
+        # zennit keeps the bias in all three terms (b - b+ - b- = 0 up to rounding); so do we, to match it
+        offset = layer(low, w_pos, _positive(layer.bias)) + layer(high, w_neg, _negative(layer.bias))
+        return torch.cat([w, w_pos, w_neg], dim=1), offset, -low, -high
+
+    def terms(self, z: Tensor, x: Tensor, constants: tuple):
+        _, offset, minus_low, minus_high = constants
+        return z - offset, [x, minus_low, minus_high]
 
 
 # ------------------------------------------------------------------------------------------------ other layers
