@@ -89,18 +89,16 @@ def plot_aggatt(
 ) -> Figure:
     """AggAtt panels: one row per (method, layer), one column per percentile bin (best localised on the left).
 
-    ``bins[(method, layer)]`` is the (len(bin_ranges), H, W) mean positive map of each bin. All rows of one method
-    share one colour scale (0 to that method's largest mean value), so a method's layers compare directly; the grid
-    cells are outlined and the scored cell (top-left) drawn solid. ``bin_scores`` adds each bin's mean score.
+    ``bins[(method, layer)]`` is the (len(bin_ranges), H, W) mean positive map of each bin. The bins of a row share
+    one colour scale (0 to the row's largest mean value), so best and worst cases of a method compare directly; rows
+    are scaled separately because attributions at different layers are in different units. The grid cells are
+    outlined and the scored cell (top-left) drawn in blue. ``bin_scores`` adds each bin's mean score.
     """
     keys = list(bins)
     if not keys:
         raise ValueError("no AggAtt bins to plot")
-    scale = {}
-    for (method, _), maps in bins.items():
-        scale[method] = max(scale.get(method, 0.0), float(maps.max()))
     columns = len(bin_ranges)
-    fig, axes = plt.subplots(len(keys), columns, figsize=(1.35 * columns + 1.2, 1.35 * len(keys)), squeeze=False)
+    fig, axes = plt.subplots(len(keys), columns, figsize=(1.1 * columns + 1.2, 1.15 * len(keys)), squeeze=False)
     for row, key in enumerate(keys):
         method, layer = key
         maps = bins[key].detach().cpu().numpy()
@@ -109,7 +107,7 @@ def plot_aggatt(
         side = maps.shape[-1] / n
         for col in range(columns):
             ax = axes[row, col]
-            ax.imshow(maps[col], cmap="Reds", vmin=0, vmax=scale[method] or 1.0)
+            ax.imshow(maps[col], cmap="Reds", vmin=0, vmax=float(maps.max()) or 1.0)
             for k in range(1, n):
                 ax.axhline(k * side - 0.5, color="0.6", linewidth=0.6)
                 ax.axvline(k * side - 0.5, color="0.6", linewidth=0.6)
