@@ -76,8 +76,12 @@ class Affine:
         with ``grad`` stacked along its channels, to sum several terms in one call)."""
         m = self.module
         if isinstance(m, nn.Conv2d):
-            shape = (input_shape[0], weight.shape[1], *input_shape[2:])
-            return torch.nn.grad.conv2d_input(shape, weight, grad, m.stride, self.padding, m.dilation, 1)
+            # torch.nn.grad.conv2d_input passes an expanded dummy input that convolution_backward then copies in
+            # full; an uninitialised contiguous dummy avoids that copy (only its shape is read)
+            dummy = grad.new_empty((input_shape[0], weight.shape[1], *input_shape[2:]))
+            return torch.ops.aten.convolution_backward(
+                grad, dummy, weight, None, m.stride, self.padding, m.dilation, False, [0, 0], 1, [True, False, False]
+            )[0]
         return grad @ weight
 
 
