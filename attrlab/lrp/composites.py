@@ -47,7 +47,7 @@ MAX_POOL_MODES = ("gradient", "average")
 
 
 class Composite:
-    """Assign rules to a model's layers: ``name_map`` first, then ``first_map`` (first match only), then ``layer_map``."""
+    """Assign rules to a model's layers: ``name_map``, else ``first_map`` (first match only), else ``layer_map``."""
 
     def __init__(
         self,

@@ -8,6 +8,11 @@ target logits to the input (or to the chosen layer's output) then gives the rele
 The model is never changed and never called: parameters are read (detached), layers are applied through functional
 calls, so module hooks do not run, the train/eval flag, ``requires_grad`` and ``.grad`` stay as they are, and a
 pending training ``loss.backward()`` still works.
+
+Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv2d (zero padding,
+groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity and foldable BatchNorms
+(see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
+``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair.
 """
 
 from __future__ import annotations
