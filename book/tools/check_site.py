@@ -129,8 +129,12 @@ def browse(chromium: str, profile: str, url: str, *extra: str) -> subprocess.Com
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def check_page(chromium: str, base: str, page: str, chapter: bool, screenshots: Path) -> tuple[list[str], int]:
+def check_page(
+    chromium: str, base: str, site: Path, page: str, chapter: bool, screenshots: Path
+) -> tuple[list[str], int]:
     """The problems of one page (none when it passes) and its number of images; saves its screenshot."""
+    if not (site / f"{page}.html").is_file():
+        return [f"{page}.html is missing from the built site {site} (rebuild the book)"], 0
     problems = []
     with tempfile.TemporaryDirectory(prefix="site-check-") as profile:
         dumped = browse(chromium, profile, f"{base}/{page}.html", "--dump-dom")
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for page in pages:
             started = time.perf_counter()
-            problems, images = check_page(chromium, base, page, page in chapters, screenshots)
+            problems, images = check_page(chromium, base, site, page, page in chapters, screenshots)
             kind = "chapter" if page in chapters else "page"
             status = "ok  " if not problems else "FAIL"
             print(f"{status} {kind:7} {page:30} {images:3d} images  {time.perf_counter() - started:5.1f} s", flush=True)
