@@ -1,7 +1,8 @@
 """Models and images shared by the attribution tests: seed models with random and briefly trained weights.
 
-Briefly trained = 8 Adam steps (lr 3e-3, batch 32) on digits (1x28x28; resized to 32x32 and repeated over 3 channels for 3x32x32), enough
-to move the weights off their initialisation so gradients are not those of a random network. Built once per session.
+Briefly trained = 8 Adam steps (lr 3e-3, batch 32) on digits (1x28x28; for 3x32x32 resized and repeated over 3
+channels), enough to move the weights off their initialisation so gradients are not those of a random network.
+Built once per session.
 """
 
 from __future__ import annotations

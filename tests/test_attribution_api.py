@@ -55,7 +55,7 @@ def test_unknown_method_lists_valid_names():
         ("gradcam", {"colour": True}, TypeError, "bad settings for attribution method 'gradcam'"),
         ("gradcam", {"relu": "yes"}, TypeError, "relu must be True or False"),
         ("integrated_gradients", {"n_steps": 0}, ValueError, "n_steps must be an integer >= 1"),
-        ("integrated_gradients", {"method": "riemann_trapezoid", "n_steps": 1}, ValueError, "n_steps must be an integer >= 2"),
+        ("integrated_gradients", {"method": "riemann_left", "n_steps": 1}, ValueError, "integer >= 2"),
         ("integrated_gradients", {"method": "simpson"}, ValueError, "valid choices: gausslegendre"),
         ("integrated_gradients", {"baseline": "zero"}, ValueError, "baseline must be a finite number"),
         ("integrated_gradients", {"internal_batch_size": 0}, ValueError, "internal_batch_size"),

@@ -49,7 +49,8 @@ def test_layer_gradient_and_ixg_match_captum(architecture, shape, weights):
         gradient = LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(x, target=target)
         ixg = LayerGradientXActivation(model, layer).attribute(x, target=target)
         assert relative_error(make_method("gradient", model).attribute(x, target, layer=name), gradient) <= TOLERANCE
-        assert relative_error(make_method("input_x_gradient", model).attribute(x, target, layer=layer), ixg) <= TOLERANCE
+        ours_ixg = make_method("input_x_gradient", model).attribute(x, target, layer=layer)
+        assert relative_error(ours_ixg, ixg) <= TOLERANCE
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
@@ -154,7 +155,8 @@ def test_guided_backprop_reaches_relus_inside_custom_modules():
     model = model_for("shallow", (1, 28, 28))
     x = images((1, 28, 28), count=3)
     names = [name for name, _ in model.named_children()]
-    nested = _Nested(*[getattr(model, n) for n in names[:3]], _Wrapped(nn.Sequential(*[getattr(model, n) for n in names[3:]])))
+    upper = _Wrapped(nn.Sequential(*[getattr(model, n) for n in names[3:]]))
+    nested = _Nested(*[getattr(model, n) for n in names[:3]], upper)
     reference = GuidedBackprop(model).attribute(x, target=1)
     assert relative_error(make_method("guided_backprop", nested).attribute(x, target=1), reference) <= TOLERANCE
     assert all(not m._forward_hooks for m in nested.modules())

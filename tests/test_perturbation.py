@@ -55,7 +55,11 @@ def test_occlusion_at_a_layer_matches_captum_on_the_upper_part(layer):
     channels = activation.shape[1]
     ours = make_method("occlusion", model, window=3, stride=2).attribute(x, target=7, layer=layer)
     reference = Occlusion(upper).attribute(
-        activation, sliding_window_shapes=(channels, 3, 3), strides=(channels, 2, 2), target=7, perturbations_per_eval=64
+        activation,
+        sliding_window_shapes=(channels, 3, 3),
+        strides=(channels, 2, 2),
+        target=7,
+        perturbations_per_eval=64,
     )
     assert ours.shape == activation.shape
     assert relative_error(ours, reference) <= TOLERANCE
@@ -85,7 +89,9 @@ def test_rise_equals_its_definition_mask_by_mask(output):
     model = model_for("deep", (1, 28, 28))
     x = images((1, 28, 28), count=3)
     n_masks, p = 40, 0.5
-    method = make_method("rise", model, n_masks=n_masks, p=p, seed=3, output=output, baseline=-1.0, internal_batch_size=25)
+    method = make_method(
+        "rise", model, n_masks=n_masks, p=p, seed=3, output=output, baseline=-1.0, internal_batch_size=25
+    )
     explanation = method.explain(x)
     masks = rise_masks(n_masks, (28, 28), cell_size=4, p=p, seed=3)
     expected = torch.zeros(3, 28, 28)

@@ -1,4 +1,4 @@
-"""Argument checks shared by the gradient, CAM and perturbation methods: each error names the bad value and the valid ones."""
+"""Argument checks of the gradient, CAM and perturbation methods: each error names the bad value and the valid ones."""
 
 from __future__ import annotations
 

@@ -32,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attribution, Explanation, Layer, Target, last_layer_of_type, named_layers, resolve_layer, resolve_target
+from .base import (
+    Attribution,
+    Explanation,
+    Layer,
+    Target,
+    last_layer_of_type,
+    named_layers,
+    resolve_layer,
+    resolve_target,
+)
 from .checks import check_bool, check_image_batch
 from .gradcam import finish_map
 from .layer_split import ModelSplit
@@ -118,7 +127,9 @@ class SeedCodeGradCAM(Attribution):
             activation = split.head(x)
             logits = split.tail(activation, x)
         if activation.ndim != 4:
-            raise ValueError(f"gradcam_seed_code needs a spatial layer; {layer!r} gives shape {tuple(activation.shape)}")
+            raise ValueError(
+                f"gradcam_seed_code needs a spatial layer; {layer!r} gives shape {tuple(activation.shape)}"
+            )
         target_index = resolve_target(target, logits)
         cam = (weights * activation).mean(1, keepdim=True)
         return Explanation(finish_map(cam, x, self.relu, self.upsample), logits, target_index)

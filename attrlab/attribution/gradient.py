@@ -64,7 +64,7 @@ class _LayerGradient(Attribution):
 
 
 class Gradient(_LayerGradient):
-    """The gradient of the target logit (captum's Saliency with ``abs=False``; ``absolute=True`` is Saliency's default)."""
+    """The gradient of the target logit: captum's Saliency with ``abs=False`` (``absolute=True``: its default)."""
 
     name = "gradient"
 

@@ -144,7 +144,8 @@ class ModelSplit:
         copies, remainder = divmod(activation.shape[0], inputs.shape[0])
         if remainder:
             raise ValueError(
-                f"an activation batch of {activation.shape[0]} is not a whole number of copies of {inputs.shape[0]} inputs"
+                f"an activation batch of {activation.shape[0]} is not a whole number of copies of "
+                f"{inputs.shape[0]} inputs"
             )
         if copies > 1:
             inputs = inputs.repeat(copies, *([1] * (inputs.ndim - 1)))

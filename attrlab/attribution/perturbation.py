@@ -53,11 +53,12 @@ class _Perturbation(Attribution):
         self.internal_batch_size = check_optional_positive_int("internal_batch_size", internal_batch_size)
         self.progress = check_bool("progress", progress)
 
-    def _masks(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """(M, h, w) masks in [0, 1]: 1 = replaced by the baseline (occlusion) / kept (RISE, see ``_keep``)."""
-        raise NotImplementedError
+    #: whether mask value 1 keeps the activation (RISE) or replaces it by the baseline (occlusion)
+    _keep = False
 
-    _keep = False  # whether mask value 1 keeps the activation (RISE) or replaces it (occlusion)
+    def _masks(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """(M, h, w) masks in [0, 1]; what 1 means depends on ``_keep``."""
+        raise NotImplementedError
 
     def _mask_value(self, scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """What each mask contributes, (k, N), from the perturbed scores (k, N) and the unperturbed ones (N,)."""
