@@ -11,7 +11,8 @@ Every name and value is checked against the chapter's ``parameters`` cell before
 ``model=deep, seed=1`` becomes ``<output>/model-deep_seed-1.ipynb``, with its run directory
 ``<output>/model-deep_seed-1/`` when the chapter has a ``run_dir`` parameter the sweep does not set. A notebook is
 executed under a temporary name and renamed when it has finished; ``<output>/<point>.done.json`` then marks the point
-finished, so rerunning an interrupted sweep skips it. A failing point is kept as ``<output>/<point>.failed.ipynb``.
+finished, so rerunning an interrupted sweep skips it (and removes the temporary notebooks a killed sweep left
+behind; run one sweep per output folder at a time). A failing point is kept as ``<output>/<point>.failed.ipynb``.
 
 Each point runs in its own Jupyter kernel, started by a Dask task: a threaded ``LocalCluster`` by default (the
 work happens in the kernels, so worker threads only wait), or any cluster by its scheduler address, provided the
@@ -263,6 +264,9 @@ def run_sweep(
     todo = [point for point in points if not point.done]
     if not todo:
         return result
+    for point in todo:  # leftovers of a killed sweep (one sweep per output folder at a time)
+        for stale in point.output.glob(f".{point.name}.running-*.ipynb"):
+            stale.unlink()
     chapter = str(sweep.chapter.resolve())
     with dask_client(scheduler, workers or min(len(todo), os.cpu_count() or 1)) as client:
         from distributed import as_completed

@@ -117,15 +117,20 @@ def test_real_sweep_of_the_training_chapter_then_rerun_skips(tmp_path):
     assert sorted(rerun.skipped) == ["seed-0", "seed-1"] and not rerun.done
 
 
-def test_failing_point_is_kept_and_the_others_finish(tmp_path):
+def test_failing_point_is_kept_and_the_others_finish_on_an_existing_cluster(tmp_path):
+    from distributed import LocalCluster
+
     chapter = _notebook(tmp_path / "tiny.ipynb", "x: int = 1  # a number", "assert x != 2, 'x must not be 2'")
     sweep = Sweep(chapter, tmp_path / "out", grid={"x": [1, 2]})
-    result = run_sweep(sweep, workers=1, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = run_sweep(sweep, scheduler=cluster.scheduler_address, progress=False)
     assert result.done == ["x-1"] and list(result.failed) == ["x-2"]
     assert "x must not be 2" in result.failed["x-2"]
     assert (tmp_path / "out" / "x-2.failed.ipynb").is_file() and not (tmp_path / "out" / "x-2.ipynb").exists()
     assert not (tmp_path / "out" / "x-2.done.json").exists()
-    # an interrupted point (notebook present, no marker) is executed again; finished ones are skipped
+    # an interrupted point (no marker, a temporary notebook left behind) runs again; the leftover goes
     (tmp_path / "out" / "x-1.done.json").unlink()
+    (tmp_path / "out" / ".x-1.running-0badc0de.ipynb").write_text("{}")
     again = run_sweep(Sweep(chapter, tmp_path / "out", grid={"x": [1]}), workers=1, progress=False)
-    assert again.done == ["x-1"]
+    assert again.done == ["x-1"] and (tmp_path / "out" / "x-1.done.json").is_file()
+    assert not list((tmp_path / "out").glob(".*running*"))
