@@ -51,3 +51,15 @@ def test_smoothing_plot_has_a_line_per_model():
     ])
     fig = plot_smoothing(frame, by="model")
     assert len(fig.axes) == 2 and all(len(ax.lines) == 2 for ax in fig.axes)
+
+
+def test_localisation_over_training_has_a_line_per_method_and_layer():
+    from attrlab.plots.grids import plot_localisation_over_training
+
+    table = pd.DataFrame([
+        {"step": step, "setting": s, "method": m, "kernel_size": 1, "layer": l, "median": 0.5, "mean": 0.5}
+        for step in (10, 20) for s in ("gridpg", "difull") for m in ("IxG", "LRP") for l in ("input", "final")
+    ])
+    fig = plot_localisation_over_training(table)
+    assert [ax.get_title() for ax in fig.axes] == ["GridPG", "DiFull"]
+    assert all(len(ax.lines) == 4 for ax in fig.axes)

@@ -147,3 +147,27 @@ def plot_smoothing(scores: pd.DataFrame, by: str = "model", statistic: str = "me
     axes[0, -1].legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def plot_localisation_over_training(table: pd.DataFrame, statistic: str = "median") -> Figure:
+    """Localisation over optimiser steps from the ``grid_localisation`` table of a run trained with
+    :class:`attrlab.grids.callback.GridLocalisation`: one panel per setting, one colour per method, one line style per
+    layer (solid input, dashed middle, dotted final)."""
+    _require(table, ["step", "setting", "method", "layer", statistic])
+    settings = [s for s in SETTING_TITLES if s in set(table["setting"])] or list(dict.fromkeys(table["setting"]))
+    methods = list(dict.fromkeys(table["method"]))
+    styles = {"input": "-", "middle": "--", "final": ":"}
+    colours = dict(zip(methods, plt.get_cmap("tab10")(np.arange(len(methods)) % 10)))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.2), sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for (method, layer), line in table[table["setting"] == setting].groupby(["method", "layer"], sort=False):
+            line = line.sort_values("step")
+            ax.plot(line["step"], line[statistic], color=colours[method], linestyle=styles.get(layer, "-."),
+                    label=f"{method} {LAYER_TICKS.get(layer, layer)}")
+        ax.set_title(SETTING_TITLES.get(setting, setting))
+        ax.set_xlabel("optimiser step")
+        ax.set_ylim(-0.03, 1.05)
+    axes[0, 0].set_ylabel(f"{statistic} localisation")
+    axes[0, -1].legend(fontsize="x-small", ncols=2)
+    fig.tight_layout()
+    return fig
