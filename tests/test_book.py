@@ -145,11 +145,11 @@ def test_site_check_finds_error_outputs_broken_images_and_chapters():
     pages, chapters = check_site.chapters_of(BOOK / "_toc.yml")
     assert pages == PAGES and chapters == CHAPTERS
     scan = check_site.PageScan()
-    report = json.dumps([{"src": "a.png", "loaded": True}, {"src": "b.png", "loaded": False}])
+    report = json.dumps({"images": [{"src": "a.png", "loaded": True}, {"src": "b.png", "loaded": False}], "height": 900})
     scan.feed(
         f"<html><body data-site-check='{report}'><div class='cell_output'><div class='output stderr'>x</div>"
         "<div class='output text_plain'>fine</div><pre>Traceback (most recent call last)</pre></div></body></html>"
     )
-    assert [image["loaded"] for image in scan.report] == [True, False]
+    assert [image["loaded"] for image in scan.report] == [True, False] and scan.height == 900
     assert scan.errors == ["<div class='output stderr'>"]
     assert "Traceback (most recent call last)" in "".join(scan.text)

@@ -12,7 +12,7 @@ a natural width); Chromium's ``--dump-dom`` then returns that DOM. A page fails 
 - a cell output is an error, a traceback or stderr (myst-nb's ``output error`` / ``traceback`` / ``stderr``
   classes, or a "Traceback (most recent call last)" anywhere), or Sphinx left a ``system-message`` in the page.
 
-A full-page screenshot of each page is written to ``--screenshots``. Exit status 0 only when every page passes.
+A full-page screenshot (up to 16000 pixels high) of each page is written to ``--screenshots``. Exit status 0 only when every page passes.
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ window.addEventListener("load", function () {
   var report = images.map(function (img) {
     return {src: img.getAttribute("src").slice(0, 120), loaded: img.complete && img.naturalWidth > 0};
   });
-  document.body.setAttribute("data-site-check", JSON.stringify(report));
+  var height = document.documentElement.scrollHeight;
+  document.body.setAttribute("data-site-check", JSON.stringify({images: report, height: height}));
 });
 </script>"""
+MAX_SCREENSHOT_HEIGHT = 16000
 ERROR_CLASSES = ({"output", "error"}, {"output", "traceback"}, {"output", "stderr"}, {"system-message"})
 
 
@@ -76,14 +78,16 @@ class PageScan(html.parser.HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.report: list[dict] | None = None
+        self.report: list[dict] | None = None  # per <img>: src and whether it loaded
+        self.height = 0  # of the whole page, in CSS pixels
         self.errors: list[str] = []
         self.text: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         if tag == "body" and attributes.get("data-site-check") is not None:
-            self.report = json.loads(attributes["data-site-check"] or "[]")
+            probe = json.loads(attributes["data-site-check"] or "{}")
+            self.report, self.height = probe.get("images", []), int(probe.get("height", 0))
         classes = set((attributes.get("class") or "").split())
         for error_classes in ERROR_CLASSES:
             if error_classes <= classes:
@@ -155,7 +159,8 @@ def check_page(
         if "Traceback (most recent call last)" in "".join(scan.text):
             problems.append("a traceback is shown")
         shot = screenshots / f"{page.replace('/', '_')}.png"
-        taken = browse(chromium, profile, f"{base}/{page}.html", f"--screenshot={shot}", "--window-size=1280,2400")
+        height = min(max(scan.height, 800), MAX_SCREENSHOT_HEIGHT)  # the whole page, within reason
+        taken = browse(chromium, profile, f"{base}/{page}.html", f"--screenshot={shot}", f"--window-size=1280,{height}")
         if taken.returncode != 0 or not shot.is_file():
             problems.append(f"no screenshot (exit {taken.returncode}): {taken.stderr[-300:]}")
     return problems, len(scan.report or [])
