@@ -58,7 +58,7 @@ def expand_grid(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | No
     if both:
         raise SweepError(f"parameters {both} are both in 'grid' and in 'fixed'; keep each in one of them")
     names = list(grid)
-    return [{**dict(zip(names, combination)), **fixed} for combination in itertools.product(*grid.values())]
+    return [{**dict(zip(names, values, strict=True)), **fixed} for values in itertools.product(*grid.values())]
 
 
 def point_name(values: Mapping[str, Any]) -> str:

@@ -117,8 +117,8 @@ class AttributionHistory:
         """Half-width of the symmetric colour range: over all steps (``shared``) or of one step (``step``)."""
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}")
-        values = self.maps[key][:, image] if scale == "shared" or step_index is None else self.maps[key][step_index, image]
-        limit = float(np.abs(values).max())
+        maps = self.maps[key][:, image]
+        limit = float(np.abs(maps if scale == "shared" or step_index is None else maps[step_index]).max())
         return limit if limit > 0 else 1.0
 
     def step_index(self, step: int) -> int:
@@ -168,8 +168,8 @@ def plot_attribution_grid(
     if not 0 <= image < history.num_images:
         raise ValueError(f"image must be between 0 and {history.num_images - 1}, got {image}")
     if steps is None:
-        picks = np.unique(np.linspace(0, len(history.steps) - 1, min(max_steps, len(history.steps))).round().astype(int))
-        indices = picks.tolist()
+        count = min(max_steps, len(history.steps))
+        indices = np.unique(np.linspace(0, len(history.steps) - 1, count).round().astype(int)).tolist()
     else:
         indices = [history.step_index(step) for step in steps]
     rows = _keys(history, keys)

@@ -90,7 +90,8 @@ def test_yaml_description_errors(tmp_path):
 
 
 def test_markdown_chapter_maps_to_its_paired_notebook_and_paths_are_relative_to_the_yaml(tmp_path):
-    (tmp_path / "s.yml").write_text(f"chapter: {TRAINING.with_suffix('.md')}\noutput: sweeps/a\ngrid: {{seed: [0, 1]}}\n")
+    spec = f"chapter: {TRAINING.with_suffix('.md')}\noutput: sweeps/a\ngrid: {{seed: [0, 1]}}\n"
+    (tmp_path / "s.yml").write_text(spec)
     sweep = Sweep.from_yaml(tmp_path / "s.yml")
     assert sweep.chapter == TRAINING and sweep.output == tmp_path / "sweeps" / "a"
     points = sweep.points()

@@ -1,4 +1,4 @@
-"""The book: table of contents, jupytext pairs in sync, parameters cells, citations, and the training chapter run by papermill."""
+"""The book: toc, jupytext pairs in sync, parameters cells, citations, site check, training chapter under papermill."""
 
 from __future__ import annotations
 
@@ -145,7 +145,8 @@ def test_site_check_finds_error_outputs_broken_images_and_chapters():
     pages, chapters = check_site.chapters_of(BOOK / "_toc.yml")
     assert pages == PAGES and chapters == CHAPTERS
     scan = check_site.PageScan()
-    report = json.dumps({"images": [{"src": "a.png", "loaded": True}, {"src": "b.png", "loaded": False}], "height": 900})
+    images = [{"src": "a.png", "loaded": True}, {"src": "b.png", "loaded": False}]
+    report = json.dumps({"images": images, "height": 900})
     scan.feed(
         f"<html><body data-site-check='{report}'><div class='cell_output'><div class='output stderr'>x</div>"
         "<div class='output text_plain'>fine</div><pre>Traceback (most recent call last)</pre></div></body></html>"

@@ -12,7 +12,8 @@ a natural width); Chromium's ``--dump-dom`` then returns that DOM. A page fails 
 - a cell output is an error, a traceback or stderr (myst-nb's ``output error`` / ``traceback`` / ``stderr``
   classes, or a "Traceback (most recent call last)" anywhere), or Sphinx left a ``system-message`` in the page.
 
-A full-page screenshot (up to 16000 pixels high) of each page is written to ``--screenshots``. Exit status 0 only when every page passes.
+A full-page screenshot (up to 16000 pixels high) of each page is written to ``--screenshots``. Exit status 0 only
+when every page passes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--mute-audio",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--mute-audio",
 ]
 # appended to every served page: report which images loaded, once everything has loaded
 PROBE = b"""<script>
