@@ -168,7 +168,7 @@ class IntegratedGradients(Attribution):
         baseline: float | torch.Tensor = 0.0,
         n_steps: int = 50,
         method: str = "gausslegendre",
-        internal_batch_size: int | None = 2048,
+        internal_batch_size: int | None = 1024,
     ):
         super().__init__(model)
         self.baseline = check_baseline(baseline)
@@ -226,7 +226,7 @@ class SmoothGrad(Attribution):
         stdev: float = 0.2,
         seed: int = 0,
         absolute: bool = False,
-        internal_batch_size: int | None = 2048,
+        internal_batch_size: int | None = 1024,
     ):
         super().__init__(model)
         self.n_samples = check_positive_int("n_samples", n_samples)

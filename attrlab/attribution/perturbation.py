@@ -116,7 +116,7 @@ class Occlusion(_Perturbation):
         stride: int | tuple[int, int] = 2,
         baseline: float = 0.0,
         output: str = "logit",
-        internal_batch_size: int | None = 4096,
+        internal_batch_size: int | None = 2048,
         progress: bool = False,
     ):
         super().__init__(model, baseline, output, internal_batch_size, progress)
@@ -170,7 +170,7 @@ class RISE(_Perturbation):
         seed: int = 0,
         baseline: float = 0.0,
         output: str = "probability",
-        internal_batch_size: int | None = 4096,
+        internal_batch_size: int | None = 2048,
         progress: bool = False,
     ):
         super().__init__(model, baseline, output, internal_batch_size, progress)
