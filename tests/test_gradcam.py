@@ -135,3 +135,17 @@ def test_seed_code_gradcam_needs_a_training_batch():
         make_method("gradcam_seed_code", model).attribute(images((1, 28, 28)))
     with pytest.raises(ValueError, match="labels"):
         make_method("gradcam_seed_code", model, training_batch=(images((1, 28, 28)), torch.zeros(6)))
+
+
+def test_gradcam_of_a_training_batchnorm_model_is_captums_eval_mode_gradcam():
+    model = build_model("deep_bn", (3, 32, 32), seed=3)
+    with torch.no_grad():  # non-trivial running statistics, so train and eval mode differ
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.normal_(generator=torch.Generator().manual_seed(0))
+                module.running_var.uniform_(0.5, 2.0)
+    x = images((3, 32, 32), count=4)
+    explanation = make_method("gradcam", model.train(), relu=False).explain(x)
+    assert model.training
+    reference = LayerGradCam(model.eval(), model.conv6).attribute(x, target=explanation.target)
+    assert relative_error(explanation.attribution, reference) <= TOLERANCE
