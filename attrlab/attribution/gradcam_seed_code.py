@@ -87,7 +87,8 @@ class SeedCodeGradCAM(Attribution):
         """Use this training minibatch for the channel weights from now on.
 
         With ``compute_now`` the weights are computed at once from the current parameters (at the default layer) and
-        kept until the next call, as the seed code kept the gradient of the step's ``loss.backward()``.
+        kept until the next call, as the seed code kept the gradient of the step's ``loss.backward()``; an explicit
+        other ``layer=`` recomputes them from the stored batch with the parameters of that moment.
         """
         x = check_image_batch(inputs)
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (x.shape[0],):
