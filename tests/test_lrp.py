@@ -343,3 +343,14 @@ def test_cached_weights_follow_training_updates():
         torch.testing.assert_close(kept.attribute(inputs, 1), LRP(model, composite).attribute(inputs, 1))
         model.load_state_dict(trained)
         torch.testing.assert_close(kept.attribute(inputs, 1), LRP(model, composite).attribute(inputs, 1))
+
+
+def test_cached_weights_see_edits_through_data():
+    """In-place edits through ``param.data`` bypass version counters; the cache must still notice them."""
+    model, inputs = make_model("deep", (1, 28, 28), False), make_inputs((1, 28, 28))
+    kept = LRP(model, "epsilon_gamma_box")
+    before = kept.attribute(inputs, 2)
+    model.conv4.weight.data.mul_(-1.0)
+    after = kept.attribute(inputs, 2)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, LRP(model, "epsilon_gamma_box").attribute(inputs, 2))
