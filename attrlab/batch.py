@@ -6,6 +6,7 @@ A sweep is described in YAML (paths relative to the YAML file)::
     output: runs/sweeps/depth         # where executed notebooks and run directories go
     grid: {model: [shallow, deep], seed: [0, 1]}   # every combination, in the order written
     fixed: {epochs: 10}               # the same for every point
+    description: "depth against seed" # optional free text
 
 Every name and value is checked against the chapter's ``parameters`` cell before anything runs. Point
 ``model=deep, seed=1`` becomes ``<output>/model-deep_seed-1.ipynb``, with its run directory
