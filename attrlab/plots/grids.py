@@ -168,6 +168,7 @@ def plot_localisation_over_training(table: pd.DataFrame, statistic: str = "media
         ax.set_xlabel("optimiser step")
         ax.set_ylim(-0.03, 1.05)
     axes[0, 0].set_ylabel(f"{statistic} localisation")
-    axes[0, -1].legend(fontsize="x-small", ncols=2)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, labels, fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
