@@ -216,6 +216,8 @@ def test_layer_relevance_shape_and_nested_models():
     torch.testing.assert_close(nested_lrp.attribute(inputs, 4), flat.attribute(inputs, 4))
     at_conv3 = flat.attribute(inputs, 4, layer="conv3")
     assert at_conv3.shape == (3, 64, 14, 14)
+    # a ReLU passes relevance unchanged (the engine fuses it into conv3's step): same relevance at both outputs
+    torch.testing.assert_close(flat.attribute(inputs, 4, layer="relu3"), at_conv3)
     torch.testing.assert_close(nested_lrp.attribute(inputs, 4, layer="0.conv3"), at_conv3)
     # a container as the layer: the output of its last layer
     torch.testing.assert_close(nested_lrp.attribute(inputs, 4, layer="0"), flat.attribute(inputs, 4, layer="relu3"))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target
 from ..canonize import canonize_layers
 from .composites import Composite, make_composite
-from .rules import Affine, LayerInfo, Rule
+from .rules import Affine, Gradient, LayerInfo, Pass, Rule
 
 Start = Literal["logit", "one"]
 STARTS = ("logit", "one")
@@ -59,9 +59,9 @@ def walk(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
 
 @dataclass(frozen=True)
 class Step:
-    """One layer of the LRP forward pass."""
+    """One step of the LRP forward pass: a layer (or a Conv/Linear with its ReLU fused in) and its rule."""
 
-    name: str
+    names: tuple[str, ...]  # the layers whose output this step produces (their relevances are the same)
     layer: nn.Module | Affine
     rule: Rule
     info: LayerInfo
@@ -72,29 +72,43 @@ def plan(model: nn.Module, composite: Composite) -> list[Step]:
     layers = canonize_layers(walk(model))
     rules = composite.rules(layers)
     steps: list[Step] = []
-    nonnegative, only_reshapes = False, True
+    nonnegative, only_reshapes, skip_until = False, True, -1
     for index, ((name, module), rule) in enumerate(zip(layers, rules)):
-        following = layers[index + 1][1] if index + 1 < len(layers) else None
+        if index <= skip_until:  # identities and a ReLU fused into the previous step
+            nonnegative, only_reshapes = True, False
+            continue
+        # the next layer that computes something (folded BatchNorms leave identities behind)
+        ahead = index + 1
+        while ahead < len(layers) and isinstance(layers[ahead][1], nn.Identity) and type(rules[ahead]) is Gradient:
+            ahead += 1
+        following = layers[ahead][1] if ahead < len(layers) else None
+        affine = isinstance(module, (nn.Conv2d, nn.Linear))
+        # a plain ReLU (pass-through rule) next: outputs with z <= 0 get no relevance
+        rectified = isinstance(following, nn.ReLU) and type(rules[ahead]) in (Pass, Gradient)
+        fuse = affine and rectified
         info = LayerInfo(
             name=name,
             input_nonnegative=nonnegative,
-            output_rectified=isinstance(following, nn.ReLU),
+            output_rectified=rectified,
             model_input=only_reshapes,
+            fused_relu=fuse,
         )
         if rule.input_space and not only_reshapes:
             raise ValueError(
                 f"rule {rule!r} on layer {name!r} replaces the layer's input, so it only fits the layer that receives "
                 "the model input (the first Conv2d/Linear)"
             )
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if affine:
             layer: nn.Module | Affine = Affine(module)
         elif isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Bilinear)):
             raise TypeError(f"layer {name!r} of type {type(module).__name__} is not supported by attrlab's LRP")
         else:
             layer = module
-        steps.append(Step(name, layer, rule, info))
+        names = tuple(n for n, _ in layers[index : ahead + 1]) if fuse else (name,)
+        steps.append(Step(names, layer, rule, info))
         nonnegative = isinstance(module, nn.ReLU) or (nonnegative and isinstance(module, _SIGN_KEEPING))
         only_reshapes = only_reshapes and isinstance(module, _RESHAPES)
+        skip_until = ahead if fuse else -1
     return steps
 
 
@@ -138,7 +152,7 @@ class LRP(Attribution):
             activation, captured = x, None
             for step in steps:
                 activation = step.rule(step.layer, activation, step.info)
-                if step.name == capture:
+                if capture in step.names:
                     captured = activation
             logits = activation
             if logits.dim() != 2:

@@ -42,6 +42,9 @@ class LayerInfo:
     input_nonnegative: bool = False  # every input value is >= 0 (the layer follows a ReLU, possibly via pooling)
     output_rectified: bool = False  # a ReLU takes this layer's output directly
     model_input: bool = False  # the layer receives the model input (possibly through reshapes only)
+    # the ReLU after this layer is applied here: output relu(z), and relu(z) / d as the scale folds the ReLU's
+    # gradient mask into the rule (one elementwise pass less each way; relevance at both outputs is the same)
+    fused_relu: bool = False
 
 
 class Affine:
@@ -197,6 +200,8 @@ class Epsilon(Rule):
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
         def propagate(x: Tensor) -> tuple[Tensor, Backward]:
             z = layer(x)
+            if info.fused_relu:
+                z = z.clamp_(min=0)
             if self.epsilon == 0:
                 scale = (z != 0).to(z.dtype)
             else:  # z / (z + eps sign z) = |z| / (|z| + eps): same value, fewer passes
@@ -249,6 +254,8 @@ class _TwoBranch(Rule):
         def propagate_nonnegative(x: Tensor) -> tuple[Tensor, Backward]:
             stacked_weight, stacked_bias, back = prepared
             z, *denominators = layer(x, stacked_weight, stacked_bias).chunk(1 + count, dim=1)
+            if info.fused_relu:
+                z = z.clamp_(min=0)
             scale = scales(z, denominators)
             return z, lambda grad: layer.transpose(_repeat(grad, second) * scale, back, x.shape)
 
@@ -258,6 +265,8 @@ class _TwoBranch(Rule):
             pos_a, pos_b = layer(x.clamp(min=0), both, None).chunk(2, dim=1)
             neg_a, neg_b = layer(x.clamp(max=0), both, None).chunk(2, dim=1)
             denominators = [_add_bias(pos_a + neg_b, bias_a)] + ([_add_bias(pos_b + neg_a, bias_b)] if second else [])
+            if info.fused_relu:
+                z = z.clamp_(min=0)
             scale = scales(z, denominators)
 
             def backward(grad: Tensor) -> Tensor:
@@ -376,6 +385,8 @@ class _InputSpace(Rule):
         def propagate(x: Tensor) -> tuple[Tensor, Backward]:
             z = layer(x)
             denominator, multipliers = self.terms(z, x, constants)
+            if info.fused_relu:
+                z = z.clamp_(min=0)
             scale = _ratio_(z, denominator, self.stabilizer)
             return z, lambda grad: _input_relevance(layer, grad * scale, constants[0], multipliers, x.shape)
 
