@@ -5,7 +5,7 @@ the predicted classes as targets. Every method is timed in the same process, int
 from other processes hits all of them alike), after a warm-up; the table shows medians and their ratio to the
 input-gradient pass (forward + backward of the target logits w.r.t. the input), next to the targets.
 
-    python bench/attribution.py [--batch 200] [--repeats 7] [--quick]
+    python bench/attribution.py [--batch 200] [--repeats 7] [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported)")
     parser.add_argument("--quick", action="store_true", help="batch 50, 3 rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: what torch picks)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     batch, repeats = (50, 3) if args.quick else (args.batch, args.repeats)
 
     model = build_model("deep", (1, 28, 28), seed=0).eval()

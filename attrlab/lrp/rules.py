@@ -6,7 +6,9 @@ whose rule uses modified weights ``W'`` and a denominator ``d``, the backward pa
 output to ``W'^T (g z / stabilize(d))``: with ``R = z g`` that is the rule ``R_in = x W'^T (R / d)``. This is the
 ``z_mod * stop_grad(z / z_mod)`` construction, written as a tiny autograd function so that the true output and all
 denominators come from ONE convolution with the stacked weights ``[W; W']`` (no graph is recorded for it) and the
-backward pass needs one transposed convolution with ``W'`` only: no module hooks, no weight copies kept.
+backward pass needs one transposed convolution with ``W'`` only, and no module hooks. A ReLU right after the layer
+is folded in (output ``relu(z)``, scale ``relu(z) / d``). The stacked weights are cached per layer while its
+parameters keep their values (:meth:`Rule.cached`).
 
 Formulas and conventions (stabilizer ``d + eps * sign(d)`` with ``sign(0) = +1``, which terms carry the bias,
 generalised gamma) follow zennit 0.5.1, so the results agree with it to float precision.
