@@ -3,7 +3,7 @@
 - ``attrlab train --run-dir DIR [--epochs N ...]`` trains or resumes one run directory.
 - ``attrlab run SWEEP.yml [--scheduler ADDRESS] [--workers N] [--dry-run]`` executes a chapter over a parameter grid
   with papermill on Dask (see :mod:`attrlab.batch`).
-- ``attrlab book [--all] [--no-strict]`` builds the Jupyter Book into ``_build/html``, warnings as errors.
+- ``attrlab book [--incremental] [--no-strict]`` builds the Jupyter Book into ``_build/html``, warnings as errors.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _add_run(subparsers) -> None:
 def _add_book(subparsers) -> None:
     parser = subparsers.add_parser("book", help="build the Jupyter Book into _build/html (warnings are errors)")
     parser.add_argument("--root", help="the repository root (default: the folder above the cwd holding _config.yml)")
-    parser.add_argument("--all", action="store_true", help="rebuild every page, not only the changed ones")
+    parser.add_argument("--incremental", action="store_true",
+                        help="re-read only changed pages (faster, but warnings of unchanged pages are not repeated)")
     parser.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
     parser.add_argument("--builder", default="html", help="a jupyter-book builder (default html)")
 
@@ -56,9 +57,13 @@ def _jupyter_book() -> str:
     return found
 
 
-def build_book(root: str | Path | None = None, rebuild_all: bool = False, strict: bool = True,
+def build_book(root: str | Path | None = None, incremental: bool = False, strict: bool = True,
                builder: str = "html") -> int:
-    """Build the book of the repository at ``root`` into ``<root>/_build/<builder>``; return the exit code."""
+    """Build the book of the repository at ``root`` into ``<root>/_build/<builder>``; return the exit code.
+
+    By default every page is read again (executed chapters still come from the cache), so a warning fails every
+    build, not only the one that first met it.
+    """
     from .chapters import book_root
 
     root = Path(root).resolve() if root else book_root()
@@ -68,7 +73,7 @@ def build_book(root: str | Path | None = None, rebuild_all: bool = False, strict
     ]
     if strict:
         command += ["-W", "--keep-going"]
-    if rebuild_all:
+    if not incremental:
         command.append("--all")
     print("+", " ".join(command), flush=True)
     return subprocess.call(command, cwd=root)
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"attrlab run: {err}", file=sys.stderr)
             return 2
     if args.command == "book":
-        return build_book(args.root, rebuild_all=args.all, strict=not args.no_strict, builder=args.builder)
+        return build_book(args.root, incremental=args.incremental, strict=not args.no_strict, builder=args.builder)
     if args.command == "train":
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
         try:
