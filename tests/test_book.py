@@ -34,7 +34,10 @@ def _toc_files(entries) -> list[str]:
 TOC = yaml.safe_load((BOOK / "_toc.yml").read_text())
 PAGES = [TOC["root"], *_toc_files(TOC.get("parts", []))]
 # a chapter is a toc page that is a jupytext notebook (it has a kernelspec in its front matter)
-CHAPTERS = [page for page in PAGES if "kernelspec:" in (BOOK / f"{page}.md").read_text().split("\n---", 1)[0]]
+CHAPTERS = [
+    page for page in PAGES
+    if (BOOK / f"{page}.md").is_file() and "kernelspec:" in (BOOK / f"{page}.md").read_text().split("\n---", 1)[0]
+]
 
 
 def test_every_toc_page_exists_and_the_book_has_chapters():
