@@ -41,7 +41,7 @@ def _entropy(part: torch.Tensor) -> torch.Tensor:
 
 
 def gini(values: torch.Tensor) -> torch.Tensor:
-    """Gini index of each row of |values| (N, D): sum_i (2i - d - 1) a_(i) / (d sum a), a sorted ascending."""
+    """Gini index of each row of ``|values|`` (N, D): sum_i (2i - d - 1) a_(i) / (d sum a), a sorted ascending."""
     a = values.abs().sort(dim=1).values
     d = a.shape[1]
     weights = 2 * torch.arange(1, d + 1, device=a.device, dtype=a.dtype) - d - 1

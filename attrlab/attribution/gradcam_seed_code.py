@@ -12,7 +12,7 @@ kept unrectified (the summaries take its positive part later).
 Why that is wrong: a Grad-CAM weight must be the gradient of *that image's* target logit. Here every image of the
 attribution set, whatever its class or prediction, gets the same channel weighting, taken from a training loss of
 unrelated images that is largely noise from step to step. The maps are the activations seen through a random-looking
-projection that changes every step, which plausibly explains the seed's "Grad-CAM shows no trend" (all |rho| <= 0.26
+projection that changes every step, which plausibly explains the seed's "Grad-CAM shows no trend" (all ``|rho| <= 0.26``
 in its Table 1). attrlab keeps this variant only to show that effect next to the correct :class:`GradCAM`.
 
 What this class computes: the weights from ``training_batch`` (inputs, labels) as above, with the model's current
