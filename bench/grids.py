@@ -2,10 +2,10 @@
 
 Both paths are :func:`attrlab.grids.evaluate_setting` (attribution, upsampling, scoring) on the same grids of digits
 in one run; the loop passes ``batch_size=1`` (one grid per ``explain`` call, the way per-image evaluation scripts
-work), the batched path all grids at once. Timing needs no trained model, so the model is a freshly initialised
+work), the batched path ``--batch-sizes`` grids per call (each size timed; the table shows every size). Timing needs no trained model, so the model is a freshly initialised
 ``vgg_small`` and the grids use the test labels directly (no confidence filter). Prints a table and the ratios.
 
-    .venv/bin/python bench/grids.py [--grids 64] [--loop-grids 8] [--setting gridpg] [--threads 2]
+    .venv/bin/python bench/grids.py [--grids 64] [--loop-grids 16] [--batch-sizes 8,64] [--setting gridpg]
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def time_evaluation(model, grids, setting: str, spec: MethodSpec, batch_size: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", type=int, default=64, help="grids in the batched evaluation")
-    parser.add_argument("--loop-grids", type=int, default=8, help="grids in the per-image loop (rate is per grid)")
+    parser.add_argument("--loop-grids", type=int, default=16, help="grids in the per-image loop (rate is per grid)")
+    parser.add_argument("--batch-sizes", default="8,64", help="comma-separated grids per call of the batched path")
     parser.add_argument("--setting", default="gridpg", choices=["gridpg", "dipart", "difull"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -60,23 +61,27 @@ def main() -> None:
     grids = make_grids(images, args.grids, n=2, layout=layout, seed=0)
     loop_grids = grids.subset(slice(0, args.loop_grids))
 
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
     rows = []
     for name in [m for m in available_methods() if m not in SKIP]:
         spec = MethodSpec(name, name, SETTINGS.get(name, {}))
-        batched = time_evaluation(model, grids, args.setting, spec, batch_size=args.grids, repeats=args.repeats)
-        looped = time_evaluation(model, loop_grids, args.setting, spec, batch_size=1, repeats=args.repeats)
-        rows.append({
-            "method": name,
-            "batched grids/s": args.grids / batched,
-            "loop grids/s": args.loop_grids / looped,
-        })
+        row = {"method": name}
+        row["loop grids/s"] = args.loop_grids / time_evaluation(
+            model, loop_grids, args.setting, spec, batch_size=1, repeats=args.repeats
+        )
+        for size in sizes:
+            seconds = time_evaluation(model, grids, args.setting, spec, batch_size=size, repeats=args.repeats)
+            row[f"batch {size} grids/s"] = args.grids / seconds
+            row[f"ratio {size}"] = row[f"batch {size} grids/s"] / row["loop grids/s"]
+        rows.append(row)
     table = pd.DataFrame(rows)
-    table["ratio"] = table["batched grids/s"] / table["loop grids/s"]
-    print(f"{args.setting}, 2x2 grids of 56x56, vgg_small, {args.threads} threads; batched: {args.grids} grids per "
-          f"call, loop: one grid per call over {args.loop_grids} grids")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:9.1f}"))
-    print(f"ratio batched / loop: median {table['ratio'].median():.1f}x, min {table['ratio'].min():.1f}x "
-          f"({table.loc[table['ratio'].idxmin(), 'method']})")
+    print(f"{args.setting}, 2x2 grids of 56x56, vgg_small, {args.threads} threads; {args.grids} grids per batched "
+          f"evaluation, loop: one grid per call over {args.loop_grids} grids")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:8.1f}"))
+    for size in sizes:
+        ratios = table[f"ratio {size}"]
+        print(f"ratio batch {size} / loop: median {ratios.median():.1f}x, min {ratios.min():.1f}x "
+              f"({table.loc[ratios.idxmin(), 'method']}), max {ratios.max():.1f}x ({table.loc[ratios.idxmax(), 'method']})")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ class MethodSpec:
     ``method`` is a registry name (``attrlab.attribution.METHODS``) or a factory ``model -> Attribution``;
     ``settings`` go to the constructor, ``layer_settings[key]`` override them at layer ``key``; ``layers`` restricts
     the layer keys (default: all); each kernel size in ``smoothing`` (1 = none) gives its own score column, labelled
-    ``f"S-{label}"`` with the kernel size for K > 1.
+    ``f"S-{label}"`` with the kernel size for K > 1. ``batch_size`` (grids per call) overrides the evaluation's: methods
+    that already expand each grid into many inputs (integration steps, occlusion windows, RISE masks) run fastest on
+    CPU with a few grids per call, single-pass methods with more (``bench/grids.py`` measures both).
     """
 
     label: str
@@ -50,6 +52,7 @@ class MethodSpec:
     layer_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: Sequence[str] | None = None
     smoothing: Sequence[int] = (1,)
+    batch_size: int | None = None
 
     def build(self, model: nn.Module, layer_key: str) -> Attribution:
         settings = {**self.settings, **self.layer_settings.get(layer_key, {})}
@@ -203,9 +206,9 @@ def _evaluate(
         method = spec.build(wrapped, key)
         if setting == "difull" and _reads_layers_functionally(method):
             single = spec.build(grid_model(model, "gridpg", 1), key)  # the single-image model, same layer names
-            raw = grid_maps_per_cell(single, inputs, cell_index, classes, layers[key], n, batch_size)
+            raw = grid_maps_per_cell(single, inputs, cell_index, classes, layers[key], n, spec.batch_size or batch_size)
         else:
-            raw = grid_maps(method, inputs, targets, layers[key], batch_size)
+            raw = grid_maps(method, inputs, targets, layers[key], spec.batch_size or batch_size)
         for kernel_size in spec.smoothing:
             smoothed = smooth(raw, kernel_size)
             score, mass = localisation(smoothed, masks, cell_index)
