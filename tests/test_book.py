@@ -16,6 +16,7 @@ import yaml
 
 from attrlab.chapters import chapter_parameters, data_root, run_dir_for, runs_root
 from attrlab.train import Run
+from notebook_outputs import glued_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -107,16 +108,6 @@ def test_run_dirs_are_distinct_per_parameters_and_follow_the_environment(monkeyp
     assert runs_root() == tmp_path / "runs"
 
 
-def _glued(notebook) -> dict[str, str]:
-    values = {}
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            record = output.get("metadata", {}).get("scrapbook")
-            if record:
-                values[record["name"]] = output["data"][f"{record['mime_prefix']}text/plain"]
-    return values
-
-
 @pytest.mark.slow
 def test_training_chapter_runs_under_papermill(tmp_path):
     output, run_dir = tmp_path / "out.ipynb", tmp_path / "run"
@@ -133,7 +124,7 @@ def test_training_chapter_runs_under_papermill(tmp_path):
     run = Run(run_dir)
     assert run.complete and run.config.epochs == 1
     final = run.metrics.dropna(subset=["test_acc"]).iloc[-1]
-    glued = _glued(executed)
+    glued = glued_values(executed)
     assert glued["final_test_acc"] == repr(f"{final['test_acc']:.1%}")
     assert glued["steps"] == str(int(run.metrics["step"].max()))
     assert json.loads((run_dir / "config.json").read_text())["dataset"] == "digits"

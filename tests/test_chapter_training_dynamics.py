@@ -15,19 +15,10 @@ from attrlab.batch import Sweep
 from attrlab.chapters import validate_parameters
 from attrlab.track import tracked_frame
 from attrlab.train import Run
+from notebook_outputs import glued_values
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "training_dynamics.ipynb"
-
-
-def _glued(notebook) -> dict[str, str]:
-    values = {}
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            for key, value in output.get("data", {}).items():
-                if key.startswith("application/papermill.record/"):
-                    values[output["metadata"]["scrapbook"]["name"]] = value
-    return values
 
 
 @pytest.mark.slow
@@ -48,7 +39,7 @@ def test_chapter_runs_and_reads_its_numbers(tmp_path):
     tracked = tracked_frame(run_dir)
     assert set(tracked["method"]) == {"lrp", "gradcam", "gradcam_seed_code"}
     assert tracked["step"].unique().tolist() == [3, 6, 9, 12, 15]
-    glued = _glued(executed)
+    glued = glued_values(executed)
     assert glued["steps"] == "15" and glued["tracked_steps"] == "5"
     lrp = correlations(run.metrics, tracked_frame(run_dir, "lrp"), bootstrap=False)
     rho = lrp.query("performance == 'test loss' and summary == 'positive norm'")["rho"].item()
