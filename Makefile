@@ -30,8 +30,11 @@ site-check: venv
 sync: venv
 	$(VENV)/bin/jupytext --sync $$(grep -l '^jupytext:' book/*.md)
 
+## the speed benchmarks: each prints ratios measured side by side in one run
 bench: venv
 	$(PY) bench/attribution.py
+	$(PY) bench/tracking.py
+	$(PY) bench/grids.py
 
 clean:
 	rm -rf _build runs
