@@ -13,6 +13,7 @@ so no parameter's ``.grad`` is touched and a pending training backward is unaffe
 
 from __future__ import annotations
 
+import abc
 import numpy as np
 import torch
 from torch import nn
@@ -46,8 +47,9 @@ class _LayerGradient(Attribution):
 
     substitutes: Substitutes = {}
 
+    @abc.abstractmethod
     def _combine(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The attribution from the activation (or input) and the gradient of the target logits w.r.t. it."""
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_batch(inputs)

@@ -11,6 +11,7 @@ return logits) or its softmax ``"probability"`` (RISE's black-box definition).
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -56,17 +57,17 @@ class _Perturbation(Attribution):
     #: whether mask value 1 keeps the activation (RISE) or replaces it by the baseline (occlusion)
     _keep = False
 
+    @abc.abstractmethod
     def _masks(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """(M, h, w) masks in [0, 1]; what 1 means depends on ``_keep``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _mask_value(self, scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """What each mask contributes, (k, N), from the perturbed scores (k, N) and the unperturbed ones (N,)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:
         """The map from sum_m value_m * mask_m (``weighted``, (N, h, w)) and the masks."""
-        raise NotImplementedError
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)

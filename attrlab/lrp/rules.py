@@ -23,6 +23,7 @@ shortcuts: a non-negative input (after a ReLU all ``x-`` terms vanish) and a ReL
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -148,14 +149,15 @@ def _negative(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-class Rule:
+class Rule(abc.ABC):
     """Base class: ``rule(layer, x, info)`` returns the layer output carrying the rule's gradient."""
 
     #: True for rules whose backward returns the input relevance itself (only valid on the model input)
     input_space: bool = False
 
+    @abc.abstractmethod
     def __call__(self, layer: nn.Module | Affine, x: Tensor, info: LayerInfo) -> Tensor:
-        raise NotImplementedError
+        """The layer's true output, carrying this rule's gradient."""
 
     def cached(self, layer: Affine, tag: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()`` (modified weights and the like) for ``layer``, reused while its parameters are unchanged.
@@ -224,12 +226,13 @@ class _TwoBranch(Rule):
     stabilizer: float = 1e-6
     masked: bool = False  # branch 1 only for z > 0 and branch 2 only for z < 0 (gamma)
 
+    @abc.abstractmethod
     def coefficients(self) -> tuple[float, float]:
-        raise NotImplementedError
+        """(c1, c2): the weights of the two branches."""
 
+    @abc.abstractmethod
     def weights(self, layer: Affine, second: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """(A, B, bias_A, bias_B); with ``second=False`` the bias of branch 2 is not needed."""
-        raise NotImplementedError
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
         c1, c2 = self.coefficients()
@@ -372,13 +375,13 @@ class _InputSpace(Rule):
 
     input_space = True
 
+    @abc.abstractmethod
     def constants(self, layer: Affine, x: Tensor) -> tuple:
         """(stacked weight blocks along the input channels, anything else ``terms`` needs); computed on one image."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def terms(self, z: Tensor, x: Tensor, constants: tuple) -> tuple[Tensor, list[Tensor | float]]:
         """The denominator ``d`` (a temporary) and the input multiplier of each weight block."""
-        raise NotImplementedError
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
         tag = (tuple(x.shape[1:]), x.dtype, x.device)
