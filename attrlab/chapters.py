@@ -64,18 +64,23 @@ def book_root(start: str | Path | None = None) -> Path:
     raise FileNotFoundError(f"no attrlab book (_config.yml next to book/_toc.yml) in {here} or any folder above it")
 
 
+def _book_folder(variable: str, name: str) -> Path:
+    """``$variable`` if set, else ``<book root>/name``, else ``./name`` outside any book."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable]).resolve()
+    try:
+        return book_root() / name
+    except FileNotFoundError:
+        return (Path.cwd() / name).resolve()
+
+
 def runs_root() -> Path:
     """Where chapters keep run directories: ``$ATTRLAB_RUNS``, else ``runs/`` at the book root, else ``./runs``.
 
     The book build executes chapters inside ``book/`` and papermill wherever it is called; resolving against the
     book root makes both use (and resume) the same run directories.
     """
-    if os.environ.get(RUNS_ENV):
-        return Path(os.environ[RUNS_ENV]).resolve()
-    try:
-        return book_root() / "runs"
-    except FileNotFoundError:
-        return (Path.cwd() / "runs").resolve()
+    return _book_folder(RUNS_ENV, "runs")
 
 
 def data_root() -> Path:
@@ -83,12 +88,7 @@ def data_root() -> Path:
 
     Like :func:`runs_root`, so a chapter finds the same files whether the book build or papermill runs it.
     """
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).resolve()
-    try:
-        return book_root() / "data"
-    except FileNotFoundError:
-        return (Path.cwd() / "data").resolve()
+    return _book_folder(DATA_ENV, "data")
 
 
 def run_dir_for(chapter: str, prefix: str, **parameters: Any) -> Path:
