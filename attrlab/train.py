@@ -294,7 +294,7 @@ def train(
     **overrides: Any,
 ) -> "Run":
     """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields."""
-    config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
     Trainer(config, run_dir, callbacks=callbacks, dataset=dataset, progress=progress).fit()
     return Run(run_dir)
 
