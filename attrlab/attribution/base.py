@@ -5,7 +5,11 @@ Conventions shared by all methods (captum's, with attrlab's additions):
 * ``inputs``: a batch (N, C, H, W) on any device; the attribution is computed on that device, for the whole batch
   at once.
 * ``target``: ``None`` (the predicted class of each image), an ``int`` (that logit for every image), or a sequence or
-  1-D tensor of N class indices (for example the labels).
+  1-D tensor of N class indices (for example the labels). Several targets per image: an (N, T) tensor (or nested
+  sequence) of class indices; the attribution then has shape (N, T, ...), row ``[i, t]`` explaining logit
+  ``target[i, t]`` of image ``i``, and every method shares its forward passes across a row's T targets (one backward
+  pass per target column; perturbation methods score all T from the same perturbed forwards). Grid evaluations ask
+  for every cell of a grid this way.
 * ``layer``: ``None`` (attribute to the input) or the name of a sub-module (``"conv2"``, dotted paths for nested
   models) or the module itself: the attribution is then with respect to that layer's output, shaped like it.
 * ``explain`` returns an :class:`Explanation` (attribution, logits of the same forward pass, the resolved targets) so
@@ -31,33 +35,56 @@ Layer = Union[None, str, nn.Module]
 class Explanation:
     """What one attribution call produced."""
 
-    attribution: torch.Tensor  # shaped like the input, or like the layer's output when a layer was given
+    attribution: torch.Tensor  # shaped like the input (or the layer's output); (N, T, ...) for (N, T) targets
     logits: torch.Tensor  # (N, classes) of the forward pass the attribution came from
-    target: torch.Tensor  # (N,) the class index explained for each image
+    target: torch.Tensor  # (N,) the class index explained for each image, or (N, T)
 
 
 def resolve_target(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    """Turn ``target`` into a (N,) long tensor on the logits' device; see the module docstring."""
+    """Turn ``target`` into a (N,) long tensor on the logits' device, or (N, T) for several targets per image; see the
+    module docstring."""
     batch, classes = logits.shape[0], logits.shape[1]
     if target is None:
         return logits.detach().argmax(1)
     if isinstance(target, bool):
-        raise TypeError(f"target must be None, an int or N class indices, not a bool ({target!r})")
+        raise TypeError(f"target must be None, an int, N class indices or (N, T) of them, not a bool ({target!r})")
     if isinstance(target, int):
         indices = torch.full((batch,), target, dtype=torch.long, device=logits.device)
     else:
         indices = torch.as_tensor(target, device=logits.device)
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {indices.dtype}")
-        indices = indices.long().reshape(-1)
-        if indices.numel() == 1 and batch != 1:
-            indices = indices.expand(batch)
-        if indices.numel() != batch:
-            raise ValueError(f"target has {indices.numel()} entries but the batch has {batch} images")
+        if indices.dim() == 2:
+            if indices.shape[0] != batch or indices.shape[1] == 0:
+                raise ValueError(
+                    f"a 2-D target must be (N, T) with N = {batch} images and T >= 1, got shape {tuple(indices.shape)}"
+                )
+            indices = indices.long()
+        else:
+            indices = indices.long().reshape(-1)
+            if indices.numel() == 1 and batch != 1:
+                indices = indices.expand(batch)
+            if indices.numel() != batch:
+                raise ValueError(f"target has {indices.numel()} entries but the batch has {batch} images")
     # one comparison on the (already needed) device tensor; raising needs the host anyway
     if bool(((indices < 0) | (indices >= classes)).any()):
         raise ValueError(f"target holds class indices outside 0..{classes - 1}: {indices.unique().tolist()}")
     return indices
+
+
+def target_columns(target_index: torch.Tensor) -> torch.Tensor:
+    """A resolved target as (N, T) columns (T = 1 for one target per image): methods loop over columns, not images."""
+    return target_index if target_index.dim() == 2 else target_index[:, None]
+
+
+def stack_targets(per_column: list[torch.Tensor]) -> torch.Tensor:
+    """Per-column results (each (N, ...)) as one (N, T, ...) tensor; a single column as a view, without a copy."""
+    return per_column[0][:, None] if len(per_column) == 1 else torch.stack(per_column, 1)
+
+
+def per_target(attribution: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+    """An (N, T, ...) attribution in the caller's layout: unchanged for (N, T) targets, (N, ...) for one per image."""
+    return attribution if target_index.dim() == 2 else attribution[:, 0]
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:

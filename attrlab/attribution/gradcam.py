@@ -7,7 +7,8 @@ eval mode, so that single backward pass gives every image the gradient of its ow
 on the model and no parameter gradient is computed, so the call is safe between a training forward and its backward.
 
 ``layer=None`` means the last ``nn.Conv2d`` (Selvaraju et al.'s recommendation), unlike the input for gradient
-methods. Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
+methods. With (N, T) targets the forward pass is shared and each target column costs one backward pass through the
+part above the layer; maps are then (N, T, 1, h, w). Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
 size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w).
 
 The seed code's defective Grad-CAM lives in :mod:`attrlab.attribution.gradcam_seed_code`.
@@ -29,7 +30,11 @@ from .model_state import eval_semantics
 def layer_activation_and_gradient(
     model: nn.Module, inputs: torch.Tensor, target: Target, layer: Layer
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Activation (N, C, h, w) at ``layer``, the gradient of each image's target logit w.r.t. it, logits, targets."""
+    """Activation (N, C, h, w) at ``layer``, the gradient of each image's target logit w.r.t. it, logits, targets.
+
+    For (N, T) targets the gradient is (N, T, C, h, w) and the activation is returned as (N, 1, C, h, w), so the two
+    broadcast.
+    """
     split = ModelSplit(model, layer)
     with eval_semantics(model):
         with torch.no_grad():
@@ -44,15 +49,19 @@ def layer_activation_and_gradient(
             logits = split.tail(activation, inputs)
             target_index = resolve_target(target, logits)
             gradient = target_gradient(logits, target_index, activation)
-    return activation.detach(), gradient, logits.detach(), target_index
+    activation = activation.detach()
+    if target_index.dim() == 2:
+        activation = activation[:, None]
+    return activation, gradient, logits.detach(), target_index
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
-    """Rectify and resize a (N, 1, h, w) map as the options ask."""
+    """Rectify and resize a (N, 1, h, w) map (or (N, T, 1, h, w) for several targets) as the options ask."""
     if relu:
         cam = cam.clamp(min=0)
     if upsample:
-        cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        resized = F.interpolate(cam.flatten(0, -4), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        cam = resized.view(*cam.shape[:-2], *resized.shape[-2:])
     return cam
 
 
@@ -67,7 +76,8 @@ class GradCAM(Attribution):
         self.upsample = check_bool("upsample", upsample)
 
     def _channel_weighted_sum(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-        return (gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True)
+        # negative dimensions: the same code serves (N, C, h, w) and (N, T, C, h, w)
+        return (gradient.mean((-2, -1), keepdim=True) * activation).sum(-3, keepdim=True)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)
@@ -88,10 +98,10 @@ class GradCAMPlusPlus(GradCAM):
 
     def _channel_weighted_sum(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         squared = gradient.pow(2)
-        denominator = 2 * squared + activation.sum((2, 3), keepdim=True) * squared * gradient + 1e-6
+        denominator = 2 * squared + activation.sum((-2, -1), keepdim=True) * squared * gradient + 1e-6
         alpha = torch.where(gradient != 0, squared / denominator, torch.zeros_like(gradient))
-        weights = (alpha * gradient.clamp(min=0)).sum((2, 3), keepdim=True)
-        return (weights * activation).sum(1, keepdim=True)
+        weights = (alpha * gradient.clamp(min=0)).sum((-2, -1), keepdim=True)
+        return (weights * activation).sum(-3, keepdim=True)
 
 
 class LayerCAM(GradCAM):
@@ -100,7 +110,7 @@ class LayerCAM(GradCAM):
     name = "layercam"
 
     def _channel_weighted_sum(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-        return (gradient.clamp(min=0) * activation).sum(1, keepdim=True)
+        return (gradient.clamp(min=0) * activation).sum(-3, keepdim=True)
 
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "LayerCAM", "finish_map", "layer_activation_and_gradient"]

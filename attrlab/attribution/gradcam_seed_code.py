@@ -133,6 +133,8 @@ class SeedCodeGradCAM(Attribution):
             )
         target_index = resolve_target(target, logits)
         cam = (weights * activation).mean(1, keepdim=True)
+        if target_index.dim() == 2:  # the map ignores the target: the same map for every column
+            cam = cam[:, None].expand(-1, target_index.shape[1], -1, -1, -1)
         return Explanation(finish_map(cam, x, self.relu, self.upsample), logits, target_index)
 
 

@@ -7,7 +7,8 @@ LayerIntegratedGradients): the model is cut there (:class:`~attrlab.attribution.
 below the layer runs once without a graph and only the part above it is differentiated.
 
 Gradients of a batch come from one backward pass of the sum of the selected logits, which is exact per image because
-images do not interact in eval mode. ``torch.autograd.grad`` is asked for the input (or activation) gradient only,
+images do not interact in eval mode. With (N, T) targets the forward pass (and its graph) is shared and each target
+column costs one more backward pass. ``torch.autograd.grad`` is asked for the input (or activation) gradient only,
 so no parameter's ``.grad`` is touched and a pending training backward is unaffected.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Attribution, Explanation, Layer, Target, resolve_target
+from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, stack_targets, target_columns
 from .checks import (
     check_baseline,
     check_batch,
@@ -36,10 +37,18 @@ QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle
 
 
 def target_gradient(logits: torch.Tensor, target: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
-    """d logits[i, target[i]] / d wrt[i] for every row i, from one backward pass of the selected logits' sum."""
-    selected = logits.gather(1, target[:, None]).sum()
-    (gradient,) = torch.autograd.grad(selected, wrt)
-    return gradient
+    """d logits[i, target[i]] / d wrt[i] for every row i, from one backward pass of the selected logits' sum.
+
+    ``target`` (N, T) gives (N, T, *wrt.shape[1:]): one backward pass per column through the same graph.
+    """
+    columns = target_columns(target)
+    count = columns.shape[1]
+    gradients = []
+    for column in range(count):
+        selected = logits.gather(1, columns[:, column : column + 1]).sum()
+        (gradient,) = torch.autograd.grad(selected, wrt, retain_graph=column < count - 1)
+        gradients.append(gradient)
+    return per_target(stack_targets(gradients), target)
 
 
 class _LayerGradient(Attribution):
@@ -62,7 +71,10 @@ class _LayerGradient(Attribution):
                 logits = split.tail(activation, x)
                 target_index = resolve_target(target, logits)
                 gradient = target_gradient(logits, target_index, activation)
-        return Explanation(self._combine(activation.detach(), gradient), logits.detach(), target_index)
+        activation = activation.detach()
+        if target_index.dim() == 2:
+            activation = activation[:, None]  # broadcast against the (N, T, ...) gradients
+        return Explanation(self._combine(activation, gradient), logits.detach(), target_index)
 
 
 class Gradient(_LayerGradient):
@@ -193,8 +205,9 @@ class IntegratedGradients(Attribution):
                 start = split.head(_broadcast_baseline(self.baseline, x))
                 logits = split.tail(end, x)
             target_index = resolve_target(target, logits)
+            columns = target_columns(target_index)
             difference = end - start
-            integral = torch.zeros_like(end)
+            integral = end.new_zeros((batch, columns.shape[1], *end.shape[1:]))
             shape = (-1,) + (1,) * end.ndim
             for first in range(0, self.n_steps, steps_per_pass):
                 step_alphas = alphas[first : first + steps_per_pass]
@@ -203,10 +216,10 @@ class IntegratedGradients(Attribution):
                 path.requires_grad_(True)
                 with torch.enable_grad():
                     path_logits = split.tail(path, x)
-                    gradient = target_gradient(path_logits, target_index.repeat(count), path)
-                step_weights = weights[first : first + count].view(shape)
-                integral += (gradient.view(count, *end.shape) * step_weights).sum(0)
-        return Explanation(difference * integral, logits, target_index)
+                    gradient = target_gradient(path_logits, columns.repeat(count, 1), path)
+                step_weights = weights[first : first + count].view(shape + (1,))
+                integral += (gradient.view(count, *integral.shape) * step_weights).sum(0)
+        return Explanation(per_target(difference[:, None] * integral, target_index), logits, target_index)
 
 
 class SmoothGrad(Attribution):
@@ -249,7 +262,7 @@ class SmoothGrad(Attribution):
             with torch.no_grad():
                 logits = split.tail(split.head(x), x)
             target_index = resolve_target(target, logits)
-            noisy_target = target_index.repeat_interleave(self.n_samples)
+            noisy_target = target_index.repeat_interleave(self.n_samples, dim=0)
             for first in range(0, noisy.shape[0], rows):
                 chunk = noisy[first : first + rows]
                 with torch.no_grad():

@@ -2,7 +2,8 @@
 
 Both methods only evaluate the model (no gradients). Every perturbed copy of every image is built as one tensor per
 chunk - (copies x N) rows, block-major - and scored by one forward pass, so there is no Python loop over images or
-over single windows. With ``layer=`` the perturbation is applied to that layer's (N, C, h, w) activation: the part
+over single windows. With (N, T) targets all T scores of an image come from the same perturbed forward passes, so
+explaining every class of a grid costs what explaining one does. With ``layer=`` the perturbation is applied to that layer's (N, C, h, w) activation: the part
 below the layer runs once and only the part above it runs per chunk (Occlusion K=5/s=2 at layers in seed 004).
 
 ``output`` picks what is scored: the target ``"logit"`` (captum's Occlusion scores the forward output, our models
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import Attribution, Explanation, Layer, Target, resolve_target
+from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, target_columns
 from .checks import (
     check_baseline,
     check_bool,
@@ -36,10 +37,11 @@ from .model_state import eval_semantics
 OUTPUTS = ("logit", "probability")
 
 
-def _score(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
+def _score(logits: torch.Tensor, columns: torch.Tensor, output: str) -> torch.Tensor:
+    """The (rows, T) scores of the target ``columns`` (rows, T)."""
     if output == "probability":
         logits = logits.softmax(1)
-    return logits.gather(1, target[:, None])[:, 0]
+    return logits.gather(1, columns)
 
 
 class _Perturbation(Attribution):
@@ -63,11 +65,11 @@ class _Perturbation(Attribution):
 
     @abc.abstractmethod
     def _mask_value(self, scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """What each mask contributes, (k, N), from the perturbed scores (k, N) and the unperturbed ones (N,)."""
+        """What each mask contributes, (k, N, T), from the perturbed scores (k, N, T) and the unperturbed ones (N, T)."""
 
     @abc.abstractmethod
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:
-        """The map from sum_m value_m * mask_m (``weighted``, (N, h, w)) and the masks."""
+        """The (N, T, C or 1, h, w) map from sum_m value_m * mask_m (``weighted``, (N, T, h, w)) and the masks."""
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)
@@ -81,22 +83,23 @@ class _Perturbation(Attribution):
                 )
             logits = split.tail(activation, x)
             target_index = resolve_target(target, logits)
-            reference = _score(logits, target_index, self.output)
+            columns = target_columns(target_index)
+            reference = _score(logits, columns, self.output)
             batch, height, width = activation.shape[0], activation.shape[2], activation.shape[3]
             masks = self._masks(height, width, activation.device).to(activation.dtype)
             per_pass = max(1, (self.internal_batch_size or batch * masks.shape[0]) // batch)
-            weighted = torch.zeros(batch, height, width, dtype=activation.dtype, device=activation.device)
+            weighted = activation.new_zeros((batch, columns.shape[1], height, width))
             for first in tqdm(range(0, masks.shape[0], per_pass), desc=self.name, disable=not self.progress):
                 chunk = masks[first : first + per_pass]
                 keep = chunk if self._keep else 1 - chunk
                 shaped = keep[:, None, None]  # (k, 1, 1, h, w) against activation (N, C, h, w)
                 perturbed = activation * shaped + self.baseline * (1 - shaped)
                 scores = _score(
-                    split.tail(perturbed.flatten(0, 1), x), target_index.repeat(chunk.shape[0]), self.output
-                ).view(chunk.shape[0], batch)
-                weighted += torch.einsum("kn,khw->nhw", self._mask_value(scores, reference), chunk)
+                    split.tail(perturbed.flatten(0, 1), x), columns.repeat(chunk.shape[0], 1), self.output
+                ).view(chunk.shape[0], batch, -1)
+                weighted += torch.einsum("knt,khw->nthw", self._mask_value(scores, reference), chunk)
             attribution = self._finish(weighted, masks, activation.shape[1])
-        return Explanation(attribution, logits, target_index)
+        return Explanation(per_target(attribution, target_index), logits, target_index)
 
 
 class Occlusion(_Perturbation):
@@ -146,7 +149,7 @@ class Occlusion(_Perturbation):
 
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:
         mean_drop = weighted / masks.sum(0)
-        return mean_drop[:, None].expand(-1, channels, -1, -1).contiguous()
+        return mean_drop[:, :, None].expand(-1, -1, channels, -1, -1).contiguous()
 
 
 class RISE(_Perturbation):
@@ -187,7 +190,7 @@ class RISE(_Perturbation):
         return scores
 
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:
-        return (weighted / (self.n_masks * self.p))[:, None]
+        return (weighted / (self.n_masks * self.p))[:, :, None]
 
 
 def rise_masks(

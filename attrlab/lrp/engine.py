@@ -3,7 +3,8 @@
 The engine walks the model's layers in order (flat or nested ``nn.Sequential``), folds BatchNorms into their
 neighbours (:mod:`attrlab.canonize`, eval semantics: running statistics), and lets each layer's rule compute the
 layer's true output carrying the rule's gradient (:mod:`attrlab.lrp.rules`). A single ``torch.autograd.grad`` from the
-target logits to the input (or to the chosen layer's output) then gives the relevance: activation x gradient.
+target logits to the input (or to the chosen layer's output) then gives the relevance: activation x gradient. With
+(N, T) targets the rule-modified forward pass is shared and each target column costs one more backward pass.
 
 The model is never changed and never called: parameters are read (detached), layers are applied through functional
 calls, so module hooks do not run, the train/eval flag, ``requires_grad`` and ``.grad`` stay as they are, and a
@@ -17,16 +18,27 @@ groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target
+from ..attribution.base import (
+    Attribution,
+    Explanation,
+    Layer,
+    Target,
+    per_target,
+    resolve_layer,
+    resolve_target,
+    stack_targets,
+    target_columns,
+)
 from ..canonize import canonize_layers
 from .composites import Composite, make_composite
-from .rules import Affine, Gradient, LayerInfo, Pass, Rule
+from .rules import Affine, Gradient, LayerInfo, Pass, Rule, reusable_backward
 
 Start = Literal["logit", "one"]
 STARTS = ("logit", "one")
@@ -147,7 +159,8 @@ class LRP(Attribution):
             raise TypeError(f"inputs must be a torch.Tensor batch, not {type(inputs).__name__}")
         capture = _capture_name(self.model, resolve_layer(self.model, layer))
         steps = plan(self.model, self.composite)  # parameters may have changed since the last call (training)
-        with torch.enable_grad():
+        several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2
+        with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
             x = inputs.detach().requires_grad_(True)
             activation, captured = x, None
             for step in steps:
@@ -158,16 +171,24 @@ class LRP(Attribution):
             if logits.dim() != 2:
                 raise ValueError(f"the model must output (N, classes) logits, got shape {tuple(logits.shape)}")
             target_index = resolve_target(target, logits)
-            seed = torch.zeros_like(logits).scatter_(1, target_index[:, None], 1.0)
-            if self.start == "one":
-                chosen = logits.detach().gather(1, target_index[:, None])
-                seed = seed * torch.where(chosen != 0, 1.0 / torch.where(chosen != 0, chosen, 1.0), 0.0)
+            columns = target_columns(target_index)
             wrt = x if captured is None else captured
-            (gradient,) = torch.autograd.grad(logits, wrt, grad_outputs=seed)
+            gradients = []
+            for column in range(columns.shape[1]):
+                chosen_class = columns[:, column : column + 1]
+                seed = torch.zeros_like(logits).scatter_(1, chosen_class, 1.0)
+                if self.start == "one":
+                    chosen = logits.detach().gather(1, chosen_class)
+                    seed = seed * torch.where(chosen != 0, 1.0 / torch.where(chosen != 0, chosen, 1.0), 0.0)
+                last = column == columns.shape[1] - 1
+                (gradient,) = torch.autograd.grad(logits, wrt, grad_outputs=seed, retain_graph=not last)
+                gradients.append(gradient)
+            gradient = stack_targets(gradients)
         if captured is None and steps and steps[_first_affine(steps)].rule.input_space:
             relevance = gradient  # input-space rules hand back the relevance itself
         else:
-            relevance = wrt.detach() * gradient
+            relevance = wrt.detach()[:, None] * gradient
+        relevance = per_target(relevance, target_index)
         return Explanation(attribution=relevance, logits=logits.detach(), target=target_index)
 
 

@@ -24,6 +24,8 @@ shortcuts: a non-negative input (after a ReLU all ``x-`` terms vanish) and a ReL
 from __future__ import annotations
 
 import abc
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -122,17 +124,37 @@ def reroute(value: Tensor, differentiable: Tensor, scale: Tensor) -> Tensor:
     return value + (differentiable - differentiable.detach()) * scale
 
 
+_reuse = threading.local()
+
+
+@contextlib.contextmanager
+def reusable_backward():
+    """Keep the backward maps of the propagations recorded inside for several backward passes (one per target).
+
+    Read when a propagation is recorded (its forward, in the caller's thread), not when the autograd engine runs it.
+    """
+    previous = getattr(_reuse, "active", False)
+    _reuse.active = True
+    try:
+        yield
+    finally:
+        _reuse.active = previous
+
+
 class _Propagation(torch.autograd.Function):
     """Forward: ``propagate(x) -> (output, backward)`` without recording a graph; backward: ``backward(grad)``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, propagate: Callable[[Tensor], tuple[Tensor, Backward]]) -> Tensor:
         output, ctx.backward_map = propagate(x)
+        ctx.reusable = getattr(_reuse, "active", False)
         return output
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        backward, ctx.backward_map = ctx.backward_map, None  # free the saved tensors at once
+        backward = ctx.backward_map
+        if not ctx.reusable:
+            ctx.backward_map = None  # free the saved tensors at once
         return backward(grad), None
 
 

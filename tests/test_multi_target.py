@@ -1,0 +1,60 @@
+"""Several targets per image: an (N, T) target gives the same maps as T calls with one target column each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attrlab.attribution import available_methods, make_method, resolve_target
+from attribution_cases import images, model_for
+
+#: cheap settings for the multi-pass methods
+SETTINGS = {
+    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 12},  # chunks of whole steps: 2 passes of 2 steps
+    "smoothgrad": {"n_samples": 3, "internal_batch_size": 5},  # chunks that split an image's samples
+    "occlusion": {"window": 8, "stride": 8, "internal_batch_size": 40},
+    "rise": {"n_masks": 30, "internal_batch_size": 70},
+    "lrp": {"composite": "epsilon_gamma_box", "low": -1.0, "high": 1.0},
+}
+LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_code": None}
+
+
+@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("layer", [None, "conv2"])
+def test_multi_target_equals_one_call_per_column(name, layer):
+    model = model_for("deep", (1, 28, 28))
+    x = images((1, 28, 28), count=6)
+    if name == "gradcam_seed_code":
+        settings = {"training_batch": (images((1, 28, 28), count=8, offset=10), torch.arange(8) % 10)}
+    else:
+        settings = SETTINGS.get(name, {})
+    method = make_method(name, model, **settings)
+    targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]])
+    explanation = method.explain(x, target=targets, layer=layer)
+    assert torch.equal(explanation.target, targets)
+    columns = [method.explain(x, target=targets[:, t], layer=layer) for t in range(targets.shape[1])]
+    expected = torch.stack([column.attribution for column in columns], 1)
+    assert explanation.attribution.shape == expected.shape
+    torch.testing.assert_close(explanation.attribution, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explanation.logits, columns[0].logits)
+
+
+def test_one_target_column_keeps_the_column_axis():
+    model = model_for("shallow", (1, 28, 28))
+    x = images((1, 28, 28), count=4)
+    attribution = make_method("gradient", model).attribute(x, target=torch.tensor([[1], [2], [3], [4]]))
+    assert attribution.shape == (4, 1, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (torch.zeros(3, 2, dtype=torch.long), "N = 4 images"),
+        (torch.zeros(4, 0, dtype=torch.long), "T >= 1"),
+        (torch.tensor([[0, 10]] * 4), "outside 0..9"),
+        (torch.zeros(4, 2), "integer class indices"),
+    ],
+)
+def test_bad_2d_targets_are_named(target, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        resolve_target(target, torch.zeros(4, 10))
