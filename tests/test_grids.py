@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from attrlab.attribution import Attribution, Explanation, resolve_target
+from attrlab.attribution.base import per_target, target_columns
 from attrlab.grids import (
     BINS,
     ConfidentImages,
@@ -39,8 +40,12 @@ class InlineInputXGradient(Attribution):
         x = inputs.detach().requires_grad_(True)
         logits = self.model(x)
         index = resolve_target(target, logits)
-        (grad,) = torch.autograd.grad(logits.gather(1, index[:, None]).sum(), x)
-        return Explanation(x.detach() * grad, logits.detach(), index)
+        columns = target_columns(index)
+        grads = [
+            torch.autograd.grad(logits.gather(1, columns[:, t : t + 1]).sum(), x, retain_graph=True)[0]
+            for t in range(columns.shape[1])
+        ]
+        return Explanation(per_target(x.detach()[:, None] * torch.stack(grads, 1), index), logits.detach(), index)
 
 
 @pytest.fixture(scope="module")
@@ -295,20 +300,29 @@ def test_grid_localisation_callback_writes_a_table_per_flush_and_leaves_training
     assert all(probe.modes)  # the evaluation put the model back into training mode
 
 
-def test_difull_cell_by_cell_equals_the_wrapper_and_serves_lrp(model, confident):
+def test_lrp_through_the_difull_wrapper_equals_lrp_of_each_cell_alone(model, confident):
     from attrlab.attribution import make_method
-    from attrlab.grids import grid_maps, grid_maps_per_cell
 
     grids = make_grids(confident, count=3, n=2, layout="repeated", seed=0)
     wrapped, single = grid_model(model, "difull", 2).eval(), grid_model(model, "gridpg", 1).eval()
-    cells, classes = torch.tensor([0, 3, 1]), grids.labels[torch.arange(3), torch.tensor([0, 3, 1])]
-    for layer in ("input", "relu4"):
-        through_wrapper = grid_maps(
-            make_method("input_x_gradient", wrapped), grids.images, wrapped.head_targets(cells, classes), layer, 2
-        )
-        cell_by_cell = grid_maps_per_cell(make_method("input_x_gradient", single), grids.images, cells, classes,
-                                          layer, 2, 2)
-        torch.testing.assert_close(cell_by_cell, through_wrapper, rtol=1e-4, atol=1e-6)
+    cells = torch.tensor([[0, 3]] * 3)
+    classes = grids.labels.gather(1, cells)
+    for composite in ("epsilon_plus_flat", "seed000"):
+        for layer in ("input", "relu4"):
+            grid_relevance = make_method("lrp", wrapped, composite=composite).attribute(
+                grids.images, target=wrapped.head_targets(cells, classes), layer=layer
+            )  # (3 grids, 2 heads, C, H, W)
+            alone = make_method("lrp", single, composite=composite).attribute(
+                to_cells(grids.images, 2).view(3, 4, 1, 28, 28)[:, [0, 3]].flatten(0, 1),
+                target=classes.flatten(),
+                layer=layer,
+            )
+            per_head = to_cells(grid_relevance.flatten(0, 1), 2).view(3, 2, 4, *alone.shape[1:])
+            for head, cell in enumerate((0, 3)):
+                torch.testing.assert_close(per_head[:, head, cell], alone.view(3, 2, *alone.shape[1:])[:, head],
+                                           rtol=1e-4, atol=1e-6)
+                others = [c for c in range(4) if c != cell]
+                assert per_head[:, head, others].abs().max() == 0  # nothing reaches another cell
     result = evaluate_setting(model, grids, "difull", [MethodSpec("LRP", "lrp")], layers={"input": "input"},
                               progress=False)
-    assert result.scores["score"].eq(1.0).all()
+    assert result.scores["score"].eq(1.0).all() and len(result.scores) == 6

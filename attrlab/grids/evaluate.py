@@ -1,10 +1,12 @@
 """Batched grid evaluation (ML-Att): every method, at the input and chosen layers, on all grids of a setting at once.
 
-For each method and layer the grids (one copy per scored cell) go through ``method.explain`` in chunks of
-``batch_size`` on the model's device; the attributions are channel-summed, upsampled to the grid size, optionally
-Gaussian-smoothed (several kernel sizes from one attribution pass) and scored against the cell masks, all as tensors.
-Only the final scores of a method and layer reach the host (one transfer, not one per image). ``batch_size=1`` is
-the per-image loop the benchmark compares against.
+For each method and layer the grids go through ``method.explain`` in chunks of ``batch_size`` grids on the model's
+device, each grid with all its scored cells as an (N, T) target, so every method shares its forward passes across
+a grid's cells (perturbation methods score every cell from the same perturbed copies). The attributions are
+channel-summed, upsampled to the grid size, optionally Gaussian-smoothed (several kernel sizes from one attribution
+pass) and scored against the cell masks, all as tensors.
+Only the final scores of a method and layer reach the host (one transfer, not one per image). The benchmark
+(``bench/grids.py``) compares this with a per-image loop: one call per grid and scored cell.
 
 Layer handling: a method is built on the setting's wrapper (:func:`attrlab.grids.settings.grid_model`) and asked for
 ``layer=<name>``; the wrappers keep the model's layer names and the grid layout of every layer, so the same name
@@ -27,7 +29,7 @@ from ..models.grid import FINAL_LAYER, MIDDLE_LAYER
 from .aggatt import aggregate
 from .data import GridSet
 from .localisation import attribution_map, localisation
-from .settings import SETTINGS, GridModel, from_cells, grid_model, to_cells
+from .settings import SETTINGS, GridModel, grid_model
 from .smoothing import smooth
 
 #: ML-Att layers of the vgg_small models: display key -> layer name (None: the input)
@@ -90,55 +92,24 @@ def grid_maps(
     layer: str | None,
     batch_size: int,
 ) -> torch.Tensor:
-    """Signed (N, H, W) attribution maps of ``images`` for logit ``targets`` at ``layer``, upsampled to input size."""
-    size = tuple(images.shape[-2:])
-    chunks = [
-        attribution_map(
-            method.attribute(images[i : i + batch_size], target=targets[i : i + batch_size], layer=layer).detach(),
-            size,
-        )
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(chunks)
+    """Signed (G, T, H, W) maps of ``images`` (G grids) for the (G, T) logit ``targets`` at ``layer``, at input size.
 
-
-def grid_maps_per_cell(
-    method: Attribution,
-    images: torch.Tensor,
-    cells: torch.Tensor,
-    classes: torch.Tensor,
-    layer: str | None,
-    n: int,
-    batch_size: int,
-) -> torch.Tensor:
-    """DiFull maps computed cell by cell: ``method`` (built on the single-image model) explains each grid's scored
-    cell alone for its class; the attribution is placed at that cell of an otherwise zero grid-layout map.
-
-    DiFull's head of a cell *is* the single-image model applied to that cell, so this is the same computation as the
-    DiFull wrapper for every method whose attribution of a cell depends only on that cell's computation (gradients,
-    LRP); it serves engines that never call the wrapper's modules (attrlab's LRP evaluates layers functionally).
+    ``batch_size`` grids go to ``method`` per call, each with its T targets: the method shares its forward passes
+    across a grid's targets.
     """
-    count = images.shape[0]
     size = tuple(images.shape[-2:])
-    slot = torch.arange(count, device=images.device) * (n * n) + cells
-    alone = to_cells(images, n)[slot]
     chunks = []
-    for i in range(0, count, batch_size):
-        attribution = method.attribute(alone[i : i + batch_size], target=classes[i : i + batch_size], layer=layer)
-        attribution = attribution.detach()
-        rows = attribution.shape[0]
-        placed = attribution.new_zeros((rows * n * n, *attribution.shape[1:]))
-        placed[torch.arange(rows, device=placed.device) * (n * n) + cells[i : i + batch_size]] = attribution
-        chunks.append(attribution_map(from_cells(placed, n), size))
+    for first in range(0, len(images), batch_size):
+        attribution = method.attribute(
+            images[first : first + batch_size], target=targets[first : first + batch_size], layer=layer
+        ).detach()
+        chunks.append(attribution_map(attribution.flatten(0, 1), size).view(*attribution.shape[:2], *size))
     return torch.cat(chunks)
 
 
-def _reads_layers_functionally(method: Attribution) -> bool:
-    """Whether ``method`` evaluates the model's layers from their parameters instead of calling them (then it cannot
-    see the per-cell forward of DiFull's :class:`~attrlab.grids.settings.CellwiseConv2d`)."""
-    from ..lrp.engine import LRP
-
-    return isinstance(method, LRP)
+def scored_cells(setting: str, n: int) -> list[int]:
+    """The thesis' protocol: every cell on GridPG, the two corners holding the repeated class on DiFull and DiPart."""
+    return list(range(n * n)) if setting == "gridpg" else [0, n * n - 1]
 
 
 def evaluate_setting(
@@ -154,27 +125,27 @@ def evaluate_setting(
 ) -> GridResult:
     """Evaluate every method of ``methods`` at every layer of ``layers`` on all ``grids`` in ``setting``.
 
-    ``cells`` are the scored cells (default: the top-left one, as in the thesis; pass ``[0, n*n - 1]`` to score the
-    repeated corner as well); for each, a grid is explained for the class in that cell (GridPG) or for that cell's
-    head (DiFull, DiPart).
+    ``cells`` are the scored cells (default :func:`scored_cells`: all of them on GridPG, the two corners of the
+    repeated class on DiFull and DiPart, as in the thesis' quantitative results); for each, a grid is explained for
+    the class in that cell (GridPG) or for that cell's head (DiFull, DiPart), all of a grid's cells in one call. The
+    AggAtt maps kept are those of the first scored cell (the top-left one by default, as in the thesis' figures).
     """
     if setting not in SETTINGS:
         raise ValueError(f"unknown grid setting {setting!r}; valid settings: {', '.join(SETTINGS)}")
     n = grids.n
-    cells = list(cells) if cells is not None else [0]
-    if not cells or any(not 0 <= c < n * n for c in cells):
-        raise ValueError(f"cells must be cell numbers in 0..{n * n - 1}, got {cells!r}")
+    cells = list(cells) if cells is not None else scored_cells(setting, n)
+    if not cells or any(not 0 <= c < n * n for c in cells) or len(set(cells)) != len(cells):
+        raise ValueError(f"cells must be distinct cell numbers in 0..{n * n - 1}, got {cells!r}")
     # the wrapper shares the model's modules: evaluate in eval mode, hand the model back in the mode it came in
     was_training = model.training
     wrapped: GridModel = grid_model(model, setting, n).eval()
     try:
-        return _evaluate(model, wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
+        return _evaluate(wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
     finally:
         model.train(was_training)
 
 
 def _evaluate(
-    model: nn.Module,
     wrapped: GridModel,
     grids: GridSet,
     setting: str,
@@ -190,12 +161,12 @@ def _evaluate(
     images = grids.images.to(device)
     masks = grids.masks.to(device)
     count = len(grids)
-    # one copy of all grids per scored cell, cell-major
-    cell_index = torch.tensor(cells, device=device).repeat_interleave(count)
-    grid_index = torch.arange(count, device=device).repeat(len(cells))
-    classes = grids.labels.to(device)[grid_index, cell_index]
+    # (G, T): every grid with its scored cells; rows of the score table are grid-major
+    cell_index = torch.tensor(cells, device=device).expand(count, -1)
+    classes = grids.labels.to(device).gather(1, cell_index)
     targets = wrapped.head_targets(cell_index, classes)
-    inputs = images[grid_index]
+    grid_column = torch.arange(count).repeat_interleave(len(cells)).numpy()
+    cell_column = cell_index.flatten().cpu().numpy()
 
     jobs = [(spec, key) for spec in methods for key in (spec.layers or layers) if key in layers]
     unknown = sorted({key for spec in methods for key in (spec.layers or ()) if key not in layers})
@@ -204,14 +175,10 @@ def _evaluate(
     frames, maps, cell_scores = [], {}, {}
     for spec, key in tqdm(jobs, desc=f"{setting} {n}x{n}", disable=not progress):
         method = spec.build(wrapped, key)
-        if setting == "difull" and _reads_layers_functionally(method):
-            single = spec.build(grid_model(model, "gridpg", 1), key)  # the single-image model, same layer names
-            raw = grid_maps_per_cell(single, inputs, cell_index, classes, layers[key], n, spec.batch_size or batch_size)
-        else:
-            raw = grid_maps(method, inputs, targets, layers[key], spec.batch_size or batch_size)
+        raw = grid_maps(method, images, targets, layers[key], spec.batch_size or batch_size)
         for kernel_size in spec.smoothing:
-            smoothed = smooth(raw, kernel_size)
-            score, mass = localisation(smoothed, masks, cell_index)
+            smoothed = smooth(raw.flatten(0, 1), kernel_size)
+            score, mass = localisation(smoothed, masks, cell_index.flatten())
             label = spec.smoothed_label(kernel_size)
             frames.append(
                 pd.DataFrame(
@@ -221,14 +188,14 @@ def _evaluate(
                         "method": label,
                         "kernel_size": kernel_size,
                         "layer": key,
-                        "grid": grid_index.cpu().numpy(),
-                        "cell": cell_index.cpu().numpy(),
+                        "grid": grid_column,
+                        "cell": cell_column,
                         "score": score.cpu().numpy(),
                     }
                 )
             )
             if keep_maps:
-                first = slice(0, count)  # the first scored cell's copies
+                first = slice(0, None, len(cells))  # every grid's first scored cell
                 maps[(label, key, kernel_size)] = smoothed[first]
                 cell_scores[(label, key, kernel_size)] = (score[first], mass[first])
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

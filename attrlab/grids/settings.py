@@ -17,10 +17,9 @@ keeps the grid layout (N, C, n*h, n*w) with one batch row per grid:
   head at all.
 
 For DiFull and DiPart, logit ``c * n*n + cell`` is head ``cell``'s score for class ``c`` (the order
-``nn.Flatten`` gives; :meth:`GridModel.head_targets` builds these indices). Only standard layers stand between the
-backbone and the logits, so attribution engines that evaluate layers functionally (attrlab's LRP) handle DiPart. Such
-engines never call :class:`CellwiseConv2d`'s forward, though, so :mod:`attrlab.grids.evaluate` explains DiFull for
-them cell by cell on the single-image model, which is the same computation.
+``nn.Flatten`` gives; :meth:`GridModel.head_targets` builds these indices). Attribution engines that evaluate layers
+functionally instead of calling them (attrlab's LRP) recognise the per-cell layers (:class:`attrlab.cells.Cellwise`)
+and apply their rules cell by cell, so every method runs on the same wrapper in every setting.
 """
 
 from __future__ import annotations
@@ -30,61 +29,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..cells import CellwiseConv2d, CellwiseMaxPool2d, from_cells, to_cells  # noqa: F401 (re-exported)
+
 SETTINGS = ("gridpg", "difull", "dipart")
 #: modules that act on each position alone (they never mix cells)
 POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
-
-
-def to_cells(x: torch.Tensor, n: int) -> torch.Tensor:
-    """(N, C, n*h, n*w) grids -> (N*n*n, C, h, w) cells (grid-major, cells row by row)."""
-    batch, channels, height, width = x.shape
-    if height % n or width % n:
-        raise ValueError(f"a {height}x{width} map does not split into {n}x{n} equal cells")
-    h, w = height // n, width // n
-    return x.reshape(batch, channels, n, h, n, w).permute(0, 2, 4, 1, 3, 5).reshape(batch * n * n, channels, h, w)
-
-
-def from_cells(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`to_cells`: (N*n*n, C, h, w) -> (N, C, n*h, n*w)."""
-    count, channels, h, w = x.shape
-    batch = count // (n * n)
-    return x.reshape(batch, n, n, channels, h, w).permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, n * h, n * w)
-
-
-class CellwiseConv2d(nn.Conv2d):
-    """A ``Conv2d`` that convolves each cell of an n x n grid on its own (zero padding at every cell border).
-
-    Being a ``Conv2d`` subclass that only swaps the input layout inside ``_conv_forward``, rules that modify the
-    weights and call the module's forward (zennit-style LRP) still see a convolution.
-    """
-
-    def __init__(self, conv: nn.Conv2d, n: int):
-        super().__init__(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-            device=conv.weight.device, dtype=conv.weight.dtype,
-        )
-        # share the trained parameters (no copy)
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.n = n
-
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return from_cells(super()._conv_forward(to_cells(input, self.n), weight, bias), self.n)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, cells={self.n}x{self.n}"
-
-
-class CellwiseMaxPool2d(nn.MaxPool2d):
-    """A ``MaxPool2d`` applied to each cell of an n x n grid on its own."""
-
-    def __init__(self, pool: nn.MaxPool2d, n: int):
-        super().__init__(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
-        self.n = n
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return from_cells(super().forward(to_cells(input, self.n)), self.n)
 
 
 class GridModel(nn.Sequential):

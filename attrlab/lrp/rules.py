@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..canonize import ThreshReLU
+from ..cells import Cellwise
 from ..data import INPUT_BOUNDS
 
 Backward = Callable[[Tensor], Tensor]
@@ -69,12 +70,17 @@ class Affine:
             bias = module.bias
         self.bias = None if bias is None else bias.detach()
         self.padding = _numeric_padding(module) if isinstance(module, nn.Conv2d) else None
+        #: a convolution of each grid cell alone (DiFull): the rule's convolutions run on the cells as a batch
+        self.cellwise = module if isinstance(module, Cellwise) else None
 
     def __call__(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None | str = "same") -> Tensor:
         """The layer applied to ``x`` with ``weight`` (default: its own) and ``bias`` (default: its own; None: none)."""
         weight = self.weight if weight is None else weight
         bias = self.bias if isinstance(bias, str) else bias
         m = self.module
+        if self.cellwise is not None:
+            cells = self.cellwise
+            return cells.merge(F.conv2d(cells.split(x), weight, bias, m.stride, self.padding, m.dilation))
         if isinstance(m, nn.Conv2d):
             return F.conv2d(x, weight, bias, m.stride, self.padding, m.dilation)
         return F.linear(x, weight, bias)
@@ -84,12 +90,17 @@ class Affine:
         with ``grad`` stacked along its channels, to sum several terms in one call)."""
         m = self.module
         if isinstance(m, nn.Conv2d):
+            shape = (input_shape[0], weight.shape[1], *input_shape[2:])
+            cells = self.cellwise
+            if cells is not None:
+                grad, shape = cells.split(grad), cells.cell_shape(shape)
             # torch.nn.grad.conv2d_input passes an expanded dummy input that convolution_backward then copies in
             # full; an uninitialised contiguous dummy avoids that copy (only its shape is read)
-            dummy = grad.new_empty((input_shape[0], weight.shape[1], *input_shape[2:]))
-            return torch.ops.aten.convolution_backward(
+            dummy = grad.new_empty(shape)
+            result = torch.ops.aten.convolution_backward(
                 grad, dummy, weight, None, m.stride, self.padding, m.dilation, False, [0, 0], 1, [True, False, False]
             )[0]
+            return result if cells is None else cells.merge(result)
         return grad @ weight
 
 
@@ -523,12 +534,19 @@ class MaxAsAvg(Rule):
     def __call__(self, layer: nn.MaxPool2d, x: Tensor, info: LayerInfo) -> Tensor:
         if layer.dilation not in (1, (1, 1)):
             raise ValueError(f"MaxAsAvg needs an undilated max pooling, got dilation={layer.dilation}")
-        average = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                               count_include_pad=True)
+        average = per_cell(layer, lambda v: F.avg_pool2d(v, layer.kernel_size, layer.stride, layer.padding,
+                                                          layer.ceil_mode, count_include_pad=True))(x)
         with torch.no_grad():
             y = functional(layer)(x)
             scale = y / stabilize(average, self.stabilizer)
         return reroute(y, average, scale)
+
+
+def per_cell(layer: nn.Module, function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``function`` as ``layer`` applies it: on each grid cell alone for a :class:`~attrlab.cells.Cellwise` layer."""
+    if isinstance(layer, Cellwise):
+        return lambda x: layer.merge(function(layer.split(x)))
+    return function
 
 
 def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -536,8 +554,8 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
     if isinstance(layer, nn.ReLU):
         return F.relu
     if isinstance(layer, nn.MaxPool2d):
-        return lambda x: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                      ceil_mode=layer.ceil_mode)
+        return per_cell(layer, lambda x: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding,
+                                                      layer.dilation, ceil_mode=layer.ceil_mode))
     if isinstance(layer, nn.AvgPool2d):
         return lambda x: F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
                                       layer.count_include_pad, layer.divisor_override)
