@@ -59,6 +59,7 @@ def test_unknown_method_lists_valid_names():
         ("integrated_gradients", {"method": "simpson"}, ValueError, "valid choices: gausslegendre"),
         ("integrated_gradients", {"baseline": "zero"}, ValueError, "baseline must be a finite number"),
         ("integrated_gradients", {"internal_batch_size": 0}, ValueError, "internal_batch_size"),
+        ("rise", {"internal_batch_size": "big"}, ValueError, "None or 'auto', got 'big'"),
         ("smoothgrad", {"stdev": -0.1}, ValueError, "stdev must be a finite number >= 0"),
         ("smoothgrad", {"n_samples": 0}, ValueError, "n_samples"),
         ("occlusion", {"window": 0}, ValueError, "window must be an integer >= 1"),
@@ -179,3 +180,17 @@ def test_methods_work_under_no_grad_and_leave_inputs_alone(name):
     x_grad = x.clone().requires_grad_(True)
     assert torch.equal(method.attribute(x_grad), expected)
     assert x_grad.grad is None
+
+
+@pytest.mark.parametrize("name", ["integrated_gradients", "smoothgrad", "occlusion", "rise"])
+def test_auto_passes_are_sized_for_the_cpu_and_change_no_value(name):
+    from attrlab.attribution.checks import AUTO_VALUES_CPU, pass_rows
+
+    x = torch.zeros(3, 1, 64, 64)
+    assert pass_rows("auto", x, 10**6) == AUTO_VALUES_CPU // 4096 and pass_rows(None, x, 77) == 77
+    model = build_model("shallow", SHAPE, seed=0).eval()
+    images = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(0))
+    settings = {"n_masks": 300} if name == "rise" else {}  # more masks than one auto pass holds
+    auto = make_method(name, model, **settings).attribute(images, target=1)
+    whole = make_method(name, model, internal_batch_size=None, **settings).attribute(images, target=1)
+    torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)

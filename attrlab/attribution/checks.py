@@ -36,6 +36,31 @@ def check_optional_positive_int(name: str, value: Any) -> int | None:
     return None if value is None else check_positive_int(name, value)
 
 
+#: ``internal_batch_size="auto"`` on a CPU: rows per forward pass holding about this many input values. Per-image
+#: cost of the small grid models grows beyond ~64 rows of 56x56 (activations leave the caches), so CPU passes stay
+#: small; on a GPU, where large passes are what is fast, "auto" means :data:`AUTO_ROWS_GPU` rows.
+AUTO_VALUES_CPU = 2**18
+AUTO_ROWS_GPU = 2048
+
+
+def check_internal_batch_size(value: Any) -> int | str | None:
+    """``internal_batch_size``: rows per forward pass, ``None`` (all at once) or ``"auto"`` (see :func:`pass_rows`)."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"internal_batch_size must be an integer >= 1, None or 'auto', got {value!r}")
+    return value
+
+
+def pass_rows(internal_batch_size: int | str | None, inputs: torch.Tensor, total: int) -> int:
+    """Rows per forward pass for ``total`` rows shaped like the rows of ``inputs``."""
+    if internal_batch_size == "auto":
+        if inputs.device.type == "cpu":
+            return max(1, AUTO_VALUES_CPU // max(1, inputs[0].numel()))
+        return AUTO_ROWS_GPU
+    return internal_batch_size or total
+
+
 def check_non_negative_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

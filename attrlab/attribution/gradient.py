@@ -25,9 +25,10 @@ from .checks import (
     check_batch,
     check_bool,
     check_choice,
+    check_internal_batch_size,
     check_non_negative_float,
-    check_optional_positive_int,
     check_positive_int,
+    pass_rows,
 )
 from .layer_split import ModelSplit, Substitutes
 from .model_state import eval_semantics
@@ -171,7 +172,8 @@ class IntegratedGradients(Attribution):
     ``baseline`` is a number or a tensor broadcastable to the inputs (zeros by default: mid-grey for inputs in
     [-1, 1]). With ``layer=`` the path runs between the layer's activations of the baseline and of the input and only
     the part above the layer is differentiated (captum's LayerIntegratedGradients). All steps are evaluated batched,
-    ``internal_batch_size`` rows per forward pass (whole steps of N images, at least one step per pass).
+    ``internal_batch_size`` rows per forward pass (whole steps of N images, at least one step per pass; ``"auto"``:
+    sized for the device, see :func:`~attrlab.attribution.checks.pass_rows`).
     """
 
     name = "integrated_gradients"
@@ -182,21 +184,19 @@ class IntegratedGradients(Attribution):
         baseline: float | torch.Tensor = 0.0,
         n_steps: int = 50,
         method: str = "gausslegendre",
-        internal_batch_size: int | None = 1024,
+        internal_batch_size: int | str | None = "auto",
     ):
         super().__init__(model)
         self.baseline = check_baseline(baseline)
         alphas, weights = quadrature(method, n_steps)
         self.n_steps, self.method = n_steps, method
         self._alphas, self._weights = torch.as_tensor(alphas), torch.as_tensor(weights)
-        self.internal_batch_size = check_optional_positive_int("internal_batch_size", internal_batch_size)
+        self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_batch(inputs)
         split = ModelSplit(self.model, layer)
         batch = x.shape[0]
-        rows = self.internal_batch_size or batch * self.n_steps
-        steps_per_pass = max(1, rows // batch)
         alphas = self._alphas.to(x)
         weights = self._weights.to(x)
         with eval_semantics(self.model):
@@ -204,6 +204,7 @@ class IntegratedGradients(Attribution):
                 end = split.head(x)
                 start = split.head(_broadcast_baseline(self.baseline, x))
                 logits = split.tail(end, x)
+            steps_per_pass = max(1, pass_rows(self.internal_batch_size, end, batch * self.n_steps) // batch)
             target_index = resolve_target(target, logits)
             columns = target_columns(target_index)
             difference = end - start
@@ -241,14 +242,14 @@ class SmoothGrad(Attribution):
         stdev: float = 0.2,
         seed: int = 0,
         absolute: bool = False,
-        internal_batch_size: int | None = 1024,
+        internal_batch_size: int | str | None = "auto",
     ):
         super().__init__(model)
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.stdev = check_non_negative_float("stdev", stdev)
         self.seed = check_positive_int("seed", seed, minimum=0)
         self.absolute = check_bool("absolute", absolute)
-        self.internal_batch_size = check_optional_positive_int("internal_batch_size", internal_batch_size)
+        self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_batch(inputs)
@@ -256,7 +257,7 @@ class SmoothGrad(Attribution):
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         noisy = x.repeat_interleave(self.n_samples, dim=0)
         noisy = noisy + self.stdev * torch.randn(noisy.shape, generator=generator, device=x.device, dtype=x.dtype)
-        rows = self.internal_batch_size or noisy.shape[0]
+        rows = pass_rows(self.internal_batch_size, x, noisy.shape[0])
         gradients = []
         with eval_semantics(self.model):
             with torch.no_grad():

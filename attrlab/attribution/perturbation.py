@@ -26,10 +26,11 @@ from .checks import (
     check_bool,
     check_choice,
     check_image_batch,
-    check_optional_positive_int,
+    check_internal_batch_size,
     check_pair,
     check_positive_int,
     check_probability,
+    pass_rows,
 )
 from .layer_split import ModelSplit
 from .model_state import eval_semantics
@@ -47,13 +48,15 @@ def _score(logits: torch.Tensor, columns: torch.Tensor, output: str) -> torch.Te
 class _Perturbation(Attribution):
     """Shared loop: score ``masks`` (M, h, w) applied to the activation in chunks, fold the scores into a map."""
 
-    def __init__(self, model: nn.Module, baseline: float, output: str, internal_batch_size: int | None, progress: bool):
+    def __init__(
+        self, model: nn.Module, baseline: float, output: str, internal_batch_size: int | str | None, progress: bool
+    ):
         super().__init__(model)
         self.baseline = check_baseline(baseline)
         if isinstance(self.baseline, torch.Tensor):
             raise TypeError("the perturbation baseline must be a number (the value occluded positions are set to)")
         self.output = check_choice("output", output, OUTPUTS)
-        self.internal_batch_size = check_optional_positive_int("internal_batch_size", internal_batch_size)
+        self.internal_batch_size = check_internal_batch_size(internal_batch_size)
         self.progress = check_bool("progress", progress)
 
     #: whether mask value 1 keeps the activation (RISE) or replaces it by the baseline (occlusion)
@@ -87,7 +90,7 @@ class _Perturbation(Attribution):
             reference = _score(logits, columns, self.output)
             batch, height, width = activation.shape[0], activation.shape[2], activation.shape[3]
             masks = self._masks(height, width, activation.device).to(activation.dtype)
-            per_pass = max(1, (self.internal_batch_size or batch * masks.shape[0]) // batch)
+            per_pass = max(1, pass_rows(self.internal_batch_size, activation, batch * masks.shape[0]) // batch)
             weighted = activation.new_zeros((batch, columns.shape[1], height, width))
             for first in tqdm(range(0, masks.shape[0], per_pass), desc=self.name, disable=not self.progress):
                 chunk = masks[first : first + per_pass]
@@ -120,7 +123,7 @@ class Occlusion(_Perturbation):
         stride: int | tuple[int, int] = 2,
         baseline: float = 0.0,
         output: str = "logit",
-        internal_batch_size: int | None = 2048,
+        internal_batch_size: int | str | None = "auto",
         progress: bool = False,
     ):
         super().__init__(model, baseline, output, internal_batch_size, progress)
@@ -174,7 +177,7 @@ class RISE(_Perturbation):
         seed: int = 0,
         baseline: float = 0.0,
         output: str = "probability",
-        internal_batch_size: int | None = 2048,
+        internal_batch_size: int | str | None = "auto",
         progress: bool = False,
     ):
         super().__init__(model, baseline, output, internal_batch_size, progress)
