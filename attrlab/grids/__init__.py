@@ -3,7 +3,7 @@
 from .aggatt import BINS, aggatt_order, aggregate, bin_slices
 from .data import ConfidentImages, GridSet, cell_masks, confident_images, make_grids, tile
 from .callback import GridLocalisation
-from .evaluate import LAYERS, GridResult, MethodSpec, evaluate_setting, grid_maps, scored_cells
+from .evaluate import LAYERS, GridResult, MethodSpec, evaluate_setting, evaluation_copy, grid_maps, scored_cells
 from .localisation import attribution_map, localisation, positive_mass
 from .settings import SETTINGS, CellwiseConv2d, CellwiseMaxPool2d, GridModel, grid_model
 from .smoothing import gaussian_sigma, smooth
@@ -11,6 +11,6 @@ from .smoothing import gaussian_sigma, smooth
 __all__ = [
     "BINS", "LAYERS", "SETTINGS", "CellwiseConv2d", "CellwiseMaxPool2d", "ConfidentImages", "GridModel",
     "GridLocalisation", "GridResult", "GridSet", "MethodSpec", "aggatt_order", "aggregate", "attribution_map", "bin_slices", "cell_masks",
-    "confident_images", "evaluate_setting", "gaussian_sigma", "grid_maps", "grid_model", "localisation", "make_grids",
+    "confident_images", "evaluate_setting", "evaluation_copy", "gaussian_sigma", "grid_maps", "grid_model", "localisation", "make_grids",
     "positive_mass", "scored_cells", "smooth", "tile",
 ]

@@ -16,6 +16,7 @@ the wrappers' identity layer ``"input"`` (not ``None``: Grad-CAM reads ``None`` 
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -136,13 +137,21 @@ def evaluate_setting(
     cells = list(cells) if cells is not None else scored_cells(setting, n)
     if not cells or any(not 0 <= c < n * n for c in cells) or len(set(cells)) != len(cells):
         raise ValueError(f"cells must be distinct cell numbers in 0..{n * n - 1}, got {cells!r}")
-    # the wrapper shares the model's modules: evaluate in eval mode, hand the model back in the mode it came in
-    was_training = model.training
-    wrapped: GridModel = grid_model(model, setting, n).eval()
-    try:
-        return _evaluate(wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
-    finally:
-        model.train(was_training)
+    wrapped: GridModel = grid_model(evaluation_copy(model), setting, n)
+    return _evaluate(wrapped, grids, setting, methods, layers, cells, batch_size, keep_maps, progress)
+
+
+def evaluation_copy(model: nn.Module) -> nn.Module:
+    """A frozen eval-mode copy of ``model`` to evaluate on; on a CPU its weights are channels-last.
+
+    The copy leaves the caller's model (its mode, parameters and memory layout) untouched, also mid-training. oneDNN's
+    convolutions run about 1.6x faster in the channels-last layout on the small grid models (``bench/grids.py``
+    measures the batched evaluation); the values agree with the original layout to float rounding.
+    """
+    copy = deepcopy(model).eval().requires_grad_(False)
+    if next(copy.parameters()).device.type == "cpu":
+        copy = copy.to(memory_format=torch.channels_last)
+    return copy
 
 
 def _evaluate(
