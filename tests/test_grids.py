@@ -326,3 +326,24 @@ def test_lrp_through_the_difull_wrapper_equals_lrp_of_each_cell_alone(model, con
     result = evaluate_setting(model, grids, "difull", [MethodSpec("LRP", "lrp")], layers={"input": "input"},
                               progress=False)
     assert result.scores["score"].eq(1.0).all() and len(result.scores) == 6
+
+def test_evaluation_runs_on_a_copy_and_leaves_the_callers_model_as_it_was(model, confident):
+    from attrlab.attribution import make_method
+    from attrlab.grids import evaluation_copy, grid_maps
+
+    training = build_model("vgg_small_bn", seed=1).train()
+    parameters = [(p, p.requires_grad, p.stride()) for p in training.parameters()]
+    grids = make_grids(confident, count=4, n=2, layout="distinct", seed=0)
+    result = evaluate_setting(training, grids, "gridpg", [MethodSpec("LRP", "lrp")], layers={"input": "input"},
+                              progress=False)
+    assert training.training and all(m.training for m in training.modules())
+    assert [(p, p.requires_grad, p.stride()) for p in training.parameters()] == parameters
+    # the channels-last copy computes the same maps as the model in its own layout
+    copy = evaluation_copy(model)
+    assert copy is not model and not any(p.requires_grad for p in copy.parameters())
+    targets = grid_model(model, "gridpg", 2).head_targets(torch.arange(4).expand(4, -1), grids.labels)
+    for method in ("lrp", "gradcam", "occlusion"):
+        ours = grid_maps(make_method(method, grid_model(copy, "gridpg", 2)), grids.images, targets, "input", 2)
+        reference = grid_maps(make_method(method, grid_model(model, "gridpg", 2)), grids.images, targets, "input", 4)
+        assert float((ours - reference).norm() / reference.norm()) < 1e-5, method  # float rounding only
+    assert len(result.scores) == 16 and sorted(result.scores["cell"].unique()) == [0, 1, 2, 3]

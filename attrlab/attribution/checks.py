@@ -1,4 +1,5 @@
-"""Argument checks of the gradient, CAM and perturbation methods: each error names the bad value and the valid ones."""
+"""Argument checks of the gradient, CAM and perturbation methods (each error names the bad value and the valid ones),
+and how ``internal_batch_size`` sizes their forward passes."""
 
 from __future__ import annotations
 

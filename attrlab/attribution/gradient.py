@@ -40,7 +40,7 @@ QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle
 def target_gradient(logits: torch.Tensor, target: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
     """d logits[i, target[i]] / d wrt[i] for every row i, from one backward pass of the selected logits' sum.
 
-    ``target`` (N, T) gives (N, T, *wrt.shape[1:]): one backward pass per column through the same graph.
+    An (N, T) ``target`` gives ``(N, T, *wrt.shape[1:])``: one backward pass per column through the same graph.
     """
     columns = target_columns(target)
     count = columns.shape[1]

@@ -22,7 +22,10 @@ TABLE = "grid_localisation"
 
 
 class GridLocalisation(Callback):
-    """Evaluate ``methods`` on ``grids`` (setting name -> grids) every ``every`` steps; table ``grid_localisation``."""
+    """Evaluate ``methods`` on ``grids`` (setting name -> grids) every ``every`` steps; table ``grid_localisation``.
+
+    ``cells`` are the scored cells of every setting (default: :func:`~attrlab.grids.evaluate.scored_cells`).
+    """
 
     def __init__(
         self,
@@ -31,6 +34,7 @@ class GridLocalisation(Callback):
         every: int = 10,
         layers: Mapping[str, str | None] = LAYERS,
         batch_size: int = 64,
+        cells: Sequence[int] | None = None,
     ):
         if not isinstance(every, int) or every <= 0:
             raise ValueError(f"every must be a positive integer, got {every!r}")
@@ -41,6 +45,7 @@ class GridLocalisation(Callback):
         self.every = every
         self.layers = dict(layers)
         self.batch_size = batch_size
+        self.cells = None if cells is None else list(cells)
         self._pending: list[pd.DataFrame] = []
 
     def on_start(self, trainer, step: int) -> None:
@@ -51,8 +56,8 @@ class GridLocalisation(Callback):
             return
         for setting, grids in self.grids.items():
             scores = evaluate_setting(
-                trainer.model, grids, setting, self.methods, layers=self.layers, batch_size=self.batch_size,
-                keep_maps=False, progress=False,
+                trainer.model, grids, setting, self.methods, layers=self.layers, cells=self.cells,
+                batch_size=self.batch_size, keep_maps=False, progress=False,
             ).scores
             summary = scores.groupby(["method", "kernel_size", "layer"], sort=False)["score"].agg(["median", "mean"])
             self._pending.append(summary.reset_index().assign(step=step, setting=setting))
