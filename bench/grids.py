@@ -120,8 +120,11 @@ def main() -> None:
                 args.repeats,
             )
             batched = torch.tensor(result.scores["score"].to_numpy()[: len(looped)])
-            if name not in RANDOM_BY_ROW and not torch.allclose(batched, looped.float(), atol=1e-4):
-                raise SystemExit(f"{name}: batched scores differ from the per-image loop's")
+            difference = float((batched - looped.float()).abs().max())
+            # float rounding differs between batch sizes and flips near-zero values of signed maps (the raw gradient),
+            # which moves a score by up to a few 1e-4; a real disagreement is orders of magnitude larger
+            if name not in RANDOM_BY_ROW and difference > 2e-3:
+                raise SystemExit(f"{name}: batched scores differ from the per-image loop's by up to {difference:.2g}")
             row[f"batch {size} grids/s"] = len(batched_grids) / seconds
             row[f"ratio {size}"] = row[f"batch {size} grids/s"] / row["loop grids/s"]
         rows.append(row)
