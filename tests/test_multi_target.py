@@ -58,3 +58,16 @@ def test_one_target_column_keeps_the_column_axis():
 def test_bad_2d_targets_are_named(target, message):
     with pytest.raises((ValueError, TypeError), match=message):
         resolve_target(target, torch.zeros(4, 10))
+
+
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "gradcam", "occlusion"])
+def test_multi_target_through_the_hook_fallback(name):
+    from test_gradient_methods import _Wrapped
+
+    model = model_for("deep", (1, 28, 28))
+    x = images((1, 28, 28), count=4)
+    targets = torch.tensor([[0, 5], [1, 1], [9, 2], [3, 4]])
+    settings = SETTINGS.get(name, {})
+    flat = make_method(name, model, **settings).attribute(x, target=targets, layer="conv2")
+    nested = make_method(name, _Wrapped(model), **settings).attribute(x, target=targets, layer="body.conv2")
+    torch.testing.assert_close(nested, flat, rtol=1e-5, atol=1e-6)
