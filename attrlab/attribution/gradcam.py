@@ -20,39 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attribution, Explanation, Layer, Target, last_layer_of_type, resolve_target
+from .base import Attribution, Explanation, Layer, Target, last_layer_of_type
 from .checks import check_bool, check_image_batch
-from .gradient import target_gradient
-from .layer_split import ModelSplit
-from .model_state import eval_semantics
-
-
-def layer_activation_and_gradient(
-    model: nn.Module, inputs: torch.Tensor, target: Target, layer: Layer
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Activation (N, C, h, w) at ``layer``, the gradient of each image's target logit w.r.t. it, logits, targets.
-
-    For (N, T) targets the gradient is (N, T, C, h, w) and the activation is returned as (N, 1, C, h, w), so the two
-    broadcast.
-    """
-    split = ModelSplit(model, layer)
-    with eval_semantics(model):
-        with torch.no_grad():
-            activation = split.head(inputs)
-        if activation.ndim != 4:
-            raise ValueError(
-                f"CAM methods need a spatial layer with output (N, C, h, w); layer {layer!r} gives shape "
-                f"{tuple(activation.shape)}"
-            )
-        activation = activation.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = split.tail(activation, inputs)
-            target_index = resolve_target(target, logits)
-            gradient = target_gradient(logits, target_index, activation)
-    activation = activation.detach()
-    if target_index.dim() == 2:
-        activation = activation[:, None]
-    return activation, gradient, logits.detach(), target_index
+from .gradient import layer_gradient
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
@@ -82,7 +52,12 @@ class GradCAM(Attribution):
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)
         layer = last_layer_of_type(self.model, nn.Conv2d) if layer is None else layer
-        activation, gradient, logits, target_index = layer_activation_and_gradient(self.model, x, target, layer)
+        activation, gradient, logits, target_index = layer_gradient(self.model, x, target, layer)
+        if gradient.dim() != 3 + target_index.dim():  # (N, C, h, w), or (N, T, C, h, w) for several targets
+            raise ValueError(
+                f"CAM methods need a spatial layer with output (N, C, h, w); layer {layer!r} gives shape "
+                f"{(gradient.shape[0], *gradient.shape[target_index.dim():])}"
+            )
         cam = self._channel_weighted_sum(activation, gradient)
         return Explanation(finish_map(cam, x, self.relu, self.upsample), logits, target_index)
 
@@ -113,4 +88,4 @@ class LayerCAM(GradCAM):
         return (gradient.clamp(min=0) * activation).sum(-3, keepdim=True)
 
 
-__all__ = ["GradCAM", "GradCAMPlusPlus", "LayerCAM", "finish_map", "layer_activation_and_gradient"]
+__all__ = ["GradCAM", "GradCAMPlusPlus", "LayerCAM", "finish_map"]

@@ -52,6 +52,30 @@ def target_gradient(logits: torch.Tensor, target: torch.Tensor, wrt: torch.Tenso
     return per_target(stack_targets(gradients), target)
 
 
+def layer_gradient(
+    model: nn.Module, inputs: torch.Tensor, target: Target, layer: Layer, substitutes: Substitutes | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The activation at ``layer`` (the inputs for ``None``), the gradient of each image's target logit w.r.t. it,
+    the logits and the resolved targets.
+
+    The part below the layer runs without a graph; for (N, T) targets the gradient is (N, T, ...) and the activation
+    is returned as (N, 1, ...), so that the two broadcast.
+    """
+    split = ModelSplit(model, layer, substitutes)
+    with eval_semantics(model):
+        with torch.no_grad():
+            activation = split.head(inputs)
+        activation = activation.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = split.tail(activation, inputs)
+            target_index = resolve_target(target, logits)
+            gradient = target_gradient(logits, target_index, activation)
+    activation = activation.detach()
+    if target_index.dim() == 2:
+        activation = activation[:, None]
+    return activation, gradient, logits.detach(), target_index
+
+
 class _LayerGradient(Attribution):
     """Shared core: the gradient of the target logits w.r.t. the input or a layer's output, then ``_combine``."""
 
@@ -62,20 +86,10 @@ class _LayerGradient(Attribution):
         """The attribution from the activation (or input) and the gradient of the target logits w.r.t. it."""
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_batch(inputs)
-        split = ModelSplit(self.model, layer, self.substitutes)
-        with eval_semantics(self.model):
-            with torch.no_grad():
-                activation = split.head(x)
-            activation = activation.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = split.tail(activation, x)
-                target_index = resolve_target(target, logits)
-                gradient = target_gradient(logits, target_index, activation)
-        activation = activation.detach()
-        if target_index.dim() == 2:
-            activation = activation[:, None]  # broadcast against the (N, T, ...) gradients
-        return Explanation(self._combine(activation, gradient), logits.detach(), target_index)
+        activation, gradient, logits, target_index = layer_gradient(
+            self.model, check_batch(inputs), target, layer, self.substitutes
+        )
+        return Explanation(self._combine(activation, gradient), logits, target_index)
 
 
 class Gradient(_LayerGradient):
@@ -284,6 +298,7 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "SmoothGrad",
+    "layer_gradient",
     "quadrature",
     "target_gradient",
 ]
