@@ -80,7 +80,9 @@ class CellwiseMaxPool2d(Cellwise, nn.MaxPool2d):
     """A ``MaxPool2d`` applied to each cell of an n x n grid on its own."""
 
     def __init__(self, pool: nn.MaxPool2d, n: int):
-        super().__init__(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+        super().__init__(
+            pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode
+        )
         self.n = n
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

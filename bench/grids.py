@@ -9,9 +9,10 @@ corners of the repeated class on DiFull and DiPart):
   scored cells as an (N, T) target, so a method shares its forward passes across a grid's cells.
 
 Every method is timed at each ML-Att layer (``--layers``, default the input, ``relu4`` and ``relu6`` as in the
-chapter), one row per method and layer. The two must give the same scores (checked, except for SmoothGrad's row-dependent noise; a mismatch aborts). Timing needs no trained model, so the model is a
-freshly initialised ``vgg_small`` and the grids use the test labels directly (no confidence filter). Prints a table,
-the ratios, and writes them to ``bench/results/grids.csv``.
+chapter), one row per method and layer. The two must give the same scores (checked, except for SmoothGrad's
+row-dependent noise; a mismatch aborts). Timing needs no trained model, so the model is a freshly initialised
+``vgg_small`` and the grids use the test labels directly (no confidence filter). Prints a table, the ratios, and
+writes them to ``bench/results/grids.csv``.
 
     .venv/bin/python bench/grids.py [--setting gridpg] [--n 2] [--grids 48] [--loop-grids 8] [--batch-sizes 4,16]
 """
@@ -133,7 +134,7 @@ def main() -> None:
                 # float rounding differs between batch sizes and flips near-zero values of signed maps (the raw
                 # gradient), which moves a score by up to a few 1e-4; a real disagreement is orders of magnitude larger
                 if name not in RANDOM_BY_ROW and difference > 2e-3:
-                    raise SystemExit(f"{name} at {key}: batched scores differ from the loop's by up to {difference:.2g}")
+                    raise SystemExit(f"{name} at {key}: batched scores differ from the loop's by {difference:.2g}")
                 row[f"batch {size} grids/s"] = len(batched_grids) / seconds
                 row[f"ratio {size}"] = row[f"batch {size} grids/s"] / row["loop grids/s"]
             rows.append(row)

@@ -7,9 +7,10 @@ eval mode, so that single backward pass gives every image the gradient of its ow
 on the model and no parameter gradient is computed, so the call is safe between a training forward and its backward.
 
 ``layer=None`` means the last ``nn.Conv2d`` (Selvaraju et al.'s recommendation), unlike the input for gradient
-methods. With (N, T) targets the forward pass is shared and each target column costs one backward pass through the
-part above the layer; maps are then (N, T, 1, h, w). Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
-size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w).
+methods. Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
+size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w). With (N, T) targets
+the forward pass is shared, each target column costs one backward pass through the part above the layer, and maps
+are (N, T, 1, h, w).
 
 The seed code's defective Grad-CAM lives in :mod:`attrlab.attribution.gradcam_seed_code`.
 """

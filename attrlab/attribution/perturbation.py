@@ -3,8 +3,9 @@
 Both methods only evaluate the model (no gradients). Every perturbed copy of every image is built as one tensor per
 chunk - (copies x N) rows, block-major - and scored by one forward pass, so there is no Python loop over images or
 over single windows. With (N, T) targets all T scores of an image come from the same perturbed forward passes, so
-explaining every class of a grid costs what explaining one does. With ``layer=`` the perturbation is applied to that layer's (N, C, h, w) activation: the part
-below the layer runs once and only the part above it runs per chunk (Occlusion K=5/s=2 at layers in seed 004).
+explaining every class of a grid costs what explaining one does. With ``layer=`` the perturbation is applied to that
+layer's (N, C, h, w) activation: the part below the layer runs once and only the part above it runs per chunk
+(Occlusion K=5/s=2 at layers in seed 004).
 
 ``output`` picks what is scored: the target ``"logit"`` (captum's Occlusion scores the forward output, our models
 return logits) or its softmax ``"probability"`` (RISE's black-box definition).
@@ -68,7 +69,7 @@ class _Perturbation(Attribution):
 
     @abc.abstractmethod
     def _mask_value(self, scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """What each mask contributes, (k, N, T), from the perturbed scores (k, N, T) and the unperturbed ones (N, T)."""
+        """What each mask contributes, (k, N, T), from the perturbed scores (k, N, T) and the unperturbed (N, T)."""
 
     @abc.abstractmethod
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:

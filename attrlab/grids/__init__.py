@@ -10,7 +10,7 @@ from .smoothing import gaussian_sigma, smooth
 
 __all__ = [
     "BINS", "LAYERS", "SETTINGS", "CellwiseConv2d", "CellwiseMaxPool2d", "ConfidentImages", "GridModel",
-    "GridLocalisation", "GridResult", "GridSet", "MethodSpec", "aggatt_order", "aggregate", "attribution_map", "bin_slices", "cell_masks",
-    "confident_images", "evaluate_setting", "evaluation_copy", "gaussian_sigma", "grid_maps", "grid_model", "localisation", "make_grids",
-    "positive_mass", "scored_cells", "smooth", "tile",
+    "GridLocalisation", "GridResult", "GridSet", "MethodSpec", "aggatt_order", "aggregate", "attribution_map",
+    "bin_slices", "cell_masks", "confident_images", "evaluate_setting", "evaluation_copy", "gaussian_sigma",
+    "grid_maps", "grid_model", "localisation", "make_grids", "positive_mass", "scored_cells", "smooth", "tile",
 ]

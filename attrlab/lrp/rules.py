@@ -96,7 +96,8 @@ class Affine:
                 grad, shape = cells.split(grad), cells.cell_shape(shape)
             # torch.nn.grad.conv2d_input passes an expanded dummy input that convolution_backward then copies in
             # full; an uninitialised dummy in the gradient's memory layout avoids that copy (only its shape is read)
-            layout = torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            channels_last = grad.is_contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
             dummy = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
             result = torch.ops.aten.convolution_backward(
                 grad, dummy, weight, None, m.stride, self.padding, m.dilation, False, [0, 0], 1, [True, False, False]
