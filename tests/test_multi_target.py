@@ -71,3 +71,12 @@ def test_multi_target_through_the_hook_fallback(name):
     flat = make_method(name, model, **settings).attribute(x, target=targets, layer="conv2")
     nested = make_method(name, _Wrapped(model), **settings).attribute(x, target=targets, layer="body.conv2")
     torch.testing.assert_close(nested, flat, rtol=1e-5, atol=1e-6)
+
+
+def test_lrp_starting_from_one_per_target_column():
+    model = model_for("shallow", (1, 28, 28))
+    x = images((1, 28, 28), count=4)
+    targets = torch.tensor([[0, 5], [1, 1], [9, 2], [3, 4]])
+    method = make_method("lrp", model, start="one")
+    expected = torch.stack([method.attribute(x, target=targets[:, t]) for t in range(2)], 1)
+    torch.testing.assert_close(method.attribute(x, target=targets), expected, rtol=1e-5, atol=1e-6)

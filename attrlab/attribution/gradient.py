@@ -37,16 +37,23 @@ from .model_state import eval_semantics
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
-def target_gradient(logits: torch.Tensor, target: torch.Tensor, wrt: torch.Tensor) -> torch.Tensor:
+def target_gradient(
+    logits: torch.Tensor, target: torch.Tensor, wrt: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """d logits[i, target[i]] / d wrt[i] for every row i, from one backward pass of the selected logits' sum.
 
     An (N, T) ``target`` gives ``(N, T, *wrt.shape[1:])``: one backward pass per column through the same graph.
+    ``scale`` (constants shaped like the resolved target) multiplies each selected logit's gradient.
     """
     columns = target_columns(target)
+    scales = None if scale is None else target_columns(scale)
     count = columns.shape[1]
     gradients = []
     for column in range(count):
-        selected = logits.gather(1, columns[:, column : column + 1]).sum()
+        selected = logits.gather(1, columns[:, column : column + 1])
+        if scales is not None:
+            selected = selected * scales[:, column : column + 1]
+        selected = selected.sum()
         (gradient,) = torch.autograd.grad(selected, wrt, retain_graph=column < count - 1)
         gradients.append(gradient)
     return per_target(stack_targets(gradients), target)

@@ -25,17 +25,8 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..attribution.base import (
-    Attribution,
-    Explanation,
-    Layer,
-    Target,
-    per_target,
-    resolve_layer,
-    resolve_target,
-    stack_targets,
-    target_columns,
-)
+from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
+from ..attribution.gradient import target_gradient
 from ..canonize import canonize_layers
 from .composites import Composite, make_composite
 from .rules import Affine, Gradient, LayerInfo, Pass, Rule, reusable_backward
@@ -171,24 +162,17 @@ class LRP(Attribution):
             if logits.dim() != 2:
                 raise ValueError(f"the model must output (N, classes) logits, got shape {tuple(logits.shape)}")
             target_index = resolve_target(target, logits)
-            columns = target_columns(target_index)
+            scale = None
+            if self.start == "one":  # relevance 1 at the explained logit: its gradient divided by its value
+                chosen = logits.detach().gather(1, target_columns(target_index)).view(target_index.shape)
+                scale = torch.where(chosen != 0, 1.0 / torch.where(chosen != 0, chosen, 1.0), 0.0)
             wrt = x if captured is None else captured
-            gradients = []
-            for column in range(columns.shape[1]):
-                chosen_class = columns[:, column : column + 1]
-                seed = torch.zeros_like(logits).scatter_(1, chosen_class, 1.0)
-                if self.start == "one":
-                    chosen = logits.detach().gather(1, chosen_class)
-                    seed = seed * torch.where(chosen != 0, 1.0 / torch.where(chosen != 0, chosen, 1.0), 0.0)
-                last = column == columns.shape[1] - 1
-                (gradient,) = torch.autograd.grad(logits, wrt, grad_outputs=seed, retain_graph=not last)
-                gradients.append(gradient)
-            gradient = stack_targets(gradients)
+            gradient = target_gradient(logits, target_index, wrt, scale)
         if captured is None and steps and steps[_first_affine(steps)].rule.input_space:
             relevance = gradient  # input-space rules hand back the relevance itself
         else:
-            relevance = wrt.detach()[:, None] * gradient
-        relevance = per_target(relevance, target_index)
+            activation = wrt.detach()
+            relevance = (activation[:, None] if target_index.dim() == 2 else activation) * gradient
         return Explanation(attribution=relevance, logits=logits.detach(), target=target_index)
 
 
