@@ -2,7 +2,7 @@
 
 - ``attrlab train --run-dir DIR [--epochs N ...]`` trains or resumes one run directory.
 - ``attrlab run SWEEP.yml [--scheduler ADDRESS] [--workers N] [--dry-run]`` executes a chapter over a parameter grid
-  with papermill on Dask (see :mod:`attrlab.batch`).
+  with papermill on Dask (see :mod:`attrlab.sweep`).
 - ``attrlab book [--incremental] [--no-strict]`` builds the Jupyter Book into ``_build/html``, warnings as errors.
 """
 
@@ -80,7 +80,7 @@ def build_book(root: str | Path | None = None, incremental: bool = False, strict
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .batch import Sweep, run_sweep
+    from .sweep import Sweep, run_sweep
 
     sweep = Sweep.from_yaml(args.sweep)
     points = sweep.points()
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_book(subparsers)
     args = parser.parse_args(argv)
     if args.command == "run":
-        from .batch import SweepError
+        from .sweep import SweepError
         from .chapters import ParameterError
 
         try:

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from attrlab.analysis import correlations
-from attrlab.batch import Sweep
+from attrlab.sweep import Sweep
 from attrlab.chapters import validate_parameters
 from attrlab.track import tracked_frame
 from attrlab.train import Run

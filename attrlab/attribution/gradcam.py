@@ -23,7 +23,7 @@ from torch import nn
 
 from .base import Attribution, Explanation, Layer, Target, last_layer_of_type
 from .checks import check_bool, check_image_batch
-from .gradient import layer_gradient
+from .autograd import layer_gradient
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:

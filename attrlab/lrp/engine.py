@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
-from ..attribution.gradient import target_gradient
+from ..attribution.autograd import target_gradient
 from ..canonize import canonize_layers
 from .composites import Composite, make_composite
 from .rules import Affine, Gradient, LayerInfo, Pass, Rule, reusable_backward

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attrlab.batch import Sweep, SweepError, expand_grid, point_name, run_sweep
+from attrlab.sweep import Sweep, SweepError, expand_grid, point_name, run_sweep
 from attrlab.chapters import ParameterError, chapter_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
