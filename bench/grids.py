@@ -119,7 +119,7 @@ def main() -> None:
             spec = MethodSpec(name, name, SETTINGS.get(name, {}), LAYER_SETTINGS.get(name, {}))
             row = {"method": name, "layer": key}
             seconds, looped = best_time(
-                lambda: per_image_loop(spec.build(wrapped, key), loop_grids, loop_targets, cells, LAYERS[key]),
+                lambda: per_image_loop(spec.make(wrapped, key), loop_grids, loop_targets, cells, LAYERS[key]),
                 args.repeats,
             )
             row["loop grids/s"] = len(loop_grids) / seconds
