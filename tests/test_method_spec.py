@@ -40,6 +40,11 @@ def test_layer_settings_override_the_settings_at_their_key_only(model):
     assert spec.settings == {"window": 4, "stride": 4}  # the override did not leak into the spec
 
 
+def test_fields_after_the_settings_are_named_only():
+    with pytest.raises(TypeError):
+        MethodSpec("Occ", "occlusion", {}, {"final": {"stride": 1}})
+
+
 def test_normalised_fields_and_smoothed_labels():
     spec = MethodSpec("IxG", "input_x_gradient", smoothing=[1, 15], layer_keys=["input", "final"])
     assert spec.smoothing == (1, 15) and spec.layer_keys == ("input", "final")

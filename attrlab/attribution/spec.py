@@ -17,7 +17,7 @@ One spec type serves them all; the fields an evaluation does not use are ignored
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
@@ -33,6 +33,8 @@ PATH_SAFE_LABEL = re.compile(r"[A-Za-z0-9_\-]+")
 @dataclass(frozen=True)
 class MethodSpec:
     """One attribution method with its settings, under a display label (see the module docstring for the fields).
+
+    ``label``, ``method`` and ``settings`` may be given by position, the other fields only by name.
 
     Parameters
     ----------
@@ -59,6 +61,7 @@ class MethodSpec:
     label: str
     method: str | Callable[..., Attribution]
     settings: Mapping[str, Any] = field(default_factory=dict)
+    _: KW_ONLY  # the fields of one kind of evaluation are named, never positional
     layer: str | None = None
     layer_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     layer_keys: Sequence[str] | None = None
