@@ -68,7 +68,7 @@ def plot_grid_examples(grids: Mapping[str, GridSet], classes: Sequence[str], cou
         height, width = grid_set.cell_size
         for col in range(count):
             ax = axes[row, col]
-            ax.imshow(grid_set.images[col, 0].cpu(), cmap="gray_r")
+            ax.imshow(grid_set.images[col, 0].cpu().numpy(), cmap="gray_r")
             ax.set_title(" ".join(classes[c] for c in grid_set.labels[col].tolist()), fontsize="small")
             for k in range(1, grid_set.n):
                 ax.axhline(k * height - 0.5, color="tab:blue", linewidth=0.8)
