@@ -7,7 +7,9 @@ overstates significance badly. Next to it every coefficient gets a moving-block 
 inside each block; the default block length grows like n^(1/3).
 
 Layouts: :func:`method_table` is seed 000's Tables 2-9 (rows: performance series, columns: summaries, one table per
-method and run); :func:`loss_table` is its Table 1 (rows: method x loss, columns: run x {norm, entropy}).
+method and run); :func:`loss_table` is its Table 1 (rows: method x loss, columns: run x {norm, entropy}). For the
+prose of a chapter, :func:`rho_text` states one coefficient with its interval and :func:`change_phrase` how a
+summary moved between the first and the last tenth of the tracked steps.
 """
 
 from __future__ import annotations
@@ -149,3 +151,67 @@ def trend(series: pd.Series, normalise: bool = True) -> pd.Series:
         span = curve.max() - curve.min()
         curve = (curve - curve.min()) / span if span > 0 else curve * 0.0
     return curve
+
+
+def first_last_means(series: pd.Series, parts: int = 10) -> tuple[float, float]:
+    """The means of the first and of the last ``1/parts`` of a series' defined values (at least one value each).
+
+    Parameters
+    ----------
+    series : pandas.Series
+        A per-step series (NaNs are dropped first).
+    parts : int
+        The share of the series averaged at each end is ``1/parts`` (10: the first and last tenth).
+
+    Returns
+    -------
+    (float, float)
+        The mean at the start and at the end.
+    """
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts must be a positive integer, got {parts!r}")
+    values = series.dropna()
+    if values.empty:
+        raise ValueError(f"series {series.name!r} has no defined value")
+    count = max(1, len(values) // parts)
+    return float(values.iloc[:count].mean()), float(values.iloc[-count:].mean())
+
+
+def change_phrase(series: pd.Series, parts: int = 10) -> str:
+    """How a series moved, for prose: "grows from 0.12 to 3.4" or "falls from ..." (:func:`first_last_means`)."""
+    start, end = first_last_means(series, parts)
+    direction = "grows" if end > start else "falls"
+    return f"{direction} from {start:.3g} to {end:.3g}"
+
+
+def correlation_row(long: pd.DataFrame, performance: str, summary: str) -> pd.Series:
+    """The row of a :func:`correlations` table for one performance series and one summary.
+
+    Parameters
+    ----------
+    long : pandas.DataFrame
+        A :func:`correlations` table.
+    performance, summary : str
+        Row labels, e.g. "test loss" and "positive norm".
+
+    Returns
+    -------
+    pandas.Series
+        rho, p, ci_low, ci_high and steps of that pair.
+    """
+    chosen = long[(long["performance"] == performance) & (long["summary"] == summary)]
+    if chosen.empty:
+        raise ValueError(
+            f"no correlation of {performance!r} with {summary!r}; performance series: "
+            f"{', '.join(dict.fromkeys(long['performance']))}; summaries: {', '.join(dict.fromkeys(long['summary']))}"
+        )
+    return chosen.iloc[0]
+
+
+def rho_text(long: pd.DataFrame, performance: str, summary: str, level: float = 0.95) -> str:
+    """One coefficient with its block-bootstrap interval (computed at ``level``), for prose; a constant series
+    has none."""
+    row = correlation_row(long, performance, summary)
+    if np.isnan(row["rho"]):
+        return "undefined (a constant series)"
+    return f"{row['rho']:.2f} ({level:.0%} block-bootstrap interval {row['ci_low']:.2f} to {row['ci_high']:.2f})"

@@ -1,4 +1,4 @@
-"""Summaries of attribution maps: per-image norms, entropies, sparseness, and their per-step aggregates.
+"""Summaries of attribution maps: per-image norms, entropies, sparseness, and their per-step group means.
 
 Per image (a map is first summed over colour channels, as in the seed code), computed batched on the device:
 
@@ -10,9 +10,9 @@ Per image (a map is first summed over colour channels, as in the seed code), com
   a single pixel; NaN for an all-zero map;
 * ``frac_pos``: the fraction of pixels with positive relevance.
 
-Aggregates of a step (:func:`aggregate`): the mean of each summary over the whole set, per class, and per train/test
-half of the attribution set, ignoring NaNs, each with the count of NaN images beside it (``<summary>_nan``), so that
-nothing undefined is silently averaged in.
+The group summary of a step (:func:`group_summary`): the mean of each summary over the whole set, per class, and per
+train/test half of the attribution set, ignoring NaNs, each with the count of NaN images beside it
+(``<summary>_nan``), so that nothing undefined is silently averaged in.
 """
 
 from __future__ import annotations
@@ -69,12 +69,12 @@ def summarise(attribution: torch.Tensor) -> torch.Tensor:
 
 
 def group_names(num_classes: int) -> list[str]:
-    """Names of the aggregation groups, in the order :func:`aggregate` returns them."""
+    """Names of the groups of images, in the order :func:`group_summary` returns them."""
     return ["all", "train", "test"] + [f"c{c}" for c in range(num_classes)]
 
 
-def aggregate_columns(num_classes: int) -> list[str]:
-    """Column names of an :func:`aggregate` row: ``<summary>`` (all images), ``<summary>_<group>``, ``..._nan``."""
+def group_summary_columns(num_classes: int) -> list[str]:
+    """Column names of a :func:`group_summary` row: ``<summary>`` (all images), ``<summary>_<group>``, ``..._nan``."""
     columns = []
     for group in group_names(num_classes):
         suffix = "" if group == "all" else f"_{group}"
@@ -91,8 +91,21 @@ def group_matrix(labels: torch.Tensor, is_train: torch.Tensor, num_classes: int)
     return torch.cat([everyone, halves, classes])
 
 
-def aggregate(per_image: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """One flat row of NaN-ignoring group means and NaN counts (order of :func:`aggregate_columns`), on the device."""
+def group_summary(per_image: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """One flat row of NaN-ignoring group means and NaN counts (order of :func:`group_summary_columns`), on the device.
+
+    Parameters
+    ----------
+    per_image : torch.Tensor
+        (N, len(SUMMARIES)) per-image summaries from :func:`summarise`.
+    groups : torch.Tensor
+        (groups, N) 0/1 membership matrix from :func:`group_matrix`.
+
+    Returns
+    -------
+    torch.Tensor
+        The flat row, len(group_summary_columns(num_classes)) values.
+    """
     defined = ~torch.isnan(per_image)  # (N, S)
     values = torch.where(defined, per_image, torch.zeros_like(per_image))
     sums = groups @ values  # (G, S)

@@ -3,9 +3,9 @@
 After every scheduled step it runs each configured method on the attribution set (the model in eval semantics, the
 target the predicted class unless told otherwise), reduces the maps to per-image summaries on the device
 (:mod:`attrlab.summaries`) and aggregates them per step (all images, per class, per train/test half, with NaN counts).
-Rows stay in a preallocated device buffer and reach the host only when the trainer flushes before a checkpoint, into
-the run store's ``attributions`` table (one row per step and method). Full maps can be kept at chosen steps as
-float16 snapshots for filmstrips. A resumed run recomputes nothing twice and loses nothing: rows after the checkpoint
+Rows stay in a device :class:`~attrlab.stepbuffer.StepBuffer` and reach the host only when the trainer flushes before
+a checkpoint, into the run store's ``attributions`` table (one row per step and method). Full maps can be kept at
+chosen steps as float16 snapshots for filmstrips. A resumed run recomputes nothing twice and loses nothing: rows after the checkpoint
 are dropped by the store, snapshots are rewritten identically.
 
 The first method's forward pass also yields the predictions; the other methods are given those targets, so every
@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -25,30 +24,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attribution import Attribution, make_method
+from .attribution import Attribution
 from .attribution.gradcam_seed_code import SeedCodeGradCAM
+from .attribution.spec import PATH_SAFE_LABEL, MethodSpec
 from .runstore import RunStore, atomic_write_bytes
-from .summaries import aggregate, aggregate_columns, group_matrix, summarise
+from .stepbuffer import StepBuffer
+from .summaries import group_matrix, group_summary, group_summary_columns, summarise
 from .train import Callback, Trainer
 
 TABLE = "attributions"
 TARGETS = ("predicted", "label")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One tracked method: a label for the tables, the registry name, its settings and the layer to attribute at."""
-
-    label: str
-    method: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    layer: str | None = None
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.label):
-            raise ValueError(f"method labels are letters, digits, '-' and '_'; got {self.label!r}")
-
-
 
 
 #: settings a method gets when it is tracked by registry name alone (LRP: the seed's rules)
@@ -118,6 +103,9 @@ class Tracker(Callback):
         labels = [spec.label for spec in methods]
         if len(set(labels)) != len(labels):
             raise ValueError(f"method labels must be unique, got {labels}")
+        unsafe = [label for label in labels if not PATH_SAFE_LABEL.fullmatch(label)]
+        if unsafe:  # a label names the method's snapshot folder
+            raise ValueError(f"tracked method labels are letters, digits, '-' and '_'; got {unsafe}")
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; valid choices: {', '.join(TARGETS)}")
         self.specs = list(methods)
@@ -129,15 +117,14 @@ class Tracker(Callback):
     # ---------------------------------------------------------------- set-up
     def on_start(self, trainer: Trainer, step: int) -> None:
         model = trainer.model
-        self.methods = [make_method(spec.method, model, **spec.settings) for spec in self.specs]
+        self.methods = [spec.make(model) for spec in self.specs]
         attribution = trainer.attribution_set
         self.groups = group_matrix(attribution.y, attribution.is_train, trainer.data.num_classes)
-        self.columns = aggregate_columns(trainer.data.num_classes)
         self.tracked = set(self.schedule.steps(trainer.total_steps))
         self.snapshot_steps = set(self.snapshot_schedule.steps(trainer.total_steps))
         rows_between_flushes = min(trainer.config.checkpoint_every, trainer.total_steps) * len(self.methods)
-        self.buffer = torch.full((rows_between_flushes, len(self.columns)), float("nan"), device=trainer.device)
-        self.rows: list[tuple[int, str]] = []
+        slots = {"summaries": group_summary_columns(trainer.data.num_classes)}
+        self.buffer = StepBuffer(slots, rows_between_flushes, trainer.device, keys=("step", "method"))
 
     def before_step(self, trainer: Trainer, step: int) -> None:
         # the seed code's Grad-CAM weights come from this step's training loss, before the parameters change
@@ -156,20 +143,14 @@ class Tracker(Callback):
             explanation = method.explain(attribution_set.x, target=target, layer=spec.layer)
             target = explanation.target  # later methods explain the same classes
             if step in self.tracked:
-                self.buffer[len(self.rows)] = aggregate(summarise(explanation.attribution), self.groups)
-                self.rows.append((step, spec.label))
+                row = group_summary(summarise(explanation.attribution), self.groups)
+                self.buffer.append({"step": step, "method": spec.label}, summaries=row)
             if step in self.snapshot_steps:
                 save_snapshot(trainer.store, spec.label, step, explanation.attribution)
 
     def on_flush(self, trainer: Trainer, step: int) -> None:
-        if not self.rows:
-            return
-        frame = pd.DataFrame(self.buffer[: len(self.rows)].cpu().numpy(), columns=self.columns)
-        frame.insert(0, "method", [label for _, label in self.rows])
-        frame.insert(0, "step", [s for s, _ in self.rows])
-        trainer.store.append_table(TABLE, frame)
-        self.rows = []
-        self.buffer.fill_(float("nan"))
+        if len(self.buffer):
+            trainer.store.append_table(TABLE, self.buffer.flush())
 
 
 def _snapshot_path(store: RunStore, label: str, step: int) -> Path:

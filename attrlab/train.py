@@ -27,6 +27,7 @@ from .data import DATASET_SHAPES, SELECTIONS, AttributionSet, BatchSampler, Imag
 from .device import resolve_device
 from .models import build_model
 from .runstore import RunStore, RunStoreError
+from .stepbuffer import StepBuffer
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -124,13 +125,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     return _grouped_metrics(logits, y, num_classes)
 
 
-def metric_columns(num_classes: int) -> list[str]:
-    columns = ["train_loss", "train_acc"]
+def metric_slots(num_classes: int) -> dict[str, list[str]]:
+    """The metrics table's slots (:class:`~attrlab.stepbuffer.StepBuffer`): the minibatch loss and accuracy, then
+    an evaluation of the test set and of the attribution set, each in the layout of :func:`evaluate`."""
+    slots = {"train_loss": ["train_loss"], "train_acc": ["train_acc"]}
     for prefix in ("test", "attr"):
-        columns += [f"{prefix}_loss", f"{prefix}_acc"]
-        columns += [f"{prefix}_loss_c{c}" for c in range(num_classes)]
-        columns += [f"{prefix}_acc_c{c}" for c in range(num_classes)]
-    return columns
+        slots[prefix] = [f"{prefix}_loss", f"{prefix}_acc"]
+        slots[prefix] += [f"{prefix}_loss_c{c}" for c in range(num_classes)]
+        slots[prefix] += [f"{prefix}_acc_c{c}" for c in range(num_classes)]
+    return slots
+
+
+def metric_columns(num_classes: int) -> list[str]:
+    """The metric columns of the metrics table, after ``step`` and ``epoch``."""
+    return [column for columns in metric_slots(num_classes).values() for column in columns]
 
 
 class Trainer:
@@ -233,8 +241,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_start(self, start)
         capacity = min(self.config.checkpoint_every, self.total_steps)
-        buffer = torch.full((capacity, len(self.columns)), float("nan"), device=self.device)
-        steps: list[int] = []
+        buffer = StepBuffer(metric_slots(self.data.num_classes), capacity, self.device, keys=("step", "epoch"))
         x_train, y_train = self.data.train.x, self.data.train.y
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()
@@ -251,21 +258,17 @@ class Trainer:
                 callback.before_step(self, step)
             self.optimizer.step()
 
-            row = buffer[len(steps)]
-            row[0] = self.loss
-            row[1] = (logits.detach().argmax(1) == yb).float().mean()
+            metrics = {"train_loss": self.loss, "train_acc": (logits.detach().argmax(1) == yb).float().mean()}
             if step % self.config.eval_every == 0 or step == self.total_steps:
-                width = 2 + 2 * self.data.num_classes
-                row[2 : 2 + width] = evaluate(self.model, self.eval_split.x, self.eval_split.y, self.data.num_classes)
+                metrics["test"] = evaluate(self.model, self.eval_split.x, self.eval_split.y, self.data.num_classes)
                 attr = self.attribution_set
-                row[2 + width :] = evaluate(self.model, attr.x, attr.y, self.data.num_classes)
-            steps.append(step)
+                metrics["attr"] = evaluate(self.model, attr.x, attr.y, self.data.num_classes)
+            epoch = (step - 1) // self.sampler.steps_per_epoch + 1
+            buffer.append({"step": step, "epoch": epoch}, **metrics)
             for callback in self.callbacks:
                 callback.on_step(self, step)
             if step % self.config.checkpoint_every == 0 or step == self.total_steps:
-                self._flush(buffer, steps)
-                steps = []
-                buffer.fill_(float("nan"))
+                self._flush(buffer)
             bar.update(1)
         bar.close()
         for callback in self.callbacks:
@@ -273,13 +276,8 @@ class Trainer:
         self.store.mark_complete(self.total_steps)
         return self.store
 
-    def _flush(self, buffer: torch.Tensor, steps: list[int]) -> None:
-        values = buffer[: len(steps)].cpu().numpy()
-        frame = pd.DataFrame(values, columns=self.columns)
-        epochs = [(s - 1) // self.sampler.steps_per_epoch + 1 for s in steps]
-        frame.insert(0, "epoch", epochs)
-        frame.insert(0, "step", steps)
-        self.store.append_table("metrics", frame)
+    def _flush(self, buffer: StepBuffer) -> None:
+        self.store.append_table("metrics", buffer.flush())
         for callback in self.callbacks:
             callback.on_flush(self, self.step)
         self.store.save_checkpoint(self.step, self._state())

@@ -116,10 +116,10 @@ def main() -> None:
         for key in args.layers.split(","):
             if key not in LAYERS:
                 raise SystemExit(f"unknown layer key {key!r}; valid keys: {', '.join(LAYERS)}")
-            spec = MethodSpec(name, name, SETTINGS.get(name, {}), LAYER_SETTINGS.get(name, {}))
+            spec = MethodSpec(name, name, SETTINGS.get(name, {}), layer_settings=LAYER_SETTINGS.get(name, {}))
             row = {"method": name, "layer": key}
             seconds, looped = best_time(
-                lambda: per_image_loop(spec.build(wrapped, key), loop_grids, loop_targets, cells, LAYERS[key]),
+                lambda: per_image_loop(spec.make(wrapped, key), loop_grids, loop_targets, cells, LAYERS[key]),
                 args.repeats,
             )
             row["loop grids/s"] = len(loop_grids) / seconds

@@ -14,9 +14,13 @@ from attrlab.analysis import (
     SUMMARY_LABELS,
     aligned,
     block_bootstrap_ci,
+    change_phrase,
+    correlation_row,
     correlations,
+    first_last_means,
     loss_table,
     method_table,
+    rho_text,
     trend,
 )
 
@@ -116,3 +120,31 @@ def test_trend_is_the_normalised_expanding_mean():
     assert curve.tolist() == pytest.approx([1.0, 0.5, 0.0])
     assert trend(series, normalise=False).tolist() == pytest.approx([4.0, 3.0, 2.0])
     assert math.isfinite(trend(pd.Series([1.0, 1.0])).sum())
+
+
+def test_first_last_means_average_a_tenth_at_each_end_of_the_defined_values():
+    series = pd.Series([np.nan] + list(range(1, 31)) + [np.nan], name="norm_pos")  # 30 defined values
+    assert first_last_means(series) == (2.0, 29.0)  # means of 1..3 and 28..30
+    assert first_last_means(series.iloc[:6]) == (1.0, 5.0)  # fewer than 10 values: one at each end
+    assert first_last_means(series, parts=2) == (8.0, 23.0)
+    assert change_phrase(series) == "grows from 2 to 29"
+    assert change_phrase(-series / 3) == "falls from -0.667 to -9.67"
+    with pytest.raises(ValueError, match="series 'x' has no defined value"):
+        first_last_means(pd.Series([np.nan], name="x"))
+    with pytest.raises(ValueError, match="parts must be a positive integer, got 0"):
+        first_last_means(series, parts=0)
+
+
+def test_rho_text_states_the_coefficient_with_its_interval():
+    long = pd.DataFrame([
+        {"performance": "test loss", "summary": "positive norm", "rho": -0.8123, "p": 0.01, "ci_low": -0.9,
+         "ci_high": -0.655, "steps": 40},
+        {"performance": "test loss", "summary": "positive entropy", "rho": np.nan, "p": np.nan, "ci_low": np.nan,
+         "ci_high": np.nan, "steps": 40},
+    ])
+    assert correlation_row(long, "test loss", "positive norm")["steps"] == 40
+    assert rho_text(long, "test loss", "positive norm") == "-0.81 (95% block-bootstrap interval -0.90 to -0.66)"
+    assert rho_text(long, "test loss", "positive entropy") == "undefined (a constant series)"
+    with pytest.raises(ValueError, match="no correlation of 'train loss' with 'positive norm'; performance series: "
+                                         "test loss; summaries: positive norm, positive entropy"):
+        correlation_row(long, "train loss", "positive norm")

@@ -63,3 +63,21 @@ def test_localisation_over_training_has_a_line_per_method_and_layer():
     fig = plot_localisation_over_training(table)
     assert [ax.get_title() for ax in fig.axes] == ["GridPG", "DiFull"]
     assert all(len(ax.lines) == 4 for ax in fig.axes)
+
+
+def test_grid_examples_have_a_row_per_set_titled_with_the_classes():
+    from attrlab.grids import ConfidentImages, make_grids
+    from attrlab.plots.grids import plot_grid_examples
+
+    confident = ConfidentImages(torch.rand(30, 1, 28, 28), torch.arange(10).repeat_interleave(3), 0.99)
+    grids = {"distinct": make_grids(confident, 4, n=2, layout="distinct", seed=0),
+             "three": make_grids(confident, 4, n=3, layout="distinct", seed=0)}
+    classes = [f"k{c}" for c in range(10)]
+    fig = plot_grid_examples(grids, classes, count=3)
+    assert len(fig.axes) == 6
+    first = grids["distinct"].labels[0].tolist()
+    assert fig.axes[0].get_title() == " ".join(f"k{c}" for c in first)
+    assert len(fig.axes[0].lines) == 2 and len(fig.axes[3].lines) == 4  # n - 1 borders each way
+    assert fig.axes[0].lines[0].get_ydata()[0] == 27.5
+    with pytest.raises(ValueError, match="cannot show 5 grids per row; these sets hold fewer"):
+        plot_grid_examples(grids, classes, count=5)

@@ -15,8 +15,8 @@ from attrlab.grids import (
     ConfidentImages,
     MethodSpec,
     aggatt_order,
-    aggregate,
     attribution_map,
+    bin_maps,
     bin_slices,
     cell_masks,
     confident_images,
@@ -242,7 +242,7 @@ def test_aggatt_bins_follow_the_percentile_ranges():
     scores = 1 - ranks / count  # best first = rank 0
     maps = ranks[:, None, None].expand(count, 2, 2)
     shuffle = torch.randperm(count, generator=torch.Generator().manual_seed(0))
-    bins = aggregate(maps[shuffle], scores[shuffle], torch.zeros(count))
+    bins = bin_maps(maps[shuffle], scores[shuffle], torch.zeros(count))
     expected = [sum(range(round(lo * 2), round(hi * 2))) / (round(hi * 2) - round(lo * 2)) for lo, hi in BINS]
     torch.testing.assert_close(bins[:, 0, 0], torch.tensor(expected))
 

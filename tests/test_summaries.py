@@ -9,11 +9,11 @@ import torch
 
 from attrlab.summaries import (
     SUMMARIES,
-    aggregate,
-    aggregate_columns,
     gini,
     group_matrix,
     group_names,
+    group_summary,
+    group_summary_columns,
     summarise,
 )
 
@@ -72,7 +72,7 @@ def test_gini_matches_quantus_definition():
     assert gini(a) == pytest.approx(torch.stack(expected))
 
 
-def test_aggregate_groups_and_nan_counts():
+def test_group_summary_means_and_nan_counts():
     labels = torch.tensor([0, 0, 1, 1])
     is_train = torch.tensor([True, False, True, False])
     groups = group_matrix(labels, is_train, num_classes=3)
@@ -81,7 +81,7 @@ def test_aggregate_groups_and_nan_counts():
     per_image[:, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # norm_pos
     entropy = SUMMARIES.index("entropy_pos")
     per_image[:, entropy] = torch.tensor([1.0, float("nan"), float("nan"), 5.0])
-    row = dict(zip(aggregate_columns(3), aggregate(per_image, groups).tolist()))
+    row = dict(zip(group_summary_columns(3), group_summary(per_image, groups).tolist()))
     assert row["norm_pos"] == pytest.approx(2.5)
     assert row["norm_pos_train"] == pytest.approx(2.0) and row["norm_pos_test"] == pytest.approx(3.0)
     assert row["norm_pos_c1"] == pytest.approx(3.5)
@@ -89,4 +89,4 @@ def test_aggregate_groups_and_nan_counts():
     assert row["entropy_pos_nan"] == 2.0
     assert row["entropy_pos_nan_c0"] == 1.0 and row["entropy_pos_c0"] == pytest.approx(1.0)
     assert math.isnan(row["entropy_pos_c2"]) and row["entropy_pos_nan_c2"] == 0.0  # class 2 has no image
-    assert len(row) == len(aggregate_columns(3))
+    assert len(row) == len(group_summary_columns(3))

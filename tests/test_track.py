@@ -8,7 +8,8 @@ import torch
 
 from attrlab.runstore import RunStore
 from attrlab.summaries import summarise
-from attrlab.track import MethodSpec, Schedule, Tracker, load_snapshots, tracked_frame
+from attrlab.attribution.spec import MethodSpec
+from attrlab.track import Schedule, Tracker, load_snapshots, tracked_frame
 from attrlab.train import Callback, Run, TrainConfig, Trainer, train
 
 CONFIG = dict(dataset="digits", model="shallow", epochs=1, checkpoint_every=4, device="cpu", eval_every=3)
@@ -38,8 +39,8 @@ def test_bad_tracker_arguments():
         Tracker(target="truth")
     with pytest.raises(ValueError, match="method labels must be unique"):
         Tracker(methods=[MethodSpec("a", "lrp"), MethodSpec("a", "gradcam")])
-    with pytest.raises(ValueError, match="method labels are letters"):
-        MethodSpec("a b", "lrp")
+    with pytest.raises(ValueError, match=r"tracked method labels are letters, digits, '-' and '_'; got \['a b'\]"):
+        Tracker(methods=[MethodSpec("a b", "lrp")])
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,26 @@ def bin_slices(count: int, bins: Sequence[tuple[float, float]] = BINS) -> list[s
     return slices
 
 
-def aggregate(
+def bin_maps(
     maps: torch.Tensor, scores: torch.Tensor, cell_mass: torch.Tensor, bins: Sequence[tuple[float, float]] = BINS
 ) -> torch.Tensor:
-    """(len(bins), H, W): the mean positive map of each percentile bin of (N, H, W) signed ``maps``."""
+    """The AggAtt panels: the mean positive map of each percentile bin of (N, H, W) signed ``maps``.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, H, W) signed attribution maps of one method and layer.
+    scores, cell_mass : torch.Tensor
+        (N,) localisation scores and positive masses in the scored cell (the tie-breaker), from
+        :func:`attrlab.grids.localisation.localisation`.
+    bins : sequence of (float, float)
+        Percentile ranges, best localised first.
+
+    Returns
+    -------
+    torch.Tensor
+        (len(bins), H, W) mean positive maps.
+    """
     order = aggatt_order(scores, cell_mass)
     positive = maps.clamp(min=0)[order]
     return torch.stack([positive[s].mean(0) for s in bin_slices(len(order), bins)])

@@ -14,9 +14,10 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from ..attribution.spec import MethodSpec
 from ..train import Callback
 from .data import GridSet
-from .evaluate import LAYERS, MethodSpec, evaluate_setting
+from .evaluate import LAYERS, evaluate_setting
 
 TABLE = "grid_localisation"
 

@@ -17,17 +17,18 @@ the wrappers' identity layer ``"input"`` (not ``None``: Grad-CAM reads ``None`` 
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attribution import Attribution, make_method
+from ..attribution import Attribution
+from ..attribution.spec import MethodSpec
 from ..models.grid import FINAL_LAYER, MIDDLE_LAYER
-from .aggatt import aggregate
+from .aggatt import bin_maps
 from .data import GridSet
 from .localisation import attribution_map, localisation
 from .settings import SETTINGS, GridModel, grid_model
@@ -35,36 +36,6 @@ from .smoothing import smooth
 
 #: ML-Att layers of the vgg_small models: display key -> layer name (None: the input)
 LAYERS: dict[str, str | None] = {"input": "input", "middle": MIDDLE_LAYER, "final": FINAL_LAYER}
-
-
-@dataclass
-class MethodSpec:
-    """One attribution method to evaluate, under a display ``label``.
-
-    ``method`` is a registry name (``attrlab.attribution.METHODS``) or a factory ``model -> Attribution``;
-    ``settings`` go to the constructor, ``layer_settings[key]`` override them at layer ``key``; ``layers`` restricts
-    the layer keys (default: all); each kernel size in ``smoothing`` (1 = none) gives its own score column, labelled
-    ``f"S-{label}"`` with the kernel size for K > 1. ``batch_size`` (grids per call) overrides the evaluation's: methods
-    that already expand each grid into many inputs (integration steps, occlusion windows, RISE masks) run fastest on
-    CPU with a few grids per call, single-pass methods with more (``bench/grids.py`` measures both).
-    """
-
-    label: str
-    method: str | Callable[..., Attribution]
-    settings: dict[str, Any] = field(default_factory=dict)
-    layer_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    layers: Sequence[str] | None = None
-    smoothing: Sequence[int] = (1,)
-    batch_size: int | None = None
-
-    def build(self, model: nn.Module, layer_key: str) -> Attribution:
-        settings = {**self.settings, **self.layer_settings.get(layer_key, {})}
-        if isinstance(self.method, str):
-            return make_method(self.method, model, **settings)
-        return self.method(model, **settings)
-
-    def smoothed_label(self, kernel_size: int) -> str:
-        return self.label if kernel_size == 1 else f"S-{self.label}"
 
 
 @dataclass
@@ -83,7 +54,7 @@ class GridResult:
         if key not in self.maps:
             raise KeyError(f"no maps kept for {key}; kept: {sorted(self.maps)}")
         scores, mass = self.cell_scores[key]
-        return aggregate(self.maps[key], scores, mass)
+        return bin_maps(self.maps[key], scores, mass)
 
 
 def grid_maps(
@@ -177,13 +148,13 @@ def _evaluate(
     grid_column = torch.arange(count).repeat_interleave(len(cells)).numpy()
     cell_column = cell_index.flatten().cpu().numpy()
 
-    jobs = [(spec, key) for spec in methods for key in (spec.layers or layers) if key in layers]
-    unknown = sorted({key for spec in methods for key in (spec.layers or ()) if key not in layers})
+    jobs = [(spec, key) for spec in methods for key in (spec.layer_keys or layers) if key in layers]
+    unknown = sorted({key for spec in methods for key in (spec.layer_keys or ()) if key not in layers})
     if unknown:
         raise ValueError(f"methods ask for layers {unknown} that are not in layers {list(layers)}")
     frames, maps, cell_scores = [], {}, {}
     for spec, key in tqdm(jobs, desc=f"{setting} {n}x{n}", disable=not progress):
-        method = spec.build(wrapped, key)
+        method = spec.make(wrapped, key)
         raw = grid_maps(method, images, targets, layers[key], spec.batch_size or batch_size)
         for kernel_size in spec.smoothing:
             smoothed = smooth(raw.flatten(0, 1), kernel_size)

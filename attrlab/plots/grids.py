@@ -1,4 +1,4 @@
-"""Grid-evaluation figures: localisation box plots (thesis Fig. 4.4 layout), AggAtt panels, smoothing sweeps.
+"""Grid-evaluation figures: example grids, localisation box plots (thesis Fig. 4.4 layout), AggAtt panels, smoothing.
 
 The functions read the long score table of :func:`attrlab.grids.evaluate_setting` (columns setting, n, method,
 kernel_size, layer, grid, cell, score; several results concatenated) or the AggAtt bins of a
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..grids.aggatt import BINS
+from ..grids.data import GridSet
 
 SETTING_TITLES = {"gridpg": "GridPG", "dipart": "DiPart", "difull": "DiFull"}
 LAYER_TICKS = {"input": "Inp", "middle": "Mid", "final": "Fin"}
@@ -36,6 +37,46 @@ def _ordered(values: Sequence[str], preferred: Sequence[str] | None) -> list[str
     if unknown:
         raise ValueError(f"{unknown} not in the table; it holds {present}")
     return list(preferred)
+
+
+def plot_grid_examples(grids: Mapping[str, GridSet], classes: Sequence[str], count: int = 6) -> Figure:
+    """The first ``count`` grids of each grid set, one row per set, titled with their classes row by row.
+
+    Parameters
+    ----------
+    grids : mapping of str to GridSet
+        Row name -> grids (for example the distinct GridPG and the repeated DiFull / DiPart layout).
+    classes : sequence of str
+        Class names by label.
+    count : int
+        Grids shown per row.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per grid, the cell borders drawn in blue.
+    """
+    if not grids:
+        raise ValueError("no grids to show")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    short = {name: len(grid_set) for name, grid_set in grids.items() if len(grid_set) < count}
+    if short:
+        raise ValueError(f"cannot show {count} grids per row; these sets hold fewer: {short}")
+    fig, axes = plt.subplots(len(grids), count, figsize=(1.5 * count, 1.7 * len(grids)), squeeze=False)
+    for row, grid_set in enumerate(grids.values()):
+        height, width = grid_set.cell_size
+        for col in range(count):
+            ax = axes[row, col]
+            ax.imshow(grid_set.images[col, 0].cpu().numpy(), cmap="gray_r")
+            ax.set_title(" ".join(classes[c] for c in grid_set.labels[col].tolist()), fontsize="small")
+            for k in range(1, grid_set.n):
+                ax.axhline(k * height - 0.5, color="tab:blue", linewidth=0.8)
+                ax.axvline(k * width - 0.5, color="tab:blue", linewidth=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
 
 
 def plot_localisation_boxes(
