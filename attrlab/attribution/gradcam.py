@@ -6,8 +6,11 @@ below the layer under ``torch.no_grad()`` (no graph, no saved activations), the 
 eval mode, so that single backward pass gives every image the gradient of its own target logit. Nothing is registered
 on the model and no parameter gradient is computed, so the call is safe between a training forward and its backward.
 
-``layer=None`` means the last ``nn.Conv2d`` (Selvaraju et al.'s recommendation), unlike the input for gradient
-methods. Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
+``layer=None`` means the CAM default layer, :func:`~attrlab.attribution.base.feature_layer`: the output of the last
+spatial feature convolution *after* its activation (the rectified feature maps Selvaraju et al. weight; at the
+pre-ReLU convolution output Grad-CAM++'s denominator crosses zero, and on ``vgg_small`` the last ``nn.Conv2d`` is the
+1x1 classifier ``head2``, which would make Grad-CAM a CAM of the class-evidence map). ``layer="input"`` explains the
+input itself (the maps then have the input's resolution). Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
 size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w). With (N, T) targets
 the forward pass is shared, each target column costs one backward pass through the part above the layer, and maps
 are (N, T, 1, h, w).
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attribution, Explanation, Layer, Target, last_layer_of_type
+from .base import Attribution, Explanation, Layer, Target, feature_layer
 from .checks import check_bool, check_image_batch
 from .autograd import layer_gradient
 
@@ -52,7 +55,7 @@ class GradCAM(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)
-        layer = last_layer_of_type(self.model, nn.Conv2d) if layer is None else layer
+        layer = feature_layer(self.model) if layer is None else layer
         activation, gradient, logits, target_index = layer_gradient(self.model, x, target, layer)
         if gradient.dim() != 3 + target_index.dim():  # (N, C, h, w), or (N, T, C, h, w) for several targets
             raise ValueError(

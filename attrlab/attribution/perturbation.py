@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, target_columns
 from .checks import (
     check_baseline,
+    check_baselines,
     check_bool,
     check_choice,
     check_image_batch,
@@ -54,8 +55,6 @@ class _Perturbation(Attribution):
     ):
         super().__init__(model)
         self.baseline = check_baseline(baseline)
-        if isinstance(self.baseline, torch.Tensor):
-            raise TypeError("the perturbation baseline must be a number (the value occluded positions are set to)")
         self.output = check_choice("output", output, OUTPUTS)
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
         self.progress = check_bool("progress", progress)
@@ -75,7 +74,33 @@ class _Perturbation(Attribution):
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:
         """The (N, T, C or 1, h, w) map from sum_m value_m * mask_m (``weighted``, (N, T, h, w)) and the masks."""
 
-    def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
+    def explain(
+        self,
+        inputs: torch.Tensor,
+        target: Target = None,
+        layer: Layer = None,
+        baselines: float | torch.Tensor | None = None,
+    ) -> Explanation:
+        """Attribute ``inputs`` for ``target`` by perturbing them (or the activation at ``layer``).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            Images (N, C, H, W) on any device.
+        target : None, int, sequence or tensor
+            See :meth:`Attribution.explain`; (N, T) targets are scored from the same perturbed forward passes.
+        layer : None, str or nn.Module
+            ``None`` or ``"input"``: perturb the images; else perturb that layer's (N, C, h, w) activation.
+        baselines : float or torch.Tensor, optional
+            What perturbed positions are set to in this call: a tensor broadcastable to what is perturbed (the
+            images, or the activation at ``layer``: one per image, (N, C, h, w), or one shared, (1, C, h, w)), or a
+            number; ``None`` uses the constructor's ``baseline``.
+
+        Returns
+        -------
+        Explanation
+            The attribution (see the class), the unperturbed logits and the resolved targets.
+        """
         x = check_image_batch(inputs)
         split = ModelSplit(self.model, layer)
         with eval_semantics(self.model), torch.no_grad():
@@ -85,6 +110,9 @@ class _Perturbation(Attribution):
                     f"{self.name} needs images or a spatial layer (N, C, h, w); layer {layer!r} gives shape "
                     f"{tuple(activation.shape)}"
                 )
+            baseline: float | torch.Tensor = (
+                self.baseline if baselines is None else check_baselines(baselines, 0.0, activation, "perturbed tensor")
+            )
             logits = split.tail(activation, x)
             target_index = resolve_target(target, logits)
             columns = target_columns(target_index)
@@ -97,7 +125,7 @@ class _Perturbation(Attribution):
                 chunk = masks[first : first + per_pass]
                 keep = chunk if self._keep else 1 - chunk
                 shaped = keep[:, None, None]  # (k, 1, 1, h, w) against activation (N, C, h, w)
-                perturbed = activation * shaped + self.baseline * (1 - shaped)
+                perturbed = activation * shaped + baseline * (1 - shaped)
                 scores = _score(
                     split.tail(perturbed.flatten(0, 1), x), columns.repeat(chunk.shape[0], 1), self.output
                 ).view(chunk.shape[0], batch, -1)
