@@ -17,7 +17,9 @@ from attrlab.models import build_model
 
 TOLERANCE = 1e-4
 #: the CAM default layer, written out: the ReLU after the last spatial (k > 1) convolution
-FEATURE_LAYERS = {"shallow": "relu2", "deep": "relu6", "deep_bn": "relu6", "vgg_small": "relu6", "vgg_small_bn": "relu6"}
+FEATURE_LAYERS = {
+    "shallow": "relu2", "deep": "relu6", "deep_bn": "relu6", "vgg_small": "relu6", "vgg_small_bn": "relu6"
+}
 
 
 @pytest.mark.parametrize("name", sorted(FEATURE_LAYERS))

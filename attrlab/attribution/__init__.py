@@ -81,9 +81,8 @@ def get_method(name: str) -> type[Attribution]:
     """
     path = METHODS.get(name, REPRODUCTIONS.get(name))
     if path is None:
-        raise ValueError(
-            f"unknown attribution method {name!r}; valid names: {', '.join(available_methods(include_reproductions=True))}"
-        )
+        valid = ", ".join(available_methods(include_reproductions=True))
+        raise ValueError(f"unknown attribution method {name!r}; valid names: {valid}")
     module_name, class_name = path.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 

@@ -124,7 +124,8 @@ def layer_gradient(
     target : Target
         See :func:`~attrlab.attribution.base.resolve_target`.
     layer : Layer
-        ``None`` or ``"input"`` for the input, else a layer name or module (:func:`~attrlab.attribution.base.resolve_layer`).
+        ``None`` or ``"input"`` for the input, else a layer name or module
+        (:func:`~attrlab.attribution.base.resolve_layer`).
     substitutes : Substitutes, optional
         Module types whose forward is replaced (Guided Backprop's ReLU).
 

@@ -8,12 +8,12 @@ on the model and no parameter gradient is computed, so the call is safe between 
 
 ``layer=None`` means the CAM default layer, :func:`~attrlab.attribution.base.feature_layer`: the output of the last
 spatial feature convolution *after* its activation (the rectified feature maps Selvaraju et al. weight; at the
-pre-ReLU convolution output Grad-CAM++'s denominator crosses zero, and on ``vgg_small`` the last ``nn.Conv2d`` is the
-1x1 classifier ``head2``, which would make Grad-CAM a CAM of the class-evidence map). ``layer="input"`` explains the
-input itself (the maps then have the input's resolution). Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
-size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w). With (N, T) targets
-the forward pass is shared, each target column costs one backward pass through the part above the layer, and maps
-are (N, T, 1, h, w).
+pre-ReLU convolution output Grad-CAM++'s denominator crosses zero, and on ``vgg_small`` the last ``nn.Conv2d`` is
+the 1x1 classifier ``head2``, which would make Grad-CAM a CAM of the class-evidence map). ``layer="input"`` explains
+the input itself (the maps then have the input's resolution). Maps have the layer's resolution (captum's
+LayerGradCam) unless ``upsample=True`` (bilinear to the input size, ``align_corners=False`` as captum's
+``LayerAttribution.interpolate``); shape (N, 1, h, w). With (N, T) targets the forward pass is shared, each target
+column costs one backward pass through the part above the layer, and maps are (N, T, 1, h, w).
 
 The seed code's defective Grad-CAM lives in :mod:`attrlab.attribution.gradcam_seed_code`.
 """

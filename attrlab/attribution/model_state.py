@@ -1,10 +1,11 @@
 """Eval-mode semantics for one call: the train/eval flag of every sub-module is restored exactly afterwards.
 
 Every attribution method and every evaluation pass of a model that may be training (``train.evaluate``,
-``grids.confident_images``) runs through this one helper. Attributions are defined on the model in eval mode (dropout off, BatchNorm with running statistics, nothing written
-to running buffers). A tracker calls methods on a model that is training, possibly between a training forward and its
-backward; switching the flags does not touch a pending autograd graph, so flipping them for the call and restoring each
-module's own flag (not just the root's: a user may freeze some BatchNorms in eval) is safe and leaves no trace.
+``grids.confident_images``) runs through this one helper. Attributions are defined on the model in eval mode
+(dropout off, BatchNorm with running statistics, nothing written to running buffers). A tracker calls methods on a
+model that is training, possibly between a training forward and its backward; switching the flags does not touch a
+pending autograd graph, so flipping them for the call and restoring each module's own flag (not just the root's: a
+user may freeze some BatchNorms in eval) is safe and leaves no trace.
 """
 
 from __future__ import annotations

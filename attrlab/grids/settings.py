@@ -1,9 +1,10 @@
 """The three grid settings (GridPG, DiFull, DiPart) as flat ``nn.Sequential`` wrappers around a trained grid model.
 
-The wrapped model must be fully convolutional and end in global average pooling (``nn.AdaptiveAvgPool2d(1)``) and
-an optional ``nn.Flatten``, like ``vgg_small``. The wrappers share the model's modules (no copies of the weights) and
-keep the layer names (the input is ``layer="input"``, the sentinel every method accepts), so ``layer="relu6"``
-means the same activation in every setting, and every named layer's output keeps the grid layout (N, C, n*h, n*w) with one batch row per grid:
+The wrapped model must be fully convolutional and end in global average pooling (``nn.AdaptiveAvgPool2d(1)``) and an
+optional ``nn.Flatten``, like ``vgg_small``. The wrappers share the model's modules (no copies of the weights) and
+keep the layer names (the input is ``layer="input"``, the sentinel every method accepts), so ``layer="relu6"`` means
+the same activation in every setting, and every named layer's output keeps the grid layout (N, C, n*h, n*w) with one
+batch row per grid:
 
 * **GridPG**: the model itself over the whole grid; its 1x1-conv head slides over the grid and the global average
   pool gives one logit per class: output (N, classes), target = the class of the scored cell.
