@@ -150,15 +150,28 @@ def _assert_same_state(before: dict, after: dict) -> None:
 
 
 def _training_model() -> nn.Module:
-    """deep_bn in train mode (BatchNorm would update its running statistics), one BN frozen in eval, conv1 frozen."""
+    """deep_bn in train mode (BatchNorm would update its running statistics), one BN frozen in eval, conv1 frozen,
+    and gradients already accumulated in every trainable parameter's ``.grad``."""
     model = build_model("deep_bn", SHAPE, seed=4).train()
     model.bn2.eval()
     model.conv1.weight.requires_grad_(False)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.full_like(param, 0.5)
     return model
 
 
-@pytest.mark.parametrize("name", sorted(FAST_SETTINGS))
+#: the settings each method is checked with mid-training (LRP: every code path of its rules)
+UNTOUCHED_VARIANTS = {
+    "lrp": [{"composite": "epsilon_plus_flat"}, {"composite": "epsilon_gamma_box"}, {"composite": "seed000"}],
+}
+
+
+@pytest.mark.parametrize("name", available_methods(include_reproductions=True))
 def test_model_is_untouched_even_between_a_training_forward_and_its_backward(name):
+    """Every registered method (LRP and the reproductions included), at the input and at a layer, leaves parameters,
+    buffers, flags (a frozen BatchNorm too), requires_grad, hooks and .grad as they were, and a pending training
+    backward gives the gradients it would have given; the attribution is the eval-mode one."""
     x_train, y_train = images(SHAPE, count=16, offset=300), torch.arange(16) % 10
     x = images(SHAPE, count=3)
 
@@ -168,15 +181,19 @@ def test_model_is_untouched_even_between_a_training_forward_and_its_backward(nam
     model = _training_model()
     loss = F.cross_entropy(model(x_train), y_train)  # the pending training step
     before = _model_state(model)
-    attribution = _method(name, model).attribute(x)
-    _assert_same_state(before, _model_state(model))
+    for settings in UNTOUCHED_VARIANTS.get(name, [None]):
+        method = _method(name, model) if settings is None else make_method(name, model, **settings)
+        attribution = method.attribute(x)
+        method.attribute(x, target=[1, 2, 3], layer="conv4")
+        _assert_same_state(before, _model_state(model))
+        # the attribution is the eval-mode one (a copy: the training forward moved the BatchNorm statistics)
+        evaluated = copy.deepcopy(model).eval()
+        again = _method(name, evaluated) if settings is None else make_method(name, evaluated, **settings)
+        assert torch.equal(attribution, again.attribute(x))
     loss.backward()
     for (key, p), p_ref in zip(model.named_parameters(), reference.parameters()):
         assert (p.grad is None) == (p_ref.grad is None), key
         assert p.grad is None or torch.equal(p.grad, p_ref.grad), key
-    # and the attribution is the eval-mode one (a copy: the training forward moved the BatchNorm statistics)
-    evaluated = copy.deepcopy(model).eval()
-    assert torch.equal(attribution, _method(name, evaluated).attribute(x))
     assert not x.requires_grad and x.grad is None
 
 

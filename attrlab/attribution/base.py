@@ -61,8 +61,22 @@ class Explanation:
 
 
 def resolve_target(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    """Turn ``target`` into a (N,) long tensor on the logits' device, or (N, T) for several targets per image; see the
-    module docstring."""
+    """Turn ``target`` into class indices on the logits' device.
+
+    Parameters
+    ----------
+    target : None, int, sequence of int or torch.Tensor
+        ``None`` (each row's arg-max), an ``int`` (for every row), N indices, or an (N, T) tensor / nested sequence of
+        T indices per row; see the module docstring.
+    logits : torch.Tensor
+        The (N, classes) logits the targets refer to.
+
+    Returns
+    -------
+    torch.Tensor
+        A (N,) long tensor, or (N, T) for several targets per row. Indices outside ``0..classes-1``, float or bool
+        targets and wrong lengths raise an error naming them.
+    """
     batch, classes = logits.shape[0], logits.shape[1]
     if target is None:
         return logits.detach().argmax(1)
@@ -93,22 +107,67 @@ def resolve_target(target: Target, logits: torch.Tensor) -> torch.Tensor:
 
 
 def target_columns(target_index: torch.Tensor) -> torch.Tensor:
-    """A resolved target as (N, T) columns (T = 1 for one target per image): methods loop over columns, not images."""
+    """A resolved target as (N, T) columns (T = 1 for one target per image): methods loop over columns, not images.
+
+    Parameters
+    ----------
+    target_index : torch.Tensor
+        A resolved (N,) or (N, T) target.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, T), a view.
+    """
     return target_index if target_index.dim() == 2 else target_index[:, None]
 
 
 def stack_targets(per_column: list[torch.Tensor]) -> torch.Tensor:
-    """Per-column results (each (N, ...)) as one (N, T, ...) tensor; a single column as a view, without a copy."""
+    """Per-column results (each (N, ...)) as one (N, T, ...) tensor; a single column as a view, without a copy.
+
+    Parameters
+    ----------
+    per_column : list of torch.Tensor
+        One (N, ...) result per target column.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, T, ...).
+    """
     return per_column[0][:, None] if len(per_column) == 1 else torch.stack(per_column, 1)
 
 
 def per_target(attribution: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
-    """An (N, T, ...) attribution in the caller's layout: unchanged for (N, T) targets, (N, ...) for one per image."""
+    """An (N, T, ...) attribution in the caller's layout: unchanged for (N, T) targets, (N, ...) for one per image.
+
+    Parameters
+    ----------
+    attribution : torch.Tensor
+        (N, T, ...).
+    target_index : torch.Tensor
+        The resolved target the caller passed: (N, T) or (N,).
+
+    Returns
+    -------
+    torch.Tensor
+    """
     return attribution if target_index.dim() == 2 else attribution[:, 0]
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every sub-module by its dotted name (the model itself excluded)."""
+    """Every sub-module by its dotted name (the model itself excluded).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model.
+
+    Returns
+    -------
+    dict of str to nn.Module
+        In registration order (execution order for ``nn.Sequential`` models).
+    """
     return {name: module for name, module in model.named_modules() if name}
 
 

@@ -30,7 +30,24 @@ from .autograd import layer_gradient
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
-    """Rectify and resize a (N, 1, h, w) map (or (N, T, 1, h, w) for several targets) as the options ask."""
+    """Rectify and resize a (N, 1, h, w) map (or (N, T, 1, h, w) for several targets) as the options ask.
+
+    Parameters
+    ----------
+    cam : torch.Tensor
+        The map at the layer's resolution.
+    inputs : torch.Tensor
+        The images (N, C, H, W) explained (their size is the upsampling target).
+    relu : bool
+        Keep the positive part.
+    upsample : bool
+        Resize bilinearly (``align_corners=False``) to (H, W).
+
+    Returns
+    -------
+    torch.Tensor
+        The finished map, (N, 1, h, w) or (N, 1, H, W), with the target axis kept when there is one.
+    """
     if relu:
         cam = cam.clamp(min=0)
     if upsample:
@@ -40,7 +57,19 @@ def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bo
 
 
 class GradCAM(Attribution):
-    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_c mean_hw(dy_t / dA_c) A_c), per image and its own target."""
+    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_c mean_hw(dy_t / dA_c) A_c), per image and its own target.
+
+    ``layer=None`` in :meth:`explain` is :func:`~attrlab.attribution.base.feature_layer` (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    relu : bool
+        Rectify the map (the papers' definition); ``False`` keeps negative evidence.
+    upsample : bool
+        Resize the map bilinearly to the input size; else it has the layer's resolution.
+    """
 
     name = "gradcam"
 
@@ -71,6 +100,15 @@ class GradCAMPlusPlus(GradCAM):
 
     alpha = g^2 / (2 g^2 + sum_hw(A) g^3) (0 where g = 0), channel weight = sum_hw(alpha ReLU(g)); the same formula
     (and epsilon 1e-6 in the denominator) as pytorch-grad-cam, so maps are comparable with it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    relu : bool
+        Rectify the map (the papers' definition); ``False`` keeps negative evidence.
+    upsample : bool
+        Resize the map bilinearly to the input size; else it has the layer's resolution.
     """
 
     name = "gradcam_pp"
@@ -84,7 +122,17 @@ class GradCAMPlusPlus(GradCAM):
 
 
 class LayerCAM(GradCAM):
-    """LayerCAM (Jiang et al. 2021): ReLU(sum_c ReLU(dy_t / dA_c) * A_c), element-wise weights instead of averages."""
+    """LayerCAM (Jiang et al. 2021): ReLU(sum_c ReLU(dy_t / dA_c) * A_c), element-wise weights instead of averages.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    relu : bool
+        Rectify the map (the papers' definition); ``False`` keeps negative evidence.
+    upsample : bool
+        Resize the map bilinearly to the input size; else it has the layer's resolution.
+    """
 
     name = "layercam"
 

@@ -51,12 +51,36 @@ from .layer_split import ModelSplit
 from .model_state import eval_semantics
 
 def seed_code_layer(model: nn.Module) -> str:
-    """The layer whose output the seed code hooked: the last ``nn.Conv2d`` and the element-wise modules after it."""
+    """The layer whose output the seed code hooked: the last ``nn.Conv2d`` and the element-wise modules after it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with at least one ``nn.Conv2d``.
+
+    Returns
+    -------
+    str
+        The layer's dotted name (``relu2`` for the shallow seed model, ``relu6`` for the deep ones).
+    """
     return after_elementwise(model, last_layer_of_type(model, nn.Conv2d))
 
 
 class SeedCodeGradCAM(Attribution):
-    """The seed code's Grad-CAM: channel weights from the last training loss, shared by all images (see module doc)."""
+    """The seed code's Grad-CAM: channel weights from the last training loss, shared by all images (see module doc).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    training_batch : tuple of torch.Tensor, optional
+        ``(inputs, labels)``: the training minibatch whose mean cross-entropy gives the channel weights; without it,
+        :meth:`set_training_batch` must be called before the first attribution.
+    relu : bool
+        Rectify the map (the seed kept it unrectified).
+    upsample : bool
+        Resize the map bilinearly to the input size.
+    """
 
     name = "gradcam_seed_code"
     wants_training_batch = True
@@ -81,9 +105,16 @@ class SeedCodeGradCAM(Attribution):
     def set_training_batch(self, inputs: torch.Tensor, labels: torch.Tensor, compute_now: bool = False) -> None:
         """Use this training minibatch for the channel weights from now on.
 
-        With ``compute_now`` the weights are computed at once from the current parameters (at the default layer) and
-        kept until the next call, as the seed code kept the gradient of the step's ``loss.backward()``; an explicit
-        other ``layer=`` recomputes them from the stored batch with the parameters of that moment.
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            The training images (B, C, H, W).
+        labels : torch.Tensor
+            Their (B,) integer labels.
+        compute_now : bool
+            Compute the weights at once from the current parameters (at the default layer) and keep them until the
+            next call, as the seed code kept the gradient of the step's ``loss.backward()``; an explicit other
+            ``layer=`` recomputes them from the stored batch with the parameters of that moment.
         """
         x = check_image_batch(inputs)
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (x.shape[0],):

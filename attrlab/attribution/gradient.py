@@ -56,7 +56,15 @@ class _LayerGradient(Attribution):
 
 
 class Gradient(_LayerGradient):
-    """The gradient of the target logit: captum's Saliency with ``abs=False`` (``absolute=True``: its default)."""
+    """The gradient of the target logit: captum's Saliency with ``abs=False`` (``absolute=True``: its default).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    absolute : bool
+        Return the gradient's absolute value.
+    """
 
     name = "gradient"
 
@@ -69,7 +77,13 @@ class Gradient(_LayerGradient):
 
 
 class InputXGradient(_LayerGradient):
-    """Input (or layer activation) times the gradient of the target logit."""
+    """Input (or layer activation) times the gradient of the target logit.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    """
 
     name = "input_x_gradient"
 
@@ -98,6 +112,11 @@ class GuidedBackprop(_LayerGradient):
     Hook-free on flat or nested ``nn.Sequential`` models: the ReLU modules are replaced by a custom autograd function
     in a functional forward. ReLUs called as ``torch.relu`` inside a custom ``forward`` cannot be found and stay
     ordinary ReLUs (captum's module hooks have the same limitation).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
     """
 
     name = "guided_backprop"
@@ -110,6 +129,20 @@ class GuidedBackprop(_LayerGradient):
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Points ``alphas`` in [0, 1] and weights of the rule approximating the integral over [0, 1] with n_steps points.
 
+    Parameters
+    ----------
+    method : str
+        One of :data:`QUADRATURES`.
+    n_steps : int
+        The number of points (at least 2 for the Riemann rules).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(alphas, weights)``, each of length ``n_steps``.
+
+    Notes
+    -----
     The points are captum's. The trapezoid weights are the textbook ones (spacing 1 / (n - 1), halved ends, summing to
     1); captum's ``riemann_trapezoid`` weighs every point 1 / n instead (sum (n - 1) / n), so its attributions are
     ``(n - 1) / n`` times these and break completeness by that factor.
@@ -236,6 +269,21 @@ class SmoothGrad(Attribution):
     as captum's NoiseTunnel draws it (the samples of image i are rows i * n_samples ...), so with the global seed set to
     ``seed`` captum draws the same noise. ``absolute=True`` averages absolute gradients; with ``layer=`` the gradient
     is taken w.r.t. that layer's output for each noisy input.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    n_samples : int
+        Noisy copies per image.
+    stdev : float
+        Standard deviation of the Gaussian noise, in input units.
+    seed : int
+        Seed of the noise generator, drawn afresh at every call.
+    absolute : bool
+        Average the gradients' absolute values.
+    internal_batch_size : int, "auto" or None
+        Rows (noisy copies) per forward pass; ``"auto"`` sizes them for the device, ``None`` runs all at once.
     """
 
     name = "smoothgrad"

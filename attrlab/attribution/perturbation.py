@@ -141,6 +141,24 @@ class Occlusion(_Perturbation):
     ceil((size - window) / stride) + 1 per axis, the last one cropped at the border. Each element's attribution is
     the mean over the windows covering it of score(x) - score(x with the window set to ``baseline``), the same value
     for every channel: shape (N, C, h, w) like captum's ``Occlusion`` with window (C, kh, kw).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    window : int or tuple of int
+        The occluded window (height, width), all channels at once.
+    stride : int or tuple of int
+        The step between windows (at most the window, so every position is occluded).
+    baseline : float
+        What perturbed positions are set to when :meth:`explain` gets no ``baselines`` (a tensor depends on the batch:
+        pass it as ``attribute(..., baselines=...)``).
+    output : str
+        What is scored, one of :data:`OUTPUTS`: the target ``"logit"`` or its softmax ``"probability"``.
+    internal_batch_size : int, "auto" or None
+        Rows (perturbed copies) per forward pass; ``"auto"`` sizes them for the device, ``None`` runs all at once.
+    progress : bool
+        Show a progress bar over the forward passes.
     """
 
     name = "occlusion"
@@ -192,6 +210,28 @@ class RISE(_Perturbation):
     ``seed`` at every call (same seed, same maps). Map = sum_m score(x * M_m + baseline (1 - M_m)) M_m / (n_masks p),
     shape (N, 1, h, w). The paper resizes with scikit-image; torch's bilinear ``interpolate`` does the same job on the
     input's device without a host round trip.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    n_masks : int
+        The number of random masks.
+    cell_size : int
+        The side of a mask's grid cell, in pixels of what is masked.
+    p : float
+        The probability that a cell is kept.
+    seed : int
+        Seed of the mask generator, drawn afresh at every call.
+    baseline : float
+        What perturbed positions are set to when :meth:`explain` gets no ``baselines`` (a tensor depends on the batch:
+        pass it as ``attribute(..., baselines=...)``).
+    output : str
+        What is scored, one of :data:`OUTPUTS`: the target ``"logit"`` or its softmax ``"probability"``.
+    internal_batch_size : int, "auto" or None
+        Rows (perturbed copies) per forward pass; ``"auto"`` sizes them for the device, ``None`` runs all at once.
+    progress : bool
+        Show a progress bar over the forward passes.
     """
 
     name = "rise"
@@ -228,7 +268,28 @@ class RISE(_Perturbation):
 def rise_masks(
     n_masks: int, size: tuple[int, int], cell_size: int, p: float, seed: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """(n_masks, h, w) RISE masks in [0, 1] (see :class:`RISE`), deterministic for a given seed."""
+    """(n_masks, h, w) RISE masks in [0, 1] (see :class:`RISE`), deterministic for a given seed.
+
+    Parameters
+    ----------
+    n_masks : int
+        The number of masks.
+    size : tuple of int
+        Their (height, width).
+    cell_size : int
+        The side of a grid cell before the bilinear upsampling.
+    p : float
+        The probability that a cell is kept (value 1).
+    seed : int
+        Seed of the generator.
+    device : torch.device or str
+        Where the masks are drawn and returned.
+
+    Returns
+    -------
+    torch.Tensor
+        (n_masks, height, width) float masks.
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     height, width = size
     grid = (math.ceil(height / cell_size), math.ceil(width / cell_size))

@@ -22,7 +22,21 @@ Backward = Callable[[Tensor], Tensor]
 
 
 def reroute(value: Tensor, differentiable: Tensor, scale: Tensor) -> Tensor:
-    """``value`` exactly, with the gradient of ``differentiable * scale`` (``scale`` and ``value`` are constants)."""
+    """``value`` exactly, with the gradient of ``differentiable * scale`` (``scale`` and ``value`` are constants).
+
+    Parameters
+    ----------
+    value : torch.Tensor
+        The forward value (no graph needed).
+    differentiable : torch.Tensor
+        A tensor with a graph to the layer's input, shaped like ``value``.
+    scale : torch.Tensor
+        Constants multiplying the gradient that flows through ``differentiable``.
+
+    Returns
+    -------
+    torch.Tensor
+    """
     return value + (differentiable - differentiable.detach()) * scale
 
 
@@ -61,7 +75,21 @@ class _Propagation(torch.autograd.Function):
 
 
 def propagation(x: Tensor, propagate: Callable[[Tensor], tuple[Tensor, Backward]]) -> Tensor:
-    """The output of ``propagate(x)`` carrying the backward map it returns."""
+    """The output of ``propagate(x)`` carrying the backward map it returns.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The layer's input (with a graph).
+    propagate : callable
+        ``propagate(x) -> (output, backward)``, run without recording a graph; ``backward(grad_output)`` returns
+        the gradient the rule passes to ``x``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``output``, whose backward pass applies ``backward``.
+    """
     return _Propagation.apply(x, propagate)
 
 

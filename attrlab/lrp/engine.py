@@ -45,7 +45,19 @@ _RESHAPES = (nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 def walk(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """The leaf layers of a (nested) ``nn.Sequential`` in execution order, with their dotted names."""
+    """The leaf layers of a (nested) ``nn.Sequential`` in execution order, with their dotted names.
+
+    Parameters
+    ----------
+    model : nn.Module
+        An ``nn.Sequential`` whose children are layers or ``nn.Sequential`` containers.
+    prefix : str
+        The name prefix of ``model``'s children (for recursion).
+
+    Returns
+    -------
+    list of (str, nn.Module)
+    """
     if not isinstance(model, nn.Sequential):
         raise TypeError(
             f"LRP walks nn.Sequential models; {prefix or 'the model'} is a {type(model).__name__} (write it as an "
@@ -77,7 +89,21 @@ class Step:
 
 
 def plan(model: nn.Module, composite: Composite) -> list[Step]:
-    """The canonized layer sequence of ``model`` with each layer's rule and surroundings."""
+    """The canonized layer sequence of ``model`` with each layer's rule and surroundings.
+
+    Parameters
+    ----------
+    model : nn.Module
+        See :func:`walk`.
+    composite : Composite
+        Assigns each layer its rule.
+
+    Returns
+    -------
+    list of Step
+        One step per layer, a Conv2d/Linear and the ReLU after it fused into one; unsupported layers and misplaced
+        input-space rules raise an error naming the layer.
+    """
     layers = canonize_layers(walk(model))
     rules = composite.rules(layers)
     steps: list[Step] = []
@@ -173,13 +199,21 @@ class LRP(Attribution):
 
     Parameters
     ----------
-    model: a (nested) ``nn.Sequential`` of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
+    model : nn.Module
+        A (nested) ``nn.Sequential`` of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
         Dropout and BatchNorm layers (BatchNorms are folded into their neighbours).
-    composite: a registered name (see :data:`attrlab.lrp.composites.COMPOSITES`), a :class:`Composite`, or a mapping
+    composite : str, Composite or mapping
+        A registered name (see :data:`attrlab.lrp.composites.COMPOSITES`), a :class:`Composite`, or a mapping
         {layer name or layer type: rule}.
-    start: the relevance the explained logit starts with: ``"logit"`` (its value, seed 000's choice) or ``"one"``
+    start : str
+        The relevance the explained logit starts with: ``"logit"`` (its value, seed 000's choice) or ``"one"``
         (zennit's one-hot convention). With ``"one"`` an explained logit that is exactly 0 gives zero relevance.
-    composite_settings: settings of a composite given by name (``gamma=0.1``, ``max_pool="average"``, ...).
+    **composite_settings
+        Settings of a composite given by name (``gamma=0.1``, ``max_pool="average"``, ...).
+
+    Notes
+    -----
+    ``layer=None`` and ``layer="input"`` in :meth:`explain` both mean the input relevance.
     """
 
     name = "lrp"

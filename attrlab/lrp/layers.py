@@ -35,7 +35,17 @@ class LayerInfo:
 
 
 class Affine:
-    """A Conv2d or Linear layer as the rules see it: (possibly canonized) weight and bias and functional calls."""
+    """A Conv2d or Linear layer as the rules see it: (possibly canonized) weight and bias and functional calls.
+
+    Parameters
+    ----------
+    module : nn.Conv2d or nn.Linear
+        The layer (zero padding, ``groups=1``); a :class:`~attrlab.cells.Cellwise` convolution runs per grid cell.
+    weight : torch.Tensor, optional
+        A weight to use instead of the module's own (read detached).
+    bias : torch.Tensor, optional
+        The bias going with ``weight`` (ignored without ``weight``: the module's own is used).
+    """
 
     def __init__(self, module: nn.Module, weight: Tensor | None = None, bias: Tensor | None = None):
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -112,14 +122,37 @@ def _numeric_padding(m: nn.Conv2d) -> tuple[int, int]:
 
 
 def per_cell(layer: nn.Module, function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``function`` as ``layer`` applies it: on each grid cell alone for a :class:`~attrlab.cells.Cellwise` layer."""
+    """``function`` as ``layer`` applies it: on each grid cell alone for a :class:`~attrlab.cells.Cellwise` layer.
+
+    Parameters
+    ----------
+    layer : nn.Module
+        The layer ``function`` evaluates.
+    function : callable
+        A tensor function of the layer's input.
+
+    Returns
+    -------
+    callable
+    """
     if isinstance(layer, Cellwise):
         return lambda x: layer.merge(function(layer.split(x)))
     return function
 
 
 def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The eval-mode forward of a parameter-free layer as a functional call (module hooks never run)."""
+    """The eval-mode forward of a parameter-free layer as a functional call (module hooks never run).
+
+    Parameters
+    ----------
+    layer : nn.Module
+        ReLU, max / average / adaptive average pooling, Flatten, Dropout, Identity or a canonization ThreshReLU.
+
+    Returns
+    -------
+    callable
+        ``x -> layer(x)`` in eval semantics; other layer types raise a ``TypeError`` naming them.
+    """
     if isinstance(layer, nn.ReLU):
         return F.relu
     if isinstance(layer, nn.MaxPool2d):

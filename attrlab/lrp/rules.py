@@ -62,7 +62,19 @@ class InputSpaceConstants(NamedTuple):
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (zennit's convention): never zero for ``epsilon > 0``."""
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (zennit's convention): never zero for ``epsilon > 0``.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Denominators.
+    epsilon : float
+        The stabilizer.
+
+    Returns
+    -------
+    torch.Tensor
+    """
     return z + torch.where(z >= 0, epsilon, -epsilon)
 
 
@@ -104,7 +116,13 @@ class Rule(abc.ABC):
 
 # ----------------------------------------------------------------------------------------------------- linear layers
 class Epsilon(Rule):
-    """LRP-epsilon: ``R_in = x W^T (R / (z + eps sign z))``; ``epsilon=0`` is LRP-0 (units with ``z = 0`` get none)."""
+    """LRP-epsilon: ``R_in = x W^T (R / (z + eps sign z))``; ``epsilon=0`` is LRP-0 (units with ``z = 0`` get none).
+
+    Parameters
+    ----------
+    epsilon : float
+        The stabilizer ``eps`` (>= 0).
+    """
 
     def __init__(self, epsilon: float = 1e-6):
         if epsilon < 0:
@@ -235,7 +253,17 @@ def _add_bias(t: Tensor, bias: Tensor | None) -> Tensor:
 
 
 class AlphaBeta(_TwoBranch):
-    """LRP-alpha-beta: ``alpha`` times the positive contributions minus ``beta`` times the negative ones."""
+    """LRP-alpha-beta: ``alpha`` times the positive contributions minus ``beta`` times the negative ones.
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of the positive contributions.
+    beta : float
+        Weight of the negative contributions (``alpha - beta = 1``).
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
@@ -251,7 +279,13 @@ class AlphaBeta(_TwoBranch):
 
 
 class ZPlus(AlphaBeta):
-    """LRP-z+ (alpha=1, beta=0): only positive contributions ``x+ w+ + x- w-`` (and ``b+``) count."""
+    """LRP-z+ (alpha=1, beta=0): only positive contributions ``x+ w+ + x- w-`` (and ``b+``) count.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         super().__init__(alpha=1.0, beta=0.0, stabilizer=stabilizer)
@@ -261,7 +295,15 @@ class ZPlus(AlphaBeta):
 
 
 class Gamma(_TwoBranch):
-    """Generalised LRP-gamma (zennit): ``w + gamma w+`` for outputs ``z > 0``, ``w + gamma w-`` for ``z < 0``."""
+    """Generalised LRP-gamma (zennit): ``w + gamma w+`` for outputs ``z > 0``, ``w + gamma w-`` for ``z < 0``.
+
+    Parameters
+    ----------
+    gamma : float
+        Extra weight of the parts of the sign of the output (>= 0; 0 is LRP-0).
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     masked = True
     first_branch_nonnegative = False
@@ -333,7 +375,13 @@ def _input_relevance(layer: Affine, grad: Tensor, weights: Tensor, multipliers: 
 
 
 class Flat(_InputSpace):
-    """LRP-flat: all weights 1, input 1, no bias: relevance spread uniformly over each receptive field."""
+    """LRP-flat: all weights 1, input 1, no bias: relevance spread uniformly over each receptive field.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
@@ -348,7 +396,13 @@ class Flat(_InputSpace):
 
 
 class WSquare(_InputSpace):
-    """LRP-w^2: squared weights (and squared bias), input 1."""
+    """LRP-w^2: squared weights (and squared bias), input 1.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
@@ -363,7 +417,17 @@ class WSquare(_InputSpace):
 
 
 class ZBox(_InputSpace):
-    """LRP-z^B for inputs bounded by ``low`` and ``high``: ``(x w - l w+ - h w-) / sum(...)``."""
+    """LRP-z^B for inputs bounded by ``low`` and ``high``: ``(x w - l w+ - h w-) / sum(...)``.
+
+    Parameters
+    ----------
+    low : float or torch.Tensor
+        Lowest input value (a number or an image broadcast over the batch).
+    high : float or torch.Tensor
+        Highest input value.
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1],
                  stabilizer: float = 1e-6):
@@ -402,7 +466,13 @@ class Pass(Rule):
 
 
 class Norm(Rule):
-    """Average pooling: relevance shared in proportion to the inputs, ``R_in = x T(R / stabilize(avg))``."""
+    """Average pooling: relevance shared in proportion to the inputs, ``R_in = x T(R / stabilize(avg))``.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
@@ -416,7 +486,13 @@ class Norm(Rule):
 
 class MaxAsAvg(Rule):
     """Max pooling treated as average pooling in the backward pass (seed 000's code): value max, relevance shared in
-    proportion to the inputs of each window."""
+    proportion to the inputs of each window.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
