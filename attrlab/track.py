@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 
 from .attribution import Attribution
-from .attribution.gradcam_seed_code import SeedCodeGradCAM
 from .attribution.spec import PATH_SAFE_LABEL, MethodSpec
 from .runstore import RunStore, atomic_write_bytes
 from .stepbuffer import StepBuffer
@@ -44,9 +43,10 @@ def method_specs(names: Sequence[str]) -> list[MethodSpec]:
     """Specs for registry names, each labelled by its name, with :data:`DEFAULT_SETTINGS` where there are some."""
     from .attribution import available_methods
 
-    unknown = [name for name in names if name not in available_methods()]
+    known = available_methods(include_reproductions=True)
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"unknown attribution methods {unknown}; valid names: {', '.join(available_methods())}")
+        raise ValueError(f"unknown attribution methods {unknown}; valid names: {', '.join(known)}")
     return [MethodSpec(name, name, dict(DEFAULT_SETTINGS.get(name, {}))) for name in names]
 
 
@@ -130,7 +130,7 @@ class Tracker(Callback):
         # the seed code's Grad-CAM weights come from this step's training loss, before the parameters change
         if step in self.tracked or step in self.snapshot_steps:
             for method in self.methods:
-                if isinstance(method, SeedCodeGradCAM):
+                if method.wants_training_batch:
                     method.set_training_batch(*trainer.batch, compute_now=True)
 
     # ------------------------------------------------------------------ step

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .attribution.model_state import eval_semantics
 from .data import DATASET_SHAPES, SELECTIONS, AttributionSet, BatchSampler, ImageDataset, Split, attribution_set, load_dataset
 from .device import resolve_device
 from .models import build_model
@@ -116,12 +117,8 @@ def _grouped_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 1000) -> torch.Tensor:
     """Loss, accuracy and their per-class values of ``model`` on (x, y), in eval mode; returns a device tensor."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_semantics(model):  # restores each module's own flag (a frozen BatchNorm stays in eval)
         logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
     return _grouped_metrics(logits, y, num_classes)
 
 

@@ -7,6 +7,7 @@ Built once per session.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -60,6 +61,16 @@ def model_for(architecture: str, shape: tuple[int, int, int], weights: str = "tr
 def images(shape: tuple[int, int, int], count: int = 6, offset: int = 0) -> torch.Tensor:
     x, _ = digits_images(tuple(shape))
     return x[offset : offset + count].clone()
+
+
+def noise_images(shape: tuple[int, int, int], count: int = 3, seed: int = 11) -> torch.Tensor:
+    """``count`` images of uniform noise in [-1, 1] (signed inputs everywhere, no flat background)."""
+    return torch.rand((count, *shape), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def editable_model(architecture: str, shape: tuple[int, int, int], weights: str = "trained") -> nn.Module:
+    """A copy of :func:`model_for`'s model, for tests that train, edit or re-weight it."""
+    return copy.deepcopy(model_for(architecture, shape, weights))
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

@@ -39,9 +39,20 @@ def _method(name: str, model: nn.Module):
 
 
 def test_registry_lists_the_family_and_resolves_each_class():
-    assert set(FAST_SETTINGS) <= set(available_methods())
+    assert set(FAST_SETTINGS) - {"gradcam_seed_code"} <= set(available_methods())
     for name in FAST_SETTINGS:
         assert get_method(name).name == name
+
+
+def test_the_seed_code_gradcam_is_a_reproduction_not_a_method():
+    """Reachable by name, listed apart, and it says through the generic protocol that it needs the training batch."""
+    assert "gradcam_seed_code" not in available_methods()
+    assert "gradcam_seed_code" in available_methods(include_reproductions=True)
+    wanting = [name for name in available_methods(include_reproductions=True) if get_method(name).wants_training_batch]
+    assert wanting == ["gradcam_seed_code"]
+    model = build_model("shallow", SHAPE, seed=0)
+    with pytest.raises(TypeError, match="'gradient' does not use a training batch"):
+        make_method("gradient", model).set_training_batch(images(SHAPE, count=2), torch.tensor([0, 1]))
 
 
 def test_unknown_method_lists_valid_names():
@@ -139,15 +150,28 @@ def _assert_same_state(before: dict, after: dict) -> None:
 
 
 def _training_model() -> nn.Module:
-    """deep_bn in train mode (BatchNorm would update its running statistics), one BN frozen in eval, conv1 frozen."""
+    """deep_bn in train mode (BatchNorm would update its running statistics), one BN frozen in eval, conv1 frozen,
+    and gradients already accumulated in every trainable parameter's ``.grad``."""
     model = build_model("deep_bn", SHAPE, seed=4).train()
     model.bn2.eval()
     model.conv1.weight.requires_grad_(False)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.full_like(param, 0.5)
     return model
 
 
-@pytest.mark.parametrize("name", sorted(FAST_SETTINGS))
+#: the settings each method is checked with mid-training (LRP: every code path of its rules)
+UNTOUCHED_VARIANTS = {
+    "lrp": [{"composite": "epsilon_plus_flat"}, {"composite": "epsilon_gamma_box"}, {"composite": "seed000"}],
+}
+
+
+@pytest.mark.parametrize("name", available_methods(include_reproductions=True))
 def test_model_is_untouched_even_between_a_training_forward_and_its_backward(name):
+    """Every registered method (LRP and the reproductions included), at the input and at a layer, leaves parameters,
+    buffers, flags (a frozen BatchNorm too), requires_grad, hooks and .grad as they were, and a pending training
+    backward gives the gradients it would have given; the attribution is the eval-mode one."""
     x_train, y_train = images(SHAPE, count=16, offset=300), torch.arange(16) % 10
     x = images(SHAPE, count=3)
 
@@ -157,15 +181,19 @@ def test_model_is_untouched_even_between_a_training_forward_and_its_backward(nam
     model = _training_model()
     loss = F.cross_entropy(model(x_train), y_train)  # the pending training step
     before = _model_state(model)
-    attribution = _method(name, model).attribute(x)
-    _assert_same_state(before, _model_state(model))
+    for settings in UNTOUCHED_VARIANTS.get(name, [None]):
+        method = _method(name, model) if settings is None else make_method(name, model, **settings)
+        attribution = method.attribute(x)
+        method.attribute(x, target=[1, 2, 3], layer="conv4")
+        _assert_same_state(before, _model_state(model))
+        # the attribution is the eval-mode one (a copy: the training forward moved the BatchNorm statistics)
+        evaluated = copy.deepcopy(model).eval()
+        again = _method(name, evaluated) if settings is None else make_method(name, evaluated, **settings)
+        assert torch.equal(attribution, again.attribute(x))
     loss.backward()
     for (key, p), p_ref in zip(model.named_parameters(), reference.parameters()):
         assert (p.grad is None) == (p_ref.grad is None), key
         assert p.grad is None or torch.equal(p.grad, p_ref.grad), key
-    # and the attribution is the eval-mode one (a copy: the training forward moved the BatchNorm statistics)
-    evaluated = copy.deepcopy(model).eval()
-    assert torch.equal(attribution, _method(name, evaluated).attribute(x))
     assert not x.requires_grad and x.grad is None
 
 
@@ -194,3 +222,41 @@ def test_auto_passes_are_sized_for_the_cpu_and_change_no_value(name):
     auto = make_method(name, model, **settings).attribute(images, target=1)
     whole = make_method(name, model, internal_batch_size=None, **settings).attribute(images, target=1)
     torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)
+
+
+CAM_METHODS = {"gradcam", "gradcam_pp", "layercam", "gradcam_seed_code"}
+
+
+@pytest.mark.parametrize("name", available_methods(include_reproductions=True))
+def test_layer_input_is_the_input_for_every_method(name):
+    """``layer="input"`` is the input everywhere: the default (``None``) of the input methods, and for the CAM methods
+    what the old workaround gave (an ``nn.Identity`` in front of the model, asked for by name)."""
+    from collections import OrderedDict
+
+    model = build_model("shallow", SHAPE, seed=0).eval()
+    x = images(SHAPE, count=3)
+    settings = {"composite": "epsilon_plus_flat"} if name == "lrp" else {}
+    method = _method(name, model) if name in FAST_SETTINGS else make_method(name, model, **settings)
+    explained = method.attribute(x, target=[1, 2, 3], layer="input")
+    if name in CAM_METHODS:
+        entry = nn.Sequential(OrderedDict([("entry", nn.Identity()), *model.named_children()])).eval()
+        reference = _method(name, entry).attribute(x, target=[1, 2, 3], layer="entry")
+        assert explained.shape == (3, 1, *SHAPE[1:])
+    else:
+        reference = method.attribute(x, target=[1, 2, 3], layer=None)
+        assert explained.shape == x.shape
+    assert torch.equal(explained, reference)
+
+
+def test_resolve_layer_reads_the_input_sentinel_and_refuses_an_ambiguous_name():
+    from collections import OrderedDict
+
+    from attrlab.attribution import INPUT, resolve_layer
+
+    model = build_model("shallow", SHAPE, seed=0)
+    assert INPUT == "input" and resolve_layer(model, "input") is None and resolve_layer(model, None) is None
+    assert resolve_layer(model, "conv2") is model.conv2
+    clash = nn.Sequential(OrderedDict([("input", nn.Identity()), ("flatten", nn.Flatten())]))
+    with pytest.raises(ValueError, match="'input' is ambiguous"):
+        resolve_layer(clash, "input")
+    assert resolve_layer(clash, clash[0]) is clash[0]

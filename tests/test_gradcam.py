@@ -8,18 +8,49 @@ import torch.nn.functional as F
 from attribution_cases import CASES, images, last_conv, model_for, relative_error
 from captum.attr import LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
 
-from attrlab.attribution import make_method
+from torch import nn
+
+from attrlab.attribution import feature_layer, make_method
 from attrlab.attribution.gradcam_seed_code import seed_code_layer
+from attrlab.grids.settings import grid_model
 from attrlab.models import build_model
 
 TOLERANCE = 1e-4
+#: the CAM default layer, written out: the ReLU after the last spatial (k > 1) convolution
+FEATURE_LAYERS = {
+    "shallow": "relu2", "deep": "relu6", "deep_bn": "relu6", "vgg_small": "relu6", "vgg_small_bn": "relu6"
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_LAYERS))
+def test_the_cam_default_layer_is_the_last_spatial_feature_layer_after_its_activation(name):
+    """Not the last Conv2d's pre-ReLU output, and on vgg_small not the 1x1 classifier convolution head2."""
+    model = build_model(name, (1, 28, 28), seed=0).eval()
+    assert feature_layer(model) == FEATURE_LAYERS[name]
+    x = images((1, 28, 28), count=3)
+    for method in ("gradcam", "gradcam_pp", "layercam"):
+        cam = make_method(method, model)
+        assert torch.equal(cam.attribute(x, target=2), cam.attribute(x, target=2, layer=FEATURE_LAYERS[name]))
+    if name.startswith("vgg"):
+        for setting in ("gridpg", "difull", "dipart"):
+            assert feature_layer(grid_model(model, setting, 2)) == "relu6"
+
+
+def test_the_cam_default_layer_rule_on_other_models():
+    """Only 1x1 convolutions: the last one; a BatchNorm and activation after the convolution are both included."""
+    pointwise = nn.Sequential(nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.Flatten())
+    assert feature_layer(pointwise) == "2"
+    mixed = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(), nn.MaxPool2d(2), nn.Flatten())
+    assert feature_layer(mixed) == "2"
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        feature_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
 def test_gradcam_matches_captum_layergradcam(architecture, shape, weights):
     model = model_for(architecture, shape, weights)
     x = images(shape)
-    layer = getattr(model, last_conv(model))
+    layer = getattr(model, FEATURE_LAYERS[architecture])
     for relu in (False, True):
         explanation = make_method("gradcam", model, relu=relu).explain(x)
         reference = LayerGradCam(model, layer).attribute(x, target=explanation.target, relu_attributions=relu)
@@ -147,5 +178,5 @@ def test_gradcam_of_a_training_batchnorm_model_is_captums_eval_mode_gradcam():
     x = images((3, 32, 32), count=4)
     explanation = make_method("gradcam", model.train(), relu=False).explain(x)
     assert model.training
-    reference = LayerGradCam(model.eval(), model.conv6).attribute(x, target=explanation.target)
+    reference = LayerGradCam(model.eval(), model.relu6).attribute(x, target=explanation.target)
     assert relative_error(explanation.attribution, reference) <= TOLERANCE

@@ -74,13 +74,15 @@ def test_integrated_gradients_quadratures_baselines_and_chunks(method):
     # exact ones) break differently; the rules themselves are compared here
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     baseline = torch.full((1, 1, 28, 28), -1.0)
-    ours = make_method(
-        "integrated_gradients", model, n_steps=7, method=method, baseline=baseline, internal_batch_size=10
-    ).attribute(x, target=3)
+    method_object = make_method("integrated_gradients", model, n_steps=7, method=method, internal_batch_size=10)
+    ours = method_object.attribute(x, target=3, baselines=baseline)
     reference = IntegratedGradients(model).attribute(x, baselines=baseline, target=3, n_steps=7, method=method)
     # captum weighs every trapezoid point 1/n (weights summing to (n-1)/n); attrlab uses the textbook rule
     scale = 6 / 7 if method == "riemann_trapezoid" else 1.0
     assert relative_error(ours * scale, reference) <= TOLERANCE
+    # the constructor's scalar default is the same baseline
+    scalar = make_method("integrated_gradients", model, n_steps=7, method=method, baseline=-1.0, internal_batch_size=10)
+    torch.testing.assert_close(scalar.attribute(x, target=3), ours)
     assert quadrature(method, 7)[1].sum() == pytest.approx(1.0)
 
 
@@ -160,3 +162,17 @@ def test_guided_backprop_reaches_relus_inside_custom_modules():
     reference = GuidedBackprop(model).attribute(x, target=1)
     assert relative_error(make_method("guided_backprop", nested).attribute(x, target=1), reference) <= TOLERANCE
     assert all(not m._forward_hooks for m in nested.modules())
+
+
+def test_integrated_gradients_takes_one_baseline_per_image_in_the_call():
+    """A per-image baseline tensor is a call argument (captum's ``baselines=``), not a constructor setting."""
+    model = model_for("shallow", (1, 28, 28))
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    baselines = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    ours = make_method("integrated_gradients", model, n_steps=5).attribute(x, target=[1, 2, 3, 4], baselines=baselines)
+    reference = IntegratedGradients(model).attribute(x, baselines=baselines, target=[1, 2, 3, 4], n_steps=5)
+    assert relative_error(ours, reference) <= TOLERANCE
+    with pytest.raises(TypeError, match="attribute\\(..., baselines=tensor\\)"):
+        make_method("integrated_gradients", model, baseline=baselines)
+    with pytest.raises(ValueError, match="do not broadcast to the inputs"):
+        make_method("integrated_gradients", model).attribute(x, baselines=baselines[:2, :, :5])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-import functools
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
+
+from attribution_cases import editable_model, model_for, noise_images, relative_error
 
 from attrlab.attribution import get_method
 from attrlab.lrp import LRP, Composite, Epsilon, Flat, Gamma, ZPlus, make_composite
@@ -23,33 +24,8 @@ TOLERANCE = 1e-4
 CASES = [(name, shape) for name in ("shallow", "deep") for shape in ((1, 28, 28), (3, 32, 32))]
 
 
-def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.detach() - reference.detach()).norm() / reference.detach().norm())
-
-
-@functools.lru_cache(maxsize=None)
-def _weights(name: str, shape: tuple[int, int, int], trained: bool) -> dict[str, torch.Tensor]:
-    model = build_model(name, shape, seed=7)
-    if trained:  # a few Adam steps on random images with random labels: weights away from the initialisation
-        generator = torch.Generator().manual_seed(3)
-        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(5):
-            images = torch.rand((8, *shape), generator=generator) * 2 - 1
-            labels = torch.randint(0, 10, (8,), generator=generator)
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(model(images), labels).backward()
-            optimiser.step()
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
-
-
-def make_model(name: str, shape: tuple[int, int, int], trained: bool) -> nn.Sequential:
-    model = build_model(name, shape, seed=7)
-    model.load_state_dict(_weights(name, shape, trained))
-    return model.eval()
-
-
-def make_inputs(shape: tuple[int, int, int], count: int = 3) -> torch.Tensor:
-    return torch.rand((count, *shape), generator=torch.Generator().manual_seed(11)) * 2 - 1
+def model_weights(trained: bool) -> str:
+    return "trained" if trained else "random"
 
 
 def zennit_relevance(model, composite, inputs, target, start="logit"):
@@ -71,8 +47,8 @@ def zennit_epsilon(epsilon: float):
 @pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s[0]}x{s[1]}" for n, s in CASES])
 def test_matches_zennit(name, shape, trained):
-    model = make_model(name, shape, trained)
-    inputs = make_inputs(shape)
+    model = model_for(name, shape, model_weights(trained))
+    inputs = noise_images(shape)
     target = [1, 4, 9]
     references = {
         "epsilon_plus_flat": zennit_composites.EpsilonPlusFlat(),
@@ -83,19 +59,19 @@ def test_matches_zennit(name, shape, trained):
         ours = LRP(model, composite).attribute(inputs, target=target)
         expected = zennit_relevance(model, reference, inputs, target)
         assert ours.shape == inputs.shape
-        assert relative_l2(ours, expected) <= TOLERANCE, composite
+        assert relative_error(ours, expected) <= TOLERANCE, composite
 
 
 def test_start_one_matches_zennit_one_hot():
-    model, inputs = make_model("deep", (1, 28, 28), True), make_inputs((1, 28, 28))
+    model, inputs = model_for("deep", (1, 28, 28)), noise_images((1, 28, 28))
     ours = LRP(model, "epsilon_gamma_box", start="one").attribute(inputs, target=2)
     expected = zennit_relevance(model, zennit_composites.EpsilonGammaBox(low=-1.0, high=1.0), inputs, [2] * 3, "one")
-    assert relative_l2(ours, expected) <= TOLERANCE
+    assert relative_error(ours, expected) <= TOLERANCE
 
 
 def test_generalised_rules_on_signed_inputs_match_zennit():
     """z+, alpha-beta and gamma on the first layer (signed inputs, no ReLU shortcut) against zennit."""
-    model, inputs = make_model("shallow", (3, 32, 32), True), make_inputs((3, 32, 32))
+    model, inputs = model_for("shallow", (3, 32, 32)), noise_images((3, 32, 32))
     from attrlab.lrp import AlphaBeta
 
     pairs = [
@@ -110,7 +86,7 @@ def test_generalised_rules_on_signed_inputs_match_zennit():
             + [(zennit_types.Convolution, zennit_rule), (torch.nn.Linear, zennit_rules.Epsilon())]
         )
         expected = zennit_relevance(model, reference, inputs, [0] * 3)
-        assert relative_l2(ours, expected) <= TOLERANCE, ours_rule
+        assert relative_error(ours, expected) <= TOLERANCE, ours_rule
 
 
 class _CaptumCopy(nn.Module):
@@ -131,12 +107,12 @@ class _CaptumCopy(nn.Module):
 def test_matches_captum_epsilon(name, shape):
     from captum.attr import LRP as CaptumLRP
 
-    model = make_model(name, shape, trained=True)
-    inputs = make_inputs(shape)
+    model = model_for(name, shape)
+    inputs = noise_images(shape)
     target = torch.tensor([3, 3, 7])
     expected = CaptumLRP(_CaptumCopy(model)).attribute(inputs, target=target)
     ours = LRP(model, "epsilon", epsilon=1e-9).attribute(inputs, target=target)
-    assert relative_l2(ours, expected) <= TOLERANCE
+    assert relative_error(ours, expected) <= TOLERANCE
 
 
 def _tutorial_seed000(model: nn.Sequential, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -184,21 +160,21 @@ def _tutorial_seed000(model: nn.Sequential, inputs: torch.Tensor, target: torch.
 @pytest.mark.parametrize("name", ["shallow", "deep"])
 def test_seed000_matches_per_layer_reference(name):
     """seed000: LRP-0 dense, gamma 0.25 conv, z^B [-1, 1] first, max pooling as average pooling."""
-    model, inputs = make_model(name, (1, 28, 28), True), make_inputs((1, 28, 28))
+    model, inputs = model_for(name, (1, 28, 28)), noise_images((1, 28, 28))
     target = torch.tensor([0, 5, 8])
     ours = LRP(model, "seed000", stabilizer=1e-9).attribute(inputs, target=target)  # the reference adds 1e-9
     expected = _tutorial_seed000(model, inputs, target)
-    assert relative_l2(ours, expected) <= TOLERANCE
+    assert relative_error(ours, expected) <= TOLERANCE
 
 
 @pytest.mark.parametrize("layer", [None, "conv3", "pool2", "fc1"])
 def test_conservation_with_zero_bias(layer):
-    model = make_model("deep", (1, 28, 28), True)
+    model = editable_model("deep", (1, 28, 28))
     with torch.no_grad():
         for module in model.modules():
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
-    inputs = make_inputs((1, 28, 28))
+    inputs = noise_images((1, 28, 28))
     explanation = LRP(model, "epsilon", epsilon=0.0).explain(inputs, layer=layer)
     explained = explanation.logits.gather(1, explanation.target[:, None])[:, 0]
     totals = explanation.attribution.flatten(1).sum(1)
@@ -206,7 +182,7 @@ def test_conservation_with_zero_bias(layer):
 
 
 def test_layer_relevance_shape_and_nested_models():
-    model, inputs = make_model("deep", (1, 28, 28), True), make_inputs((1, 28, 28))
+    model, inputs = model_for("deep", (1, 28, 28)), noise_images((1, 28, 28))
     flat = LRP(model, "epsilon_gamma_box")
     children = list(model.named_children())
     nested = nn.Sequential(
@@ -224,7 +200,7 @@ def test_layer_relevance_shape_and_nested_models():
 
 
 def test_targets_and_explanation():
-    model, inputs = make_model("shallow", (1, 28, 28), True), make_inputs((1, 28, 28))
+    model, inputs = model_for("shallow", (1, 28, 28)), noise_images((1, 28, 28))
     lrp = LRP(model)
     explanation = lrp.explain(inputs)
     torch.testing.assert_close(explanation.logits, model(inputs))
@@ -235,50 +211,23 @@ def test_targets_and_explanation():
     torch.testing.assert_close(logits_as_one * chosen[:, :, None, None], explanation.attribution)
 
 
-def test_model_is_untouched_mid_training():
-    """LRP between a training forward and its backward: same parameters, flags, hooks, grads and pending backward."""
-    torch.manual_seed(0)
-    model = build_model("deep_bn", (1, 28, 28), seed=3).train()
-    twin = copy.deepcopy(model)
-    model.fc2.bias.requires_grad_(False)
-    twin.fc2.bias.requires_grad_(False)
+def test_lrp_never_calls_the_model():
+    """Layers are evaluated functionally: a forward hook on the model never runs (the untouched-model guarantees of
+    every method, LRP included, are tested in test_attribution_api.py)."""
+    model = editable_model("deep", (1, 28, 28))
     calls = []
-    model.conv2.register_forward_hook(lambda *args: calls.append("hook"))
-    for module in (model, twin):
-        for param in module.parameters():
-            param.grad = torch.full_like(param, 0.5)
-    params_before = {name: (param, param.detach().clone()) for name, param in model.named_parameters()}
-    buffers_before = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
-    images = make_inputs((1, 28, 28), 8)
-    labels = torch.arange(8)
-    loss = nn.functional.cross_entropy(model(images), labels)
-    twin_loss = nn.functional.cross_entropy(twin(images), labels)
-    calls.clear()
-    buffers_after_forward = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
-
-    for composite in ("epsilon_plus_flat", "epsilon_gamma_box", "seed000"):
-        LRP(model, composite).attribute(images[:3], target=labels[:3], layer="conv4")
-        LRP(model, composite).attribute(images[:3])
-
-    assert calls == [] and model.training and all(m.training for m in model.modules())
-    for name, param in model.named_parameters():
-        original, value = params_before[name]
-        assert param is original and torch.equal(param, value)
-        assert torch.equal(param.grad, torch.full_like(param, 0.5))
-    assert not model.fc2.bias.requires_grad and model.fc1.weight.requires_grad
-    for name, buffer in model.named_buffers():
-        assert torch.equal(buffer, buffers_after_forward[name]), name
-    assert any(not torch.equal(buffers_before[n], buffers_after_forward[n]) for n in buffers_before)  # BN did update
-    loss.backward()
-    twin_loss.backward()
-    for (name, param), twin_param in zip(model.named_parameters(), twin.parameters()):
-        if param.requires_grad:
-            torch.testing.assert_close(param.grad, twin_param.grad, rtol=0, atol=0, msg=name)
+    handle = model.conv2.register_forward_hook(lambda *args: calls.append("hook"))
+    try:
+        for composite in ("epsilon_plus_flat", "epsilon_gamma_box", "seed000"):
+            LRP(model, composite).attribute(noise_images((1, 28, 28)), target=[1, 2, 3], layer="conv4")
+    finally:
+        handle.remove()
+    assert calls == []
 
 
 def test_errors_name_the_bad_value():
-    model = make_model("shallow", (1, 28, 28), False)
-    inputs = make_inputs((1, 28, 28))
+    model = model_for("shallow", (1, 28, 28), "random")
+    inputs = noise_images((1, 28, 28))
     with pytest.raises(ValueError, match="unknown composite 'nope'.*epsilon_plus_flat"):
         LRP(model, "nope")
     with pytest.raises(ValueError, match="unknown start"):
@@ -320,7 +269,7 @@ def test_average_pools_and_dense_first_layers_match_zennit():
         expected = zennit_relevance(model.eval(), zennit_composites.EpsilonPlusFlat(), inputs, target)
         model.train(model is pooled)
         assert ours.shape == inputs.shape
-        assert relative_l2(ours, expected) <= TOLERANCE
+        assert relative_error(ours, expected) <= TOLERANCE
     from attrlab.lrp import WSquare
 
     ours = LRP(mlp, {"1": WSquare(), nn.Linear: Epsilon()}).attribute(inputs, target)
@@ -328,13 +277,13 @@ def test_average_pools_and_dense_first_layers_match_zennit():
         layer_map=zennit_composites.layer_map_base() + [(torch.nn.Linear, zennit_rules.Epsilon())],
         first_map=[(torch.nn.Linear, zennit_rules.WSquare())],
     )
-    assert relative_l2(ours, zennit_relevance(mlp, reference, inputs, target)) <= TOLERANCE
+    assert relative_error(ours, zennit_relevance(mlp, reference, inputs, target)) <= TOLERANCE
 
 
 def test_cached_weights_follow_training_updates():
     """One LRP object used across optimiser steps gives what a fresh one gives (cached modified weights refresh)."""
-    model, inputs = make_model("shallow", (1, 28, 28), False), make_inputs((1, 28, 28))
-    trained = _weights("shallow", (1, 28, 28), True)
+    model, inputs = editable_model("shallow", (1, 28, 28), "random"), noise_images((1, 28, 28))
+    trained = model_for("shallow", (1, 28, 28)).state_dict()
     for composite in ("epsilon_plus_flat", "epsilon_gamma_box", "lrp_focus"):
         kept = LRP(model, composite)
         kept.attribute(inputs, 1)
@@ -349,7 +298,7 @@ def test_cached_weights_follow_training_updates():
 
 def test_cached_weights_see_edits_through_data():
     """In-place edits through ``param.data`` bypass version counters; the cache must still notice them."""
-    model, inputs = make_model("deep", (1, 28, 28), False), make_inputs((1, 28, 28))
+    model, inputs = editable_model("deep", (1, 28, 28), "random"), noise_images((1, 28, 28))
     kept = LRP(model, "epsilon_gamma_box")
     before = kept.attribute(inputs, 2)
     model.conv4.weight.data.mul_(-1.0)

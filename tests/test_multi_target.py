@@ -19,7 +19,7 @@ SETTINGS = {
 LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_code": None}
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", available_methods(include_reproductions=True))
 @pytest.mark.parametrize("layer", [None, "conv2"])
 def test_multi_target_equals_one_call_per_column(name, layer):
     model = model_for("deep", (1, 28, 28))

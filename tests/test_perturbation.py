@@ -113,3 +113,21 @@ def test_rise_at_a_layer_uses_masks_of_the_layer_size():
     attribution = make_method("rise", model, n_masks=20, cell_size=2).attribute(x, layer="relu4")
     assert attribution.shape == (2, 1, 14, 14)
     assert bool(torch.isfinite(attribution).all())
+
+
+def test_occlusion_takes_a_baseline_tensor_in_the_call():
+    """A per-image baseline tensor is a call argument (captum's ``baselines=``); a number there is the scalar's map."""
+    model = model_for("shallow", (1, 28, 28))
+    x = images((1, 28, 28), count=3)
+    baselines = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    method = make_method("occlusion", model, window=7, stride=4)
+    ours = method.attribute(x, target=[2, 5, 7], baselines=baselines)
+    reference = Occlusion(model).attribute(
+        x, sliding_window_shapes=(1, 7, 7), strides=(1, 4, 4), baselines=baselines, target=[2, 5, 7],
+        perturbations_per_eval=64,
+    )
+    assert relative_error(ours, reference) <= TOLERANCE
+    scalar = make_method("occlusion", model, window=7, stride=4, baseline=-1.0).attribute(x, target=[2, 5, 7])
+    torch.testing.assert_close(method.attribute(x, target=[2, 5, 7], baselines=-1.0), scalar)
+    with pytest.raises(TypeError, match="baselines=tensor"):
+        make_method("occlusion", model, baseline=baselines)

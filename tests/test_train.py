@@ -202,3 +202,21 @@ def test_writes_are_atomic_and_leave_no_temporaries(finished_run):
     assert json.loads((finished_run / "config.json").read_text())["model"] == "shallow"
     loaded = torch.load(next((finished_run / "checkpoints").glob("*.pt")), weights_only=True)
     assert loaded["step"] == 15
+
+
+def test_evaluations_keep_each_modules_own_train_flag():
+    """train.evaluate and grids.confident_images restore every module's flag: a frozen BatchNorm stays frozen."""
+    from attrlab.grids import confident_images
+    from attrlab.models import build_model
+    from attrlab.train import evaluate
+
+    model = build_model("vgg_small_bn", (1, 28, 28), seed=0).train()
+    model.bn2.eval()
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = torch.arange(12) % 10
+    flags = [module.training for module in model.modules()]
+    evaluate(model, x, y, num_classes=10)
+    assert [module.training for module in model.modules()] == flags
+    with pytest.raises(ValueError, match="too few confident images"):
+        confident_images(model, x, y, threshold=0.99)
+    assert [module.training for module in model.modules()] == flags and not model.bn2.training

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Attribution, Explanation, resolve_layer, resolve_target
+from .base import INPUT, Attribution, Explanation, feature_layer, resolve_layer, resolve_target
 
 #: registry name -> "module:Class" (imported on first use, so importing attrlab stays fast)
 METHODS: dict[str, str] = {
@@ -22,33 +22,89 @@ METHODS: dict[str, str] = {
     "gradcam": "attrlab.attribution.gradcam:GradCAM",
     "gradcam_pp": "attrlab.attribution.gradcam:GradCAMPlusPlus",
     "layercam": "attrlab.attribution.gradcam:LayerCAM",
-    "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
     "occlusion": "attrlab.attribution.perturbation:Occlusion",
     "rise": "attrlab.attribution.perturbation:RISE",
 }
 
+#: reproductions of published code, reachable by name through :func:`get_method` / :func:`make_method` but not
+#: attribution methods: they ignore their target or need more than the batch (the seed code's Grad-CAM reads the
+#: training minibatch), so evaluations and tests that run "every method" (:data:`METHODS`) leave them out
+REPRODUCTIONS: dict[str, str] = {
+    "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
+}
+
 
 def register_method(name: str, path: str) -> None:
-    """Register ``path`` ("package.module:Class") under ``name``."""
-    if name in METHODS and METHODS[name] != path:
-        raise ValueError(f"an attribution method named {name!r} is registered already ({METHODS[name]})")
+    """Register an attribution method class under a registry name.
+
+    Parameters
+    ----------
+    name : str
+        The registry name (``make_method(name, ...)``); a name taken by another path raises a ``ValueError``.
+    path : str
+        ``"package.module:Class"``, imported on first use.
+    """
+    taken = METHODS.get(name, REPRODUCTIONS.get(name))
+    if taken is not None and taken != path:
+        raise ValueError(f"an attribution method named {name!r} is registered already ({taken})")
     METHODS[name] = path
 
 
-def available_methods() -> list[str]:
-    return sorted(METHODS)
+def available_methods(include_reproductions: bool = False) -> list[str]:
+    """The registered method names, sorted.
+
+    Parameters
+    ----------
+    include_reproductions : bool
+        Also list the :data:`REPRODUCTIONS` of published code (``"gradcam_seed_code"``).
+
+    Returns
+    -------
+    list of str
+    """
+    return sorted({**METHODS, **REPRODUCTIONS} if include_reproductions else METHODS)
 
 
 def get_method(name: str) -> type[Attribution]:
-    """The attribution class registered as ``name``; an unknown name lists the valid ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown attribution method {name!r}; valid names: {', '.join(available_methods())}")
-    module_name, class_name = METHODS[name].split(":")
+    """The attribution class registered as ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A name of :data:`METHODS` or :data:`REPRODUCTIONS`.
+
+    Returns
+    -------
+    type
+        The :class:`Attribution` subclass (its module imported now). An unknown name raises a ``ValueError`` that
+        lists the valid ones.
+    """
+    path = METHODS.get(name, REPRODUCTIONS.get(name))
+    if path is None:
+        valid = ", ".join(available_methods(include_reproductions=True))
+        raise ValueError(f"unknown attribution method {name!r}; valid names: {valid}")
+    module_name, class_name = path.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
 def make_method(name: str, model: nn.Module, **settings: Any) -> Attribution:
-    """``get_method(name)(model, **settings)``, with a clear error for settings the method does not take."""
+    """Build the method registered as ``name`` on ``model``: ``get_method(name)(model, **settings)``.
+
+    Parameters
+    ----------
+    name : str
+        A registry name (see :func:`available_methods`).
+    model : nn.Module
+        The classifier to explain.
+    **settings
+        The method's constructor settings (for example ``composite="epsilon_plus_flat"`` for ``"lrp"``); settings
+        the method does not take raise a ``TypeError`` naming the method.
+
+    Returns
+    -------
+    Attribution
+        Call ``.attribute(x, target=..., layer=...)`` or ``.explain(...)`` on it.
+    """
     cls = get_method(name)
     try:
         return cls(model, **settings)
@@ -57,10 +113,13 @@ def make_method(name: str, model: nn.Module, **settings: Any) -> Attribution:
 
 
 __all__ = [
+    "INPUT",
     "METHODS",
+    "REPRODUCTIONS",
     "Attribution",
     "Explanation",
     "available_methods",
+    "feature_layer",
     "get_method",
     "make_method",
     "register_method",

@@ -98,12 +98,33 @@ def check_pair(name: str, value: Any) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def check_baseline(value: Any) -> float | torch.Tensor:
-    """A finite number or a tensor (a reference input, broadcast against the inputs where it is used)."""
+def check_baseline(value: Any) -> float:
+    """A constructor's scalar baseline: a finite number (tensors go to ``attribute(..., baselines=...)``)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError(
+            "the constructor's baseline is a number; pass a baseline tensor (one per image, or one broadcast over the "
+            "batch) to attribute(..., baselines=tensor) / explain(..., baselines=tensor), as in captum"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise ValueError(f"baseline must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_baselines(value: Any, default: float, like: torch.Tensor, what: str = "inputs") -> torch.Tensor:
+    """``baselines`` of one call as a tensor shaped like ``like`` on its device and dtype.
+
+    ``None`` gives the constructor's scalar ``default``; a number is that value everywhere; a floating-point tensor
+    must broadcast to ``like`` (a per-image (N, ...) baseline or one (1, ...) / (...) shared by the batch).
+    """
+    if value is None:
+        value = default
     if isinstance(value, torch.Tensor):
         if not value.dtype.is_floating_point:
             raise TypeError(f"a baseline tensor must be floating point, got dtype {value.dtype}")
-        return value.detach()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise ValueError(f"baseline must be a finite number or a tensor, got {value!r}")
-    return float(value)
+        try:
+            return torch.broadcast_to(value.detach().to(like), like.shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"baselines of shape {tuple(value.shape)} do not broadcast to the {what} {tuple(like.shape)}"
+            ) from err
+    return torch.full_like(like, check_baseline(value))

@@ -6,11 +6,14 @@ below the layer under ``torch.no_grad()`` (no graph, no saved activations), the 
 eval mode, so that single backward pass gives every image the gradient of its own target logit. Nothing is registered
 on the model and no parameter gradient is computed, so the call is safe between a training forward and its backward.
 
-``layer=None`` means the last ``nn.Conv2d`` (Selvaraju et al.'s recommendation), unlike the input for gradient
-methods. Maps have the layer's resolution (captum's LayerGradCam) unless ``upsample=True`` (bilinear to the input
-size, ``align_corners=False`` as captum's ``LayerAttribution.interpolate``); shape (N, 1, h, w). With (N, T) targets
-the forward pass is shared, each target column costs one backward pass through the part above the layer, and maps
-are (N, T, 1, h, w).
+``layer=None`` means the CAM default layer, :func:`~attrlab.attribution.base.feature_layer`: the output of the last
+spatial feature convolution *after* its activation (the rectified feature maps Selvaraju et al. weight; at the
+pre-ReLU convolution output Grad-CAM++'s denominator crosses zero, and on ``vgg_small`` the last ``nn.Conv2d`` is
+the 1x1 classifier ``head2``, which would make Grad-CAM a CAM of the class-evidence map). ``layer="input"`` explains
+the input itself (the maps then have the input's resolution). Maps have the layer's resolution (captum's
+LayerGradCam) unless ``upsample=True`` (bilinear to the input size, ``align_corners=False`` as captum's
+``LayerAttribution.interpolate``); shape (N, 1, h, w). With (N, T) targets the forward pass is shared, each target
+column costs one backward pass through the part above the layer, and maps are (N, T, 1, h, w).
 
 The seed code's defective Grad-CAM lives in :mod:`attrlab.attribution.gradcam_seed_code`.
 """
@@ -21,13 +24,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attribution, Explanation, Layer, Target, last_layer_of_type
+from .base import Attribution, Explanation, Layer, Target, feature_layer
 from .checks import check_bool, check_image_batch
 from .autograd import layer_gradient
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
-    """Rectify and resize a (N, 1, h, w) map (or (N, T, 1, h, w) for several targets) as the options ask."""
+    """Rectify and resize a (N, 1, h, w) map (or (N, T, 1, h, w) for several targets) as the options ask.
+
+    Parameters
+    ----------
+    cam : torch.Tensor
+        The map at the layer's resolution.
+    inputs : torch.Tensor
+        The images (N, C, H, W) explained (their size is the upsampling target).
+    relu : bool
+        Keep the positive part.
+    upsample : bool
+        Resize bilinearly (``align_corners=False``) to (H, W).
+
+    Returns
+    -------
+    torch.Tensor
+        The finished map, (N, 1, h, w) or (N, 1, H, W), with the target axis kept when there is one.
+    """
     if relu:
         cam = cam.clamp(min=0)
     if upsample:
@@ -37,7 +57,19 @@ def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bo
 
 
 class GradCAM(Attribution):
-    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_c mean_hw(dy_t / dA_c) A_c), per image and its own target."""
+    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_c mean_hw(dy_t / dA_c) A_c), per image and its own target.
+
+    ``layer=None`` in :meth:`explain` is :func:`~attrlab.attribution.base.feature_layer` (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    relu : bool
+        Rectify the map (the papers' definition); ``False`` keeps negative evidence.
+    upsample : bool
+        Resize the map bilinearly to the input size; else it has the layer's resolution.
+    """
 
     name = "gradcam"
 
@@ -52,7 +84,7 @@ class GradCAM(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)
-        layer = last_layer_of_type(self.model, nn.Conv2d) if layer is None else layer
+        layer = feature_layer(self.model) if layer is None else layer
         activation, gradient, logits, target_index = layer_gradient(self.model, x, target, layer)
         if gradient.dim() != 3 + target_index.dim():  # (N, C, h, w), or (N, T, C, h, w) for several targets
             raise ValueError(
@@ -68,6 +100,15 @@ class GradCAMPlusPlus(GradCAM):
 
     alpha = g^2 / (2 g^2 + sum_hw(A) g^3) (0 where g = 0), channel weight = sum_hw(alpha ReLU(g)); the same formula
     (and epsilon 1e-6 in the denominator) as pytorch-grad-cam, so maps are comparable with it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    relu : bool
+        Rectify the map (the papers' definition); ``False`` keeps negative evidence.
+    upsample : bool
+        Resize the map bilinearly to the input size; else it has the layer's resolution.
     """
 
     name = "gradcam_pp"
@@ -81,7 +122,17 @@ class GradCAMPlusPlus(GradCAM):
 
 
 class LayerCAM(GradCAM):
-    """LayerCAM (Jiang et al. 2021): ReLU(sum_c ReLU(dy_t / dA_c) * A_c), element-wise weights instead of averages."""
+    """LayerCAM (Jiang et al. 2021): ReLU(sum_c ReLU(dy_t / dA_c) * A_c), element-wise weights instead of averages.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    relu : bool
+        Rectify the map (the papers' definition); ``False`` keeps negative evidence.
+    upsample : bool
+        Resize the map bilinearly to the input size; else it has the layer's resolution.
+    """
 
     name = "layercam"
 

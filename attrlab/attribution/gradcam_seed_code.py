@@ -1,4 +1,4 @@
-"""The seed code's defective Grad-CAM, reproduced on purpose (registry name ``gradcam_seed_code``): not a Grad-CAM.
+"""The seed code's defective Grad-CAM, reproduced on purpose (``gradcam_seed_code``): a reproduction, not a Grad-CAM.
 
 What the public code of seed 000 (Terzieva et al., ``main/experiment_gradcam.py`` and ``GradCAMModel.py``) computes:
 its model stores, through a tensor hook on the output of the feature block (the ReLU after the last convolution),
@@ -24,6 +24,9 @@ Feeding it during training: ``SeedCodeGradCAM(model, training_batch=(x, y))``, t
 ``method.set_training_batch(x, y)`` with the step's minibatch (``trainer.batch`` in a callback). The seed took the
 gradient before ``optimizer.step()``; a callback that runs after the step gets the weights at the updated parameters
 unless it calls ``set_training_batch(x, y, compute_now=True)`` before the step. The difference is one optimiser step.
+The class says so through the generic protocol of :class:`~attrlab.attribution.base.Attribution`
+(``wants_training_batch = True``), which the tracker checks; it is listed in ``attrlab.attribution.REPRODUCTIONS``,
+not in ``METHODS``: it ignores its target, so evaluations of "every method" leave it out.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from .base import (
     Explanation,
     Layer,
     Target,
+    after_elementwise,
     last_layer_of_type,
-    named_layers,
     resolve_layer,
     resolve_target,
 )
@@ -47,24 +50,40 @@ from .gradcam import finish_map
 from .layer_split import ModelSplit
 from .model_state import eval_semantics
 
-#: modules that keep the feature map's shape: the seed's feature block ends after them
-_ELEMENTWISE = (nn.ReLU, nn.BatchNorm2d, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
-
-
 def seed_code_layer(model: nn.Module) -> str:
-    """The layer whose output the seed code hooked: the last ``nn.Conv2d`` and the element-wise modules after it."""
-    names = [name for name, module in named_layers(model).items() if not list(module.children())]
-    modules = named_layers(model)
-    index = names.index(last_layer_of_type(model, nn.Conv2d))
-    while index + 1 < len(names) and isinstance(modules[names[index + 1]], _ELEMENTWISE):
-        index += 1
-    return names[index]
+    """The layer whose output the seed code hooked: the last ``nn.Conv2d`` and the element-wise modules after it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with at least one ``nn.Conv2d``.
+
+    Returns
+    -------
+    str
+        The layer's dotted name (``relu2`` for the shallow seed model, ``relu6`` for the deep ones).
+    """
+    return after_elementwise(model, last_layer_of_type(model, nn.Conv2d))
 
 
 class SeedCodeGradCAM(Attribution):
-    """The seed code's Grad-CAM: channel weights from the last training loss, shared by all images (see module doc)."""
+    """The seed code's Grad-CAM: channel weights from the last training loss, shared by all images (see module doc).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    training_batch : tuple of torch.Tensor, optional
+        ``(inputs, labels)``: the training minibatch whose mean cross-entropy gives the channel weights; without it,
+        :meth:`set_training_batch` must be called before the first attribution.
+    relu : bool
+        Rectify the map (the seed kept it unrectified).
+    upsample : bool
+        Resize the map bilinearly to the input size.
+    """
 
     name = "gradcam_seed_code"
+    wants_training_batch = True
 
     def __init__(
         self,
@@ -86,9 +105,16 @@ class SeedCodeGradCAM(Attribution):
     def set_training_batch(self, inputs: torch.Tensor, labels: torch.Tensor, compute_now: bool = False) -> None:
         """Use this training minibatch for the channel weights from now on.
 
-        With ``compute_now`` the weights are computed at once from the current parameters (at the default layer) and
-        kept until the next call, as the seed code kept the gradient of the step's ``loss.backward()``; an explicit
-        other ``layer=`` recomputes them from the stored batch with the parameters of that moment.
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            The training images (B, C, H, W).
+        labels : torch.Tensor
+            Their (B,) integer labels.
+        compute_now : bool
+            Compute the weights at once from the current parameters (at the default layer) and keep them until the
+            next call, as the seed code kept the gradient of the step's ``loss.backward()``; an explicit other
+            ``layer=`` recomputes them from the stored batch with the parameters of that moment.
         """
         x = check_image_batch(inputs)
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (x.shape[0],):

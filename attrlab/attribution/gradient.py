@@ -22,6 +22,7 @@ from torch import nn
 from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, target_columns
 from .checks import (
     check_baseline,
+    check_baselines,
     check_batch,
     check_bool,
     check_choice,
@@ -30,7 +31,7 @@ from .checks import (
     check_positive_int,
     pass_rows,
 )
-from .autograd import layer_gradient, target_gradient
+from .autograd import layer_gradient, split_gradient
 from .layer_split import ModelSplit, Substitutes
 from .model_state import eval_semantics
 
@@ -55,7 +56,15 @@ class _LayerGradient(Attribution):
 
 
 class Gradient(_LayerGradient):
-    """The gradient of the target logit: captum's Saliency with ``abs=False`` (``absolute=True``: its default)."""
+    """The gradient of the target logit: captum's Saliency with ``abs=False`` (``absolute=True``: its default).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    absolute : bool
+        Return the gradient's absolute value.
+    """
 
     name = "gradient"
 
@@ -68,7 +77,13 @@ class Gradient(_LayerGradient):
 
 
 class InputXGradient(_LayerGradient):
-    """Input (or layer activation) times the gradient of the target logit."""
+    """Input (or layer activation) times the gradient of the target logit.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    """
 
     name = "input_x_gradient"
 
@@ -97,6 +112,11 @@ class GuidedBackprop(_LayerGradient):
     Hook-free on flat or nested ``nn.Sequential`` models: the ReLU modules are replaced by a custom autograd function
     in a functional forward. ReLUs called as ``torch.relu`` inside a custom ``forward`` cannot be found and stay
     ordinary ReLUs (captum's module hooks have the same limitation).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
     """
 
     name = "guided_backprop"
@@ -109,6 +129,20 @@ class GuidedBackprop(_LayerGradient):
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Points ``alphas`` in [0, 1] and weights of the rule approximating the integral over [0, 1] with n_steps points.
 
+    Parameters
+    ----------
+    method : str
+        One of :data:`QUADRATURES`.
+    n_steps : int
+        The number of points (at least 2 for the Riemann rules).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(alphas, weights)``, each of length ``n_steps``.
+
+    Notes
+    -----
     The points are captum's. The trapezoid weights are the textbook ones (spacing 1 / (n - 1), halved ends, summing to
     1); captum's ``riemann_trapezoid`` weighs every point 1 / n instead (sum (n - 1) / n), so its attributions are
     ``(n - 1) / n`` times these and break completeness by that factor.
@@ -131,25 +165,27 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     return alphas, np.full(n, 1 / n)
 
 
-def _broadcast_baseline(baseline: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(baseline, torch.Tensor):
-        try:
-            return torch.broadcast_to(baseline.to(like), like.shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"baseline of shape {tuple(baseline.shape)} does not broadcast to the inputs {tuple(like.shape)}"
-            ) from err
-    return torch.full_like(like, float(baseline))
-
-
 class IntegratedGradients(Attribution):
     """Integrated Gradients (Sundararajan et al. 2017): (x - x') times the path integral of the gradient.
 
-    ``baseline`` is a number or a tensor broadcastable to the inputs (zeros by default: mid-grey for inputs in
-    [-1, 1]). With ``layer=`` the path runs between the layer's activations of the baseline and of the input and only
-    the part above the layer is differentiated (captum's LayerIntegratedGradients). All steps are evaluated batched,
-    ``internal_batch_size`` rows per forward pass (whole steps of N images, at least one step per pass; ``"auto"``:
-    sized for the device, see :func:`~attrlab.attribution.checks.pass_rows`).
+    With ``layer=`` the path runs between the layer's activations of the baseline and of the input and only the part
+    above the layer is differentiated (captum's LayerIntegratedGradients). All steps are evaluated batched,
+    ``internal_batch_size`` rows per forward pass (whole steps of N images, at least one step per pass).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    baseline : float
+        The baseline value x' of every input element when :meth:`explain` gets no ``baselines`` (0: mid-grey for
+        inputs in [-1, 1]). A baseline tensor depends on the batch: pass it to ``attribute(..., baselines=...)``.
+    n_steps : int
+        Quadrature points of the path integral.
+    method : str
+        The quadrature rule, one of :data:`QUADRATURES` (captum's names; see :func:`quadrature`).
+    internal_batch_size : int, "auto" or None
+        Rows per forward pass; ``"auto"`` sizes them for the device (:func:`~attrlab.attribution.checks.pass_rows`),
+        ``None`` runs all steps at once.
     """
 
     name = "integrated_gradients"
@@ -157,7 +193,7 @@ class IntegratedGradients(Attribution):
     def __init__(
         self,
         model: nn.Module,
-        baseline: float | torch.Tensor = 0.0,
+        baseline: float = 0.0,
         n_steps: int = 50,
         method: str = "gausslegendre",
         internal_batch_size: int | str | None = "auto",
@@ -169,8 +205,35 @@ class IntegratedGradients(Attribution):
         self._alphas, self._weights = torch.as_tensor(alphas), torch.as_tensor(weights)
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
-    def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
+    def explain(
+        self,
+        inputs: torch.Tensor,
+        target: Target = None,
+        layer: Layer = None,
+        baselines: float | torch.Tensor | None = None,
+    ) -> Explanation:
+        """Integrated Gradients of ``inputs`` for ``target`` at ``layer``.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            A batch (N, ...) on any device.
+        target : None, int, sequence or tensor
+            See :meth:`Attribution.explain`.
+        layer : None, str or nn.Module
+            ``None`` or ``"input"``: the input; else the layer whose activation is integrated along the path.
+        baselines : float or torch.Tensor, optional
+            The baseline x' of this call in input space: a tensor broadcastable to ``inputs`` (one per image,
+            (N, ...), or one shared by all, (1, ...)) or a number; ``None`` uses the constructor's ``baseline``.
+
+        Returns
+        -------
+        Explanation
+            The attribution (shaped like the input or the layer's activation; (N, T, ...) for (N, T) targets), the
+            logits and the resolved targets.
+        """
         x = check_batch(inputs)
+        start_inputs = check_baselines(baselines, self.baseline, x)
         split = ModelSplit(self.model, layer)
         batch = x.shape[0]
         alphas = self._alphas.to(x)
@@ -178,7 +241,7 @@ class IntegratedGradients(Attribution):
         with eval_semantics(self.model):
             with torch.no_grad():
                 end = split.head(x)
-                start = split.head(_broadcast_baseline(self.baseline, x))
+                start = split.head(start_inputs)
                 logits = split.tail(end, x)
             steps_per_pass = max(1, pass_rows(self.internal_batch_size, end, batch * self.n_steps) // batch)
             target_index = resolve_target(target, logits)
@@ -190,10 +253,9 @@ class IntegratedGradients(Attribution):
                 step_alphas = alphas[first : first + steps_per_pass]
                 count = step_alphas.shape[0]
                 path = (start + step_alphas.view(shape) * difference).reshape(count * batch, *end.shape[1:])
-                path.requires_grad_(True)
-                with torch.enable_grad():
-                    path_logits = split.tail(path, x)
-                    gradient = target_gradient(path_logits, columns.repeat(count, 1), path)
+                gradient = split_gradient(
+                    split, path, x, columns.repeat(count, 1), at_layer=True, resolved=True
+                ).gradient
                 step_weights = weights[first : first + count].view(shape + (1,))
                 integral += (gradient.view(count, *integral.shape) * step_weights).sum(0)
         return Explanation(per_target(difference[:, None] * integral, target_index), logits, target_index)
@@ -207,6 +269,21 @@ class SmoothGrad(Attribution):
     as captum's NoiseTunnel draws it (the samples of image i are rows i * n_samples ...), so with the global seed set to
     ``seed`` captum draws the same noise. ``absolute=True`` averages absolute gradients; with ``layer=`` the gradient
     is taken w.r.t. that layer's output for each noisy input.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    n_samples : int
+        Noisy copies per image.
+    stdev : float
+        Standard deviation of the Gaussian noise, in input units.
+    seed : int
+        Seed of the noise generator, drawn afresh at every call.
+    absolute : bool
+        Average the gradients' absolute values.
+    internal_batch_size : int, "auto" or None
+        Rows (noisy copies) per forward pass; ``"auto"`` sizes them for the device, ``None`` runs all at once.
     """
 
     name = "smoothgrad"
@@ -242,12 +319,9 @@ class SmoothGrad(Attribution):
             noisy_target = target_index.repeat_interleave(self.n_samples, dim=0)
             for first in range(0, noisy.shape[0], rows):
                 chunk = noisy[first : first + rows]
-                with torch.no_grad():
-                    activation = split.head(chunk).detach()
-                activation.requires_grad_(True)
-                with torch.enable_grad():
-                    chunk_logits = split.tail(activation, chunk)
-                    gradient = target_gradient(chunk_logits, noisy_target[first : first + rows], activation)
+                gradient = split_gradient(
+                    split, chunk, chunk, noisy_target[first : first + rows], resolved=True
+                ).gradient
                 gradients.append(gradient.abs() if self.absolute else gradient)
         gradient = torch.cat(gradients)
         return Explanation(gradient.view(x.shape[0], self.n_samples, *gradient.shape[1:]).mean(1), logits, target_index)

@@ -58,7 +58,17 @@ def _flatten_sequential(model: nn.Module) -> tuple[list[nn.Module], dict[int, in
 
 
 class ModelSplit:
-    """``model`` cut after ``layer`` (``None``: before the first module, the head is the identity)."""
+    """``model`` cut after ``layer``: ``tail(head(x))`` is the model's output.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (hook-free for flat or nested ``nn.Sequential`` stacks, forward hooks for one call otherwise).
+    layer : None, str or nn.Module
+        Where to cut; ``None`` or ``"input"``: before the first module (the head is the identity).
+    substitutes : mapping of type to callable, optional
+        Module types whose forward is replaced by a function in both halves (Guided Backprop's ReLU).
+    """
 
     def __init__(self, model: nn.Module, layer: Layer = None, substitutes: Substitutes | None = None):
         self.model = model

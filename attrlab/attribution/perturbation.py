@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, target_columns
 from .checks import (
     check_baseline,
+    check_baselines,
     check_bool,
     check_choice,
     check_image_batch,
@@ -54,8 +55,6 @@ class _Perturbation(Attribution):
     ):
         super().__init__(model)
         self.baseline = check_baseline(baseline)
-        if isinstance(self.baseline, torch.Tensor):
-            raise TypeError("the perturbation baseline must be a number (the value occluded positions are set to)")
         self.output = check_choice("output", output, OUTPUTS)
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
         self.progress = check_bool("progress", progress)
@@ -75,7 +74,33 @@ class _Perturbation(Attribution):
     def _finish(self, weighted: torch.Tensor, masks: torch.Tensor, channels: int) -> torch.Tensor:
         """The (N, T, C or 1, h, w) map from sum_m value_m * mask_m (``weighted``, (N, T, h, w)) and the masks."""
 
-    def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
+    def explain(
+        self,
+        inputs: torch.Tensor,
+        target: Target = None,
+        layer: Layer = None,
+        baselines: float | torch.Tensor | None = None,
+    ) -> Explanation:
+        """Attribute ``inputs`` for ``target`` by perturbing them (or the activation at ``layer``).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            Images (N, C, H, W) on any device.
+        target : None, int, sequence or tensor
+            See :meth:`Attribution.explain`; (N, T) targets are scored from the same perturbed forward passes.
+        layer : None, str or nn.Module
+            ``None`` or ``"input"``: perturb the images; else perturb that layer's (N, C, h, w) activation.
+        baselines : float or torch.Tensor, optional
+            What perturbed positions are set to in this call: a tensor broadcastable to what is perturbed (the
+            images, or the activation at ``layer``: one per image, (N, C, h, w), or one shared, (1, C, h, w)), or a
+            number; ``None`` uses the constructor's ``baseline``.
+
+        Returns
+        -------
+        Explanation
+            The attribution (see the class), the unperturbed logits and the resolved targets.
+        """
         x = check_image_batch(inputs)
         split = ModelSplit(self.model, layer)
         with eval_semantics(self.model), torch.no_grad():
@@ -85,6 +110,9 @@ class _Perturbation(Attribution):
                     f"{self.name} needs images or a spatial layer (N, C, h, w); layer {layer!r} gives shape "
                     f"{tuple(activation.shape)}"
                 )
+            baseline: float | torch.Tensor = (
+                self.baseline if baselines is None else check_baselines(baselines, 0.0, activation, "perturbed tensor")
+            )
             logits = split.tail(activation, x)
             target_index = resolve_target(target, logits)
             columns = target_columns(target_index)
@@ -97,7 +125,7 @@ class _Perturbation(Attribution):
                 chunk = masks[first : first + per_pass]
                 keep = chunk if self._keep else 1 - chunk
                 shaped = keep[:, None, None]  # (k, 1, 1, h, w) against activation (N, C, h, w)
-                perturbed = activation * shaped + self.baseline * (1 - shaped)
+                perturbed = activation * shaped + baseline * (1 - shaped)
                 scores = _score(
                     split.tail(perturbed.flatten(0, 1), x), columns.repeat(chunk.shape[0], 1), self.output
                 ).view(chunk.shape[0], batch, -1)
@@ -113,6 +141,24 @@ class Occlusion(_Perturbation):
     ceil((size - window) / stride) + 1 per axis, the last one cropped at the border. Each element's attribution is
     the mean over the windows covering it of score(x) - score(x with the window set to ``baseline``), the same value
     for every channel: shape (N, C, h, w) like captum's ``Occlusion`` with window (C, kh, kw).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    window : int or tuple of int
+        The occluded window (height, width), all channels at once.
+    stride : int or tuple of int
+        The step between windows (at most the window, so every position is occluded).
+    baseline : float
+        What perturbed positions are set to when :meth:`explain` gets no ``baselines`` (a tensor depends on the batch:
+        pass it as ``attribute(..., baselines=...)``).
+    output : str
+        What is scored, one of :data:`OUTPUTS`: the target ``"logit"`` or its softmax ``"probability"``.
+    internal_batch_size : int, "auto" or None
+        Rows (perturbed copies) per forward pass; ``"auto"`` sizes them for the device, ``None`` runs all at once.
+    progress : bool
+        Show a progress bar over the forward passes.
     """
 
     name = "occlusion"
@@ -164,6 +210,28 @@ class RISE(_Perturbation):
     ``seed`` at every call (same seed, same maps). Map = sum_m score(x * M_m + baseline (1 - M_m)) M_m / (n_masks p),
     shape (N, 1, h, w). The paper resizes with scikit-image; torch's bilinear ``interpolate`` does the same job on the
     input's device without a host round trip.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left unchanged).
+    n_masks : int
+        The number of random masks.
+    cell_size : int
+        The side of a mask's grid cell, in pixels of what is masked.
+    p : float
+        The probability that a cell is kept.
+    seed : int
+        Seed of the mask generator, drawn afresh at every call.
+    baseline : float
+        What perturbed positions are set to when :meth:`explain` gets no ``baselines`` (a tensor depends on the batch:
+        pass it as ``attribute(..., baselines=...)``).
+    output : str
+        What is scored, one of :data:`OUTPUTS`: the target ``"logit"`` or its softmax ``"probability"``.
+    internal_batch_size : int, "auto" or None
+        Rows (perturbed copies) per forward pass; ``"auto"`` sizes them for the device, ``None`` runs all at once.
+    progress : bool
+        Show a progress bar over the forward passes.
     """
 
     name = "rise"
@@ -200,7 +268,28 @@ class RISE(_Perturbation):
 def rise_masks(
     n_masks: int, size: tuple[int, int], cell_size: int, p: float, seed: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """(n_masks, h, w) RISE masks in [0, 1] (see :class:`RISE`), deterministic for a given seed."""
+    """(n_masks, h, w) RISE masks in [0, 1] (see :class:`RISE`), deterministic for a given seed.
+
+    Parameters
+    ----------
+    n_masks : int
+        The number of masks.
+    size : tuple of int
+        Their (height, width).
+    cell_size : int
+        The side of a grid cell before the bilinear upsampling.
+    p : float
+        The probability that a cell is kept (value 1).
+    seed : int
+        Seed of the generator.
+    device : torch.device or str
+        Where the masks are drawn and returned.
+
+    Returns
+    -------
+    torch.Tensor
+        (n_masks, height, width) float masks.
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     height, width = size
     grid = (math.ceil(height / cell_size), math.ceil(width / cell_size))

@@ -72,10 +72,10 @@ class MethodSpec:
         if not isinstance(self.label, str) or not self.label:
             raise ValueError(f"a method label is a non-empty string, got {self.label!r}")
         if isinstance(self.method, str):
-            if self.method not in available_methods():
+            if self.method not in available_methods(include_reproductions=True):
                 raise ValueError(
                     f"unknown attribution method {self.method!r} for {self.label!r}; valid names: "
-                    f"{', '.join(available_methods())}, or a factory model, **settings -> Attribution"
+                    f"{', '.join(available_methods(include_reproductions=True))}, or a factory model, **settings -> Attribution"
                 )
         elif not callable(self.method):
             raise TypeError(f"method of {self.label!r} must be a registry name or a factory, got {self.method!r}")

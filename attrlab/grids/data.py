@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..attribution.model_state import eval_semantics
+
 #: grid layouts: "distinct" (GridPG) or "repeated" (DiFull, DiPart: the top-left class again at the bottom-right)
 LAYOUTS = ("distinct", "repeated")
 
@@ -54,12 +56,8 @@ def confident_images(
         raise ValueError("confident_images needs at least one model")
     keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
     for model in models:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_semantics(model):
             probs = torch.cat([model(x[i : i + batch_size]).softmax(1) for i in range(0, len(x), batch_size)])
-        finally:
-            model.train(was_training)
         score = probs.gather(1, y[:, None])[:, 0]
         keep &= (probs.argmax(1) == y) & (score >= threshold)
     num_classes = int(y.max()) + 1

@@ -11,7 +11,7 @@ Only the final scores of a method and layer reach the host (one transfer, not on
 Layer handling: a method is built on the setting's wrapper (:func:`attrlab.grids.settings.grid_model`) and asked for
 ``layer=<name>``; the wrappers keep the model's layer names and the grid layout of every layer, so the same name
 works in GridPG, DiPart and DiFull. ``layers`` maps display keys ("input", "middle", "final") to names; the input is
-the wrappers' identity layer ``"input"`` (not ``None``: Grad-CAM reads ``None`` as "the last convolution").
+the sentinel ``"input"`` (not ``None``: for Grad-CAM ``None`` means its default feature layer).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .localisation import attribution_map, localisation
 from .settings import SETTINGS, GridModel, grid_model
 from .smoothing import smooth
 
-#: ML-Att layers of the vgg_small models: display key -> layer name (None: the input)
+#: ML-Att layers of the vgg_small models: display key -> layer name ("input": the input sentinel)
 LAYERS: dict[str, str | None] = {"input": "input", "middle": MIDDLE_LAYER, "final": FINAL_LAYER}
 
 

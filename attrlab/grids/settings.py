@@ -1,10 +1,10 @@
 """The three grid settings (GridPG, DiFull, DiPart) as flat ``nn.Sequential`` wrappers around a trained grid model.
 
-The wrapped model must be fully convolutional and end in global average pooling (``nn.AdaptiveAvgPool2d(1)``) and
-an optional ``nn.Flatten``, like ``vgg_small``. The wrappers share the model's modules (no copies of the weights) and
-keep the layer names (plus an ``nn.Identity`` named ``"input"`` in front, so layer methods can be asked for the
-input too), so ``layer="relu6"`` means the same activation in every setting, and every named layer's output
-keeps the grid layout (N, C, n*h, n*w) with one batch row per grid:
+The wrapped model must be fully convolutional and end in global average pooling (``nn.AdaptiveAvgPool2d(1)``) and an
+optional ``nn.Flatten``, like ``vgg_small``. The wrappers share the model's modules (no copies of the weights) and
+keep the layer names (the input is ``layer="input"``, the sentinel every method accepts), so ``layer="relu6"`` means
+the same activation in every setting, and every named layer's output keeps the grid layout (N, C, n*h, n*w) with one
+batch row per grid:
 
 * **GridPG**: the model itself over the whole grid; its 1x1-conv head slides over the grid and the global average
   pool gives one logit per class: output (N, classes), target = the class of the scored cell.
@@ -90,14 +90,12 @@ def grid_model(model: nn.Module, setting: str, n: int) -> GridModel:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     body, num_classes = _split_at_global_pool(model)
-    # an identity first layer makes the input addressable by name: layer methods (Grad-CAM) can then explain it too
-    entry = [("input", nn.Identity())]
     if setting == "gridpg":
-        layers = OrderedDict(entry + list(model.named_children()))
+        layers = OrderedDict(model.named_children())
     else:
         if setting == "difull":
             body = [(name, _cellwise(name, module, n)) for name, module in body]
-        layers = OrderedDict(entry + body + [("cell_pool", nn.AdaptiveAvgPool2d(n)), ("flatten", nn.Flatten())])
+        layers = OrderedDict(body + [("cell_pool", nn.AdaptiveAvgPool2d(n)), ("flatten", nn.Flatten())])
     wrapped = GridModel(layers, setting, n, num_classes)
     wrapped.train(model.training)
     return wrapped

@@ -47,7 +47,21 @@ MAX_POOL_MODES = ("gradient", "average")
 
 
 class Composite:
-    """Assign rules to a model's layers: ``name_map``, else ``first_map`` (first match only), else ``layer_map``."""
+    """Assign rules to a model's layers: ``name_map``, else ``first_map`` (first match only), else ``layer_map``.
+
+    Parameters
+    ----------
+    layer_map : sequence of (type or tuple of types, Rule)
+        Rules by layer type, first match wins; the built-in map (ReLU: pass, pooling, reshapes) follows it.
+    first_map : sequence of (type or tuple of types, Rule)
+        Rules for the first layer (in walk order) that matches one of the types.
+    name_map : mapping of str to Rule, optional
+        Rules by layer name, highest priority.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    stabilizer : float
+        The stabilizer of the built-in pooling rules.
+    """
 
     def __init__(
         self,
@@ -73,7 +87,17 @@ class Composite:
         self.layer_map = list(layer_map) + base
 
     def rules(self, layers: Sequence[tuple[str, nn.Module]]) -> list[Rule]:
-        """The rule of each (name, module) in walk order; a layer without a rule raises an error naming it."""
+        """The rule of each (name, module) in walk order; a layer without a rule raises an error naming it.
+
+        Parameters
+        ----------
+        layers : sequence of (str, nn.Module)
+            The walked (canonized) layers.
+
+        Returns
+        -------
+        list of Rule
+        """
         unknown = set(self.name_map) - {name for name, _ in layers}
         if unknown:
             raise ValueError(
@@ -120,7 +144,21 @@ def _standard(dense: Rule, conv: Rule, first: TypeMap, name_map, layer_map, max_
 
 
 class EpsilonOnly(Composite):
-    """Epsilon on every Conv2d and Linear layer (``epsilon=0``: LRP-0)."""
+    """Epsilon on every Conv2d and Linear layer (``epsilon=0``: LRP-0).
+
+    Parameters
+    ----------
+    epsilon : float
+        The epsilon rule's stabilizer on every Conv2d and Linear layer (0: LRP-0).
+    stabilizer : float
+        The stabilizer of the other rules (z+, gamma, z^B, flat, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None,
                  max_pool: str = "gradient"):
@@ -129,7 +167,21 @@ class EpsilonOnly(Composite):
 
 
 class EpsilonPlusFlat(Composite):
-    """zennit's EpsilonPlusFlat: epsilon on dense layers, z+ on convolutions, flat on the first Conv/Linear."""
+    """zennit's EpsilonPlusFlat: epsilon on dense layers, z+ on convolutions, flat on the first Conv/Linear.
+
+    Parameters
+    ----------
+    epsilon : float
+        The epsilon rule's stabilizer on the dense layers.
+    stabilizer : float
+        The stabilizer of the other rules (z+, gamma, z^B, flat, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None,
                  max_pool: str = "gradient"):
@@ -139,7 +191,27 @@ class EpsilonPlusFlat(Composite):
 
 
 class EpsilonGammaBox(Composite):
-    """zennit's EpsilonGammaBox: epsilon on dense layers, gamma on convolutions, z^B on the first convolution."""
+    """zennit's EpsilonGammaBox: epsilon on dense layers, gamma on convolutions, z^B on the first convolution.
+
+    Parameters
+    ----------
+    low : float or torch.Tensor
+        Lower bound of the input values for z^B (a number or a (C, H, W) / (1, C, H, W) image).
+    high : float or torch.Tensor
+        Upper bound of the input values for z^B.
+    epsilon : float
+        The epsilon rule's stabilizer on the dense layers.
+    gamma : float
+        The gamma rule's weight on the positive parts, on the convolutions.
+    stabilizer : float
+        The stabilizer of the other rules (z+, gamma, z^B, flat, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
 
     def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 1e-6, gamma: float = 0.25,
                  stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
@@ -150,7 +222,25 @@ class EpsilonGammaBox(Composite):
 
 class Seed000(Composite):
     """Seed 000's public code (Montavon et al. 2019): LRP-0 dense, gamma 0.25 conv, z^B [-1, 1] first conv,
-    max pooling as average pooling."""
+    max pooling as average pooling.
+
+    Parameters
+    ----------
+    low : float or torch.Tensor
+        Lower bound of the input values for z^B (a number or a (C, H, W) / (1, C, H, W) image).
+    high : float or torch.Tensor
+        Upper bound of the input values for z^B.
+    gamma : float
+        The gamma rule's weight on the positive parts, on the convolutions.
+    stabilizer : float
+        The stabilizer of the other rules (z+, gamma, z^B, flat, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
 
     def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], gamma: float = 0.25, stabilizer: float = 1e-6,
                  name_map=None, layer_map=None, max_pool: str = "average"):
@@ -160,7 +250,25 @@ class Seed000(Composite):
 
 
 class LRPFocus(Composite):
-    """Böhle's LRP-Focus: epsilon 0.25 dense, z+ conv, z^B first conv."""
+    """Böhle's LRP-Focus: epsilon 0.25 dense, z+ conv, z^B first conv.
+
+    Parameters
+    ----------
+    low : float or torch.Tensor
+        Lower bound of the input values for z^B (a number or a (C, H, W) / (1, C, H, W) image).
+    high : float or torch.Tensor
+        Upper bound of the input values for z^B.
+    epsilon : float
+        The epsilon rule's stabilizer on the dense layers.
+    stabilizer : float
+        The stabilizer of the other rules (z+, gamma, z^B, flat, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
 
     def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 0.25, stabilizer: float = 1e-6,
                  name_map=None, layer_map=None, max_pool: str = "gradient"):
@@ -171,7 +279,27 @@ class LRPFocus(Composite):
 
 class LRPComposite(Composite):
     """Böhle's LRP-Composite(gamma): epsilon dense (0.25, as LRP-Focus, its gamma -> inf limit), gamma conv, z^B
-    first conv."""
+    first conv.
+
+    Parameters
+    ----------
+    gamma : float
+        The gamma rule's weight on the positive parts, on the convolutions.
+    low : float or torch.Tensor
+        Lower bound of the input values for z^B (a number or a (C, H, W) / (1, C, H, W) image).
+    high : float or torch.Tensor
+        Upper bound of the input values for z^B.
+    epsilon : float
+        The epsilon rule's stabilizer on the dense layers.
+    stabilizer : float
+        The stabilizer of the other rules (z+, gamma, z^B, flat, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
 
     def __init__(self, gamma: float = 0.25, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 0.25,
                  stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
@@ -191,7 +319,20 @@ COMPOSITES: dict[str, type[Composite]] = {
 
 
 def make_composite(composite: str | Composite | Mapping, **settings: Any) -> Composite:
-    """A composite from a registered name (with its settings), a Composite, or a {layer name or type: rule} mapping."""
+    """A composite from a registered name (with its settings), a Composite, or a {layer name or type: rule} mapping.
+
+    Parameters
+    ----------
+    composite : str, Composite or mapping
+        A name of :data:`COMPOSITES`, a :class:`Composite` (used as is), or a mapping {layer name or layer type: rule}.
+    **settings
+        The named composite's settings (``gamma=0.1``, ``max_pool="average"``, ...); for a mapping, those of
+        :class:`Composite`.
+
+    Returns
+    -------
+    Composite
+    """
     if isinstance(composite, Composite):
         if settings:
             raise TypeError(f"settings {sorted(settings)} only apply to composites given by name")

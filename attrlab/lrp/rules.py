@@ -1,14 +1,14 @@
-"""LRP rules: how one layer passes relevance down, as small zennit-style classes usable in a single autograd pass.
+"""LRP rules: how one layer passes relevance down, as small stateless zennit-style classes (only the maths).
 
 Every rule computes a layer's true output and gives it the gradient of the rule, so that one backward pass of the
 whole network yields the LRP relevances (relevance at a layer = activation x gradient). For a layer ``z = W x + b``
 whose rule uses modified weights ``W'`` and a denominator ``d``, the backward pass maps the gradient ``g`` of the
 output to ``W'^T (g z / stabilize(d))``: with ``R = z g`` that is the rule ``R_in = x W'^T (R / d)``. This is the
-``z_mod * stop_grad(z / z_mod)`` construction, written as a tiny autograd function so that the true output and all
-denominators come from ONE convolution with the stacked weights ``[W; W']`` (no graph is recorded for it) and the
-backward pass needs one transposed convolution with ``W'`` only, and no module hooks. A ReLU right after the layer
-is folded in (output ``relu(z)``, scale ``relu(z) / d``). The stacked weights are cached per layer while its
-parameters keep their values (:meth:`Rule.cached`).
+``z_mod * stop_grad(z / z_mod)`` construction, written as a tiny autograd function
+(:func:`~attrlab.lrp.autograd.propagation`) so that the true output and all denominators come from ONE convolution
+with the stacked weights ``[W; W']`` (no graph is recorded for it) and the backward pass needs one transposed
+convolution with ``W'`` only (:meth:`~attrlab.lrp.layers.Affine.transpose`), and no module hooks. A ReLU right after
+the layer is folded in (output ``relu(z)``, scale ``relu(z) / d``).
 
 Formulas and conventions (stabilizer ``d + eps * sign(d)`` with ``sign(0) = +1``, which terms carry the bias,
 generalised gamma) follow zennit 0.5.1, so the results agree with it to float precision.
@@ -16,111 +16,65 @@ generalised gamma) follow zennit 0.5.1, so the results agree with it to float pr
 *Input-space* rules (:class:`Flat`, :class:`WSquare`, :class:`ZBox`) do not have the form ``x * gradient``: their
 backward returns the input relevance itself, so they only fit the layer that receives the model's input.
 
-Rules get a :class:`LayerInfo` with what the walk knows about the layer's surroundings; two facts allow exact
-shortcuts: a non-negative input (after a ReLU all ``x-`` terms vanish) and a ReLU right after the layer (outputs with
-``z <= 0`` receive no relevance, so the gamma rule's negative branch is never used).
+Rules get a :class:`~attrlab.lrp.layers.LayerInfo` with what the walk knows about the layer's surroundings; two facts
+allow exact shortcuts: a non-negative input (after a ReLU all ``x-`` terms vanish) and a ReLU right after the layer
+(outputs with ``z <= 0`` receive no relevance, so the gamma rule's negative branch is never used).
+
+Writing a rule: subclass :class:`Rule` and return ``propagation(x, propagate)`` from ``__call__(layer, x, info)``,
+where ``propagate(x)`` gives the layer's output and the backward map (see :class:`Epsilon`); a rule of the form
+"weights A for positive inputs, B for negative ones" subclasses :class:`_TwoBranch` and gives only
+``coefficients()`` and ``weights(layer, second)`` (see :class:`AlphaBeta`, :class:`Gamma`); element-wise and pooling
+rules use :func:`~attrlab.lrp.autograd.reroute`. A composite then maps layers to the rule.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import threading
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..canonize import ThreshReLU
-from ..cells import Cellwise
 from ..data import INPUT_BOUNDS
-
-Backward = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """What the engine knows about a layer when its rule runs."""
-
-    name: str
-    input_nonnegative: bool = False  # every input value is >= 0 (the layer follows a ReLU, possibly via pooling)
-    output_rectified: bool = False  # a ReLU takes this layer's output directly
-    model_input: bool = False  # the layer receives the model input (possibly through reshapes only)
-    # the ReLU after this layer is applied here: output relu(z), and relu(z) / d as the scale folds the ReLU's
-    # gradient mask into the rule (one elementwise pass less each way; relevance at both outputs is the same)
-    fused_relu: bool = False
+from .autograd import Backward, propagation, reroute
+from .layers import Affine, LayerInfo, functional, per_cell
 
 
-class Affine:
-    """A Conv2d or Linear layer as the rules see it: (possibly canonized) weight and bias and functional calls."""
+class TwoBranchWeights(NamedTuple):
+    """What a two-branch rule derives from a layer's parameters (:meth:`_TwoBranch._prepare`)."""
 
-    def __init__(self, module: nn.Module, weight: Tensor | None = None, bias: Tensor | None = None):
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            raise TypeError(f"Affine wraps Conv2d or Linear layers, not {type(module).__name__}")
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise ValueError(f"LRP supports zero-padded convolutions only, got padding_mode={module.padding_mode!r}")
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise ValueError(f"LRP supports convolutions with groups=1 only, got groups={module.groups}")
-        self.module = module
-        self.owns_parameters = weight is None  # False for canonized layers (folded BatchNorm): nothing to cache
-        self.weight = (module.weight if weight is None else weight).detach()
-        if weight is None:
-            bias = module.bias
-        self.bias = None if bias is None else bias.detach()
-        self.padding = _numeric_padding(module) if isinstance(module, nn.Conv2d) else None
-        #: a convolution of each grid cell alone (DiFull): the rule's convolutions run on the cells as a batch
-        self.cellwise = module if isinstance(module, Cellwise) else None
-
-    def __call__(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None | str = "same") -> Tensor:
-        """The layer applied to ``x`` with ``weight`` (default: its own) and ``bias`` (default: its own; None: none)."""
-        weight = self.weight if weight is None else weight
-        bias = self.bias if isinstance(bias, str) else bias
-        m = self.module
-        if self.cellwise is not None:
-            cells = self.cellwise
-            return cells.merge(F.conv2d(cells.split(x), weight, bias, m.stride, self.padding, m.dilation))
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(x, weight, bias, m.stride, self.padding, m.dilation)
-        return F.linear(x, weight, bias)
-
-    def transpose(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
-        """``weight^T grad``: the gradient of ``layer(x, weight)`` w.r.t. ``x`` (weights may be stacked along dim 0,
-        with ``grad`` stacked along its channels, to sum several terms in one call)."""
-        m = self.module
-        if isinstance(m, nn.Conv2d):
-            shape = (input_shape[0], weight.shape[1], *input_shape[2:])
-            cells = self.cellwise
-            if cells is not None:
-                grad, shape = cells.split(grad), cells.cell_shape(shape)
-            # torch.nn.grad.conv2d_input passes an expanded dummy input that convolution_backward then copies in
-            # full; an uninitialised dummy in the gradient's memory layout avoids that copy (only its shape is read)
-            channels_last = grad.is_contiguous(memory_format=torch.channels_last)
-            layout = torch.channels_last if channels_last else torch.contiguous_format
-            dummy = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
-            result = torch.ops.aten.convolution_backward(
-                grad, dummy, weight, None, m.stride, self.padding, m.dilation, False, [0, 0], 1, [True, False, False]
-            )[0]
-            return result if cells is None else cells.merge(result)
-        return grad @ weight
+    forward: Tensor  #: weights of the one forward call: [W; A (; B)] for x >= 0, [A; B] for signed inputs
+    forward_bias: Tensor | None  #: the stacked bias of that call (x >= 0: [b; bias_A + eps (; bias_B)]), else None
+    bias_a: Tensor | None  #: signed inputs: branch 1's bias, added after the call
+    bias_b: Tensor | None  #: signed inputs: branch 2's bias (None when branch 2 is not needed)
+    backward: Tensor  #: weights of the transposed call (for positive inputs): A, or [A; B] with both branches
+    swapped: Tensor | None  #: signed inputs: weights of the transposed call for negative inputs, B or [B; A]
 
 
-def _numeric_padding(m: nn.Conv2d) -> tuple[int, int]:
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            return (0, 0)
-        if any(s != 1 for s in m.stride):
-            raise ValueError("padding='same' needs stride 1")
-        totals = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
-        if any(total % 2 for total in totals):
-            raise ValueError(f"padding='same' with an even kernel {m.kernel_size} is not supported by attrlab's LRP")
-        return tuple(total // 2 for total in totals)
-    return tuple(m.padding)
+class InputSpaceConstants(NamedTuple):
+    """What an input-space rule derives from a layer's weights and the image shape (:meth:`_InputSpace.constants`)."""
+
+    weights: Tensor  #: the weight blocks stacked along the input channels
+    reference: Tensor  #: flat / w^2: the denominator; z^B: the bounds' offset ``l w+ + h w-`` (with their biases)
+    minus_low: Tensor | None = None  #: z^B: the multiplier ``-low`` of the ``w+`` block
+    minus_high: Tensor | None = None  #: z^B: the multiplier ``-high`` of the ``w-`` block
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (zennit's convention): never zero for ``epsilon > 0``."""
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (zennit's convention): never zero for ``epsilon > 0``.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Denominators.
+    epsilon : float
+        The stabilizer.
+
+    Returns
+    -------
+    torch.Tensor
+    """
     return z + torch.where(z >= 0, epsilon, -epsilon)
 
 
@@ -132,50 +86,6 @@ def _ratio_(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     return z / denominator
 
 
-def reroute(value: Tensor, differentiable: Tensor, scale: Tensor) -> Tensor:
-    """``value`` exactly, with the gradient of ``differentiable * scale`` (``scale`` and ``value`` are constants)."""
-    return value + (differentiable - differentiable.detach()) * scale
-
-
-_reuse = threading.local()
-
-
-@contextlib.contextmanager
-def reusable_backward():
-    """Keep the backward maps of the propagations recorded inside for several backward passes (one per target).
-
-    Read when a propagation is recorded (its forward, in the caller's thread), not when the autograd engine runs it.
-    """
-    previous = getattr(_reuse, "active", False)
-    _reuse.active = True
-    try:
-        yield
-    finally:
-        _reuse.active = previous
-
-
-class _Propagation(torch.autograd.Function):
-    """Forward: ``propagate(x) -> (output, backward)`` without recording a graph; backward: ``backward(grad)``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, propagate: Callable[[Tensor], tuple[Tensor, Backward]]) -> Tensor:
-        output, ctx.backward_map = propagate(x)
-        ctx.reusable = getattr(_reuse, "active", False)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        backward = ctx.backward_map
-        if not ctx.reusable:
-            ctx.backward_map = None  # free the saved tensors at once
-        return backward(grad), None
-
-
-def propagation(x: Tensor, propagate: Callable[[Tensor], tuple[Tensor, Backward]]) -> Tensor:
-    """The output of ``propagate(x)`` carrying the backward map it returns."""
-    return _Propagation.apply(x, propagate)
-
-
 def _positive(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(min=0)
 
@@ -185,7 +95,12 @@ def _negative(t: Tensor | None) -> Tensor | None:
 
 
 class Rule(abc.ABC):
-    """Base class: ``rule(layer, x, info)`` returns the layer output carrying the rule's gradient."""
+    """Base class: ``rule(layer, x, info)`` returns the layer output carrying the rule's gradient.
+
+    Rules are stateless maths: settings in the constructor, nothing stored per call. What a rule derives from a
+    layer's parameters (modified, stacked weights) it asks ``layer.cached(key, compute)`` for; the engine keeps those
+    with its plan while the parameters are unchanged.
+    """
 
     #: True for rules whose backward returns the input relevance itself (only valid on the model input)
     input_space: bool = False
@@ -194,34 +109,6 @@ class Rule(abc.ABC):
     def __call__(self, layer: nn.Module | Affine, x: Tensor, info: LayerInfo) -> Tensor:
         """The layer's true output, carrying this rule's gradient."""
 
-    def cached(self, layer: Affine, tag: tuple, compute: Callable[[], Any]) -> Any:
-        """``compute()`` (modified weights and the like) for ``layer``, reused while its parameters are unchanged.
-
-        Why: preparing the modified weights takes a handful of small tensor ops per layer, and on a busy CPU each op
-        carries a large fixed cost (thread wake-ups), measured at 20-30% of an LRP call. Validity is checked by value
-        against a snapshot of the parameters (``torch.equal``, one pass over the weights): version counters alone
-        would miss edits through ``param.data``. Off the CPU, where that comparison would stall the device queue
-        and small ops are cheap, nothing is cached.
-        """
-        module = layer.module
-        if not layer.owns_parameters or layer.weight.device.type != "cpu":
-            return compute()
-        params = [p for p in (module.weight, module.bias) if p is not None]
-        key = (tag, tuple((p.shape, p.dtype) for p in params))
-        cache = self.__dict__.setdefault("_cache", {})
-        entry = cache.get(id(module))
-        if (
-            entry is not None
-            and entry[0] is module
-            and entry[1] == key
-            and all(torch.equal(snapshot, p.detach()) for snapshot, p in zip(entry[2], params))
-        ):
-            return entry[3]
-        value = compute()
-        snapshots = [p.detach().clone() for p in params]
-        cache[id(module)] = (module, key, snapshots, value)  # the module reference keeps id(module) from being reused
-        return value
-
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if not key.startswith("_"))
         return f"{type(self).__name__}({settings})"
@@ -229,7 +116,13 @@ class Rule(abc.ABC):
 
 # ----------------------------------------------------------------------------------------------------- linear layers
 class Epsilon(Rule):
-    """LRP-epsilon: ``R_in = x W^T (R / (z + eps sign z))``; ``epsilon=0`` is LRP-0 (units with ``z = 0`` get none)."""
+    """LRP-epsilon: ``R_in = x W^T (R / (z + eps sign z))``; ``epsilon=0`` is LRP-0 (units with ``z = 0`` get none).
+
+    Parameters
+    ----------
+    epsilon : float
+        The stabilizer ``eps`` (>= 0).
+    """
 
     def __init__(self, epsilon: float = 1e-6):
         if epsilon < 0:
@@ -275,7 +168,7 @@ class _TwoBranch(Rule):
         # with a ReLU right after the layer, its gradient already zeroes every output with z <= 0
         mask = self.masked and not info.output_rectified
         nonnegative = info.input_nonnegative
-        prepared = self.cached(layer, (second, nonnegative), lambda: self._prepare(layer, second, nonnegative))
+        prepared = layer.cached((second, nonnegative), lambda: self._prepare(layer, second, nonnegative))
         count = 2 if second else 1
 
         def scales(z: Tensor, denominators: list[Tensor]) -> Tensor:
@@ -292,27 +185,27 @@ class _TwoBranch(Rule):
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
         def propagate_nonnegative(x: Tensor) -> tuple[Tensor, Backward]:
-            stacked_weight, stacked_bias, back = prepared
-            z, *denominators = layer(x, stacked_weight, stacked_bias).chunk(1 + count, dim=1)
+            z, *denominators = layer(x, prepared.forward, prepared.forward_bias).chunk(1 + count, dim=1)
             if info.fused_relu:
                 z = z.clamp_(min=0)
             scale = scales(z, denominators)
-            return z, lambda grad: layer.transpose(_repeat(grad, second) * scale, back, x.shape)
+            return z, lambda grad: layer.transpose(_repeat(grad, second) * scale, prepared.backward, x.shape)
 
         def propagate_signed(x: Tensor) -> tuple[Tensor, Backward]:
-            both, bias_a, bias_b, forward_weights, swapped_weights = prepared
             z = layer(x)
-            pos_a, pos_b = layer(x.clamp(min=0), both, None).chunk(2, dim=1)
-            neg_a, neg_b = layer(x.clamp(max=0), both, None).chunk(2, dim=1)
-            denominators = [_add_bias(pos_a + neg_b, bias_a)] + ([_add_bias(pos_b + neg_a, bias_b)] if second else [])
+            pos_a, pos_b = layer(x.clamp(min=0), prepared.forward, None).chunk(2, dim=1)
+            neg_a, neg_b = layer(x.clamp(max=0), prepared.forward, None).chunk(2, dim=1)
+            denominators = [_add_bias(pos_a + neg_b, prepared.bias_a)]
+            if second:
+                denominators.append(_add_bias(pos_b + neg_a, prepared.bias_b))
             if info.fused_relu:
                 z = z.clamp_(min=0)
             scale = scales(z, denominators)
 
             def backward(grad: Tensor) -> Tensor:
                 g = _repeat(grad, second) * scale
-                return (x > 0) * layer.transpose(g, forward_weights, x.shape) + (x < 0) * layer.transpose(
-                    g, swapped_weights, x.shape)
+                return (x > 0) * layer.transpose(g, prepared.backward, x.shape) + (x < 0) * layer.transpose(
+                    g, prepared.swapped, x.shape)
 
             return z, backward
 
@@ -321,11 +214,18 @@ class _TwoBranch(Rule):
     #: with x >= 0 the branch-1 denominator ``A x + bias_A`` is >= 0 (true for z+ / alpha-beta: A = w+, bias_A = b+)
     first_branch_nonnegative: bool = True
 
-    def _prepare(self, layer: Affine, second: bool, nonnegative: bool) -> tuple:
+    def _prepare(self, layer: Affine, second: bool, nonnegative: bool) -> TwoBranchWeights:
+        """The stacked weights of this rule on ``layer`` (a pure function of its parameters, cached by the plan)."""
         a, b, bias_a, bias_b = self.weights(layer, second)
         if not nonnegative:
-            return torch.cat([a, b]), bias_a, bias_b, torch.cat([a, b]) if second else a, \
-                torch.cat([b, a]) if second else b
+            return TwoBranchWeights(
+                forward=torch.cat([a, b]),
+                forward_bias=None,
+                bias_a=bias_a,
+                bias_b=bias_b,
+                backward=torch.cat([a, b]) if second else a,
+                swapped=torch.cat([b, a]) if second else b,
+            )
         # x >= 0 (x- = 0): z, d1 = A x + bias_A (+ eps) and d2 = B x + bias_B from ONE call with stacked weights.
         # Branch 1's stabilizer is + eps wherever it counts: d1 >= 0 for z+ / alpha-beta, and d1 >= z > 0 for gamma
         # on outputs z > 0 (the others are masked or zeroed by the ReLU; clamping them to eps keeps them finite).
@@ -334,7 +234,14 @@ class _TwoBranch(Rule):
         biases = [zero if t is None else t for t in biases]
         biases[1] = biases[1] + self.stabilizer
         stacked_weight = torch.cat([layer.weight, a] + ([b] if second else []))
-        return stacked_weight, torch.cat(biases), torch.cat([a, b]) if second else a
+        return TwoBranchWeights(
+            forward=stacked_weight,
+            forward_bias=torch.cat(biases),
+            bias_a=None,
+            bias_b=None,
+            backward=torch.cat([a, b]) if second else a,
+            swapped=None,
+        )
 
 
 def _repeat(grad: Tensor, twice: bool) -> Tensor:
@@ -346,7 +253,17 @@ def _add_bias(t: Tensor, bias: Tensor | None) -> Tensor:
 
 
 class AlphaBeta(_TwoBranch):
-    """LRP-alpha-beta: ``alpha`` times the positive contributions minus ``beta`` times the negative ones."""
+    """LRP-alpha-beta: ``alpha`` times the positive contributions minus ``beta`` times the negative ones.
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of the positive contributions.
+    beta : float
+        Weight of the negative contributions (``alpha - beta = 1``).
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
@@ -362,7 +279,13 @@ class AlphaBeta(_TwoBranch):
 
 
 class ZPlus(AlphaBeta):
-    """LRP-z+ (alpha=1, beta=0): only positive contributions ``x+ w+ + x- w-`` (and ``b+``) count."""
+    """LRP-z+ (alpha=1, beta=0): only positive contributions ``x+ w+ + x- w-`` (and ``b+``) count.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         super().__init__(alpha=1.0, beta=0.0, stabilizer=stabilizer)
@@ -372,7 +295,15 @@ class ZPlus(AlphaBeta):
 
 
 class Gamma(_TwoBranch):
-    """Generalised LRP-gamma (zennit): ``w + gamma w+`` for outputs ``z > 0``, ``w + gamma w-`` for ``z < 0``."""
+    """Generalised LRP-gamma (zennit): ``w + gamma w+`` for outputs ``z > 0``, ``w + gamma w-`` for ``z < 0``.
+
+    Parameters
+    ----------
+    gamma : float
+        Extra weight of the parts of the sign of the output (>= 0; 0 is LRP-0).
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     masked = True
     first_branch_nonnegative = False
@@ -411,16 +342,16 @@ class _InputSpace(Rule):
     input_space = True
 
     @abc.abstractmethod
-    def constants(self, layer: Affine, x: Tensor) -> tuple:
-        """(stacked weight blocks along the input channels, anything else ``terms`` needs); computed on one image."""
+    def constants(self, layer: Affine, x: Tensor) -> InputSpaceConstants:
+        """What depends on the weights and the image shape only (computed on one image, cached by the plan)."""
 
     @abc.abstractmethod
-    def terms(self, z: Tensor, x: Tensor, constants: tuple) -> tuple[Tensor, list[Tensor | float]]:
+    def terms(self, z: Tensor, x: Tensor, constants: InputSpaceConstants) -> tuple[Tensor, list[Tensor | float]]:
         """The denominator ``d`` (a temporary) and the input multiplier of each weight block."""
 
     def __call__(self, layer: Affine, x: Tensor, info: LayerInfo) -> Tensor:
         tag = (tuple(x.shape[1:]), x.dtype, x.device)
-        constants = self.cached(layer, tag, lambda: self.constants(layer, x.detach()))
+        constants = layer.cached(tag, lambda: self.constants(layer, x.detach()))
 
         def propagate(x: Tensor) -> tuple[Tensor, Backward]:
             z = layer(x)
@@ -428,7 +359,7 @@ class _InputSpace(Rule):
             if info.fused_relu:
                 z = z.clamp_(min=0)
             scale = _ratio_(z, denominator, self.stabilizer)
-            return z, lambda grad: _input_relevance(layer, grad * scale, constants[0], multipliers, x.shape)
+            return z, lambda grad: _input_relevance(layer, grad * scale, constants.weights, multipliers, x.shape)
 
         return propagation(x, propagate)
 
@@ -444,37 +375,59 @@ def _input_relevance(layer: Affine, grad: Tensor, weights: Tensor, multipliers: 
 
 
 class Flat(_InputSpace):
-    """LRP-flat: all weights 1, input 1, no bias: relevance spread uniformly over each receptive field."""
+    """LRP-flat: all weights 1, input 1, no bias: relevance spread uniformly over each receptive field.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
 
-    def constants(self, layer: Affine, x: Tensor):
+    def constants(self, layer: Affine, x: Tensor) -> InputSpaceConstants:
         # d is the same for every image and output channel: one image, one output channel
         ones = layer.weight.new_ones((1, *layer.weight.shape[1:]))
-        return ones, layer(torch.ones_like(x[:1]), ones, None)
+        return InputSpaceConstants(ones, layer(torch.ones_like(x[:1]), ones, None))
 
-    def terms(self, z: Tensor, x: Tensor, constants: tuple):
-        return constants[1].clone(), [1.0]
+    def terms(self, z: Tensor, x: Tensor, constants: InputSpaceConstants):
+        return constants.reference.clone(), [1.0]
 
 
 class WSquare(_InputSpace):
-    """LRP-w^2: squared weights (and squared bias), input 1."""
+    """LRP-w^2: squared weights (and squared bias), input 1.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
 
-    def constants(self, layer: Affine, x: Tensor):
+    def constants(self, layer: Affine, x: Tensor) -> InputSpaceConstants:
         squared = layer.weight**2
         bias = None if layer.bias is None else layer.bias**2
-        return squared, layer(torch.ones_like(x[:1]), squared, bias)
+        return InputSpaceConstants(squared, layer(torch.ones_like(x[:1]), squared, bias))
 
-    def terms(self, z: Tensor, x: Tensor, constants: tuple):
-        return constants[1].clone(), [1.0]
+    def terms(self, z: Tensor, x: Tensor, constants: InputSpaceConstants):
+        return constants.reference.clone(), [1.0]
 
 
 class ZBox(_InputSpace):
-    """LRP-z^B for inputs bounded by ``low`` and ``high``: ``(x w - l w+ - h w-) / sum(...)``."""
+    """LRP-z^B for inputs bounded by ``low`` and ``high``: ``(x w - l w+ - h w-) / sum(...)``.
+
+    Parameters
+    ----------
+    low : float or torch.Tensor
+        Lowest input value (a number or an image broadcast over the batch).
+    high : float or torch.Tensor
+        Highest input value.
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1],
                  stabilizer: float = 1e-6):
@@ -486,11 +439,10 @@ class ZBox(_InputSpace):
         w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
         # zennit keeps the bias in all three terms (b - b+ - b- = 0 up to rounding); so do we, to match it
         offset = layer(low, w_pos, _positive(layer.bias)) + layer(high, w_neg, _negative(layer.bias))
-        return torch.cat([w, w_pos, w_neg], dim=1), offset, -low, -high
+        return InputSpaceConstants(torch.cat([w, w_pos, w_neg], dim=1), offset, -low, -high)
 
-    def terms(self, z: Tensor, x: Tensor, constants: tuple):
-        _, offset, minus_low, minus_high = constants
-        return z - offset, [x, minus_low, minus_high]
+    def terms(self, z: Tensor, x: Tensor, constants: InputSpaceConstants):
+        return z - constants.reference, [x, constants.minus_low, constants.minus_high]
 
 
 # ------------------------------------------------------------------------------------------------ other layers
@@ -514,7 +466,13 @@ class Pass(Rule):
 
 
 class Norm(Rule):
-    """Average pooling: relevance shared in proportion to the inputs, ``R_in = x T(R / stabilize(avg))``."""
+    """Average pooling: relevance shared in proportion to the inputs, ``R_in = x T(R / stabilize(avg))``.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
@@ -528,7 +486,13 @@ class Norm(Rule):
 
 class MaxAsAvg(Rule):
     """Max pooling treated as average pooling in the backward pass (seed 000's code): value max, relevance shared in
-    proportion to the inputs of each window."""
+    proportion to the inputs of each window.
+
+    Parameters
+    ----------
+    stabilizer : float
+        Added to each denominator with its sign (``sign(0) = +1``).
+    """
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
@@ -544,50 +508,20 @@ class MaxAsAvg(Rule):
         return reroute(y, average, scale)
 
 
-def per_cell(layer: nn.Module, function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``function`` as ``layer`` applies it: on each grid cell alone for a :class:`~attrlab.cells.Cellwise` layer."""
-    if isinstance(layer, Cellwise):
-        return lambda x: layer.merge(function(layer.split(x)))
-    return function
-
-
-def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The eval-mode forward of a parameter-free layer as a functional call (module hooks never run)."""
-    if isinstance(layer, nn.ReLU):
-        return F.relu
-    if isinstance(layer, nn.MaxPool2d):
-        return per_cell(layer, lambda x: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding,
-                                                      layer.dilation, ceil_mode=layer.ceil_mode))
-    if isinstance(layer, nn.AvgPool2d):
-        return lambda x: F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                                      layer.count_include_pad, layer.divisor_override)
-    if isinstance(layer, nn.AdaptiveAvgPool2d):
-        return lambda x: F.adaptive_avg_pool2d(x, layer.output_size)
-    if isinstance(layer, nn.Flatten):
-        return lambda x: x.flatten(layer.start_dim, layer.end_dim)
-    if isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
-        return lambda x: x  # dropout is the identity in eval semantics
-    if isinstance(layer, ThreshReLU):
-        return layer.forward  # attrlab's own module (canonization), called without hooks
-    raise TypeError(f"no functional form for layer type {type(layer).__name__}")
-
-
 __all__ = [
-    "Affine",
     "AlphaBeta",
     "Epsilon",
     "Flat",
     "Gamma",
     "Gradient",
-    "LayerInfo",
+    "InputSpaceConstants",
     "MaxAsAvg",
     "Norm",
     "Pass",
     "Rule",
+    "TwoBranchWeights",
     "WSquare",
     "ZBox",
     "ZPlus",
-    "propagation",
-    "reroute",
     "stabilize",
 ]
