@@ -57,7 +57,7 @@ def test_normalised_fields_and_smoothed_labels():
     [
         (dict(label="", method="lrp"), ValueError, "a method label is a non-empty string, got ''"),
         (dict(label="x", method="lrpp"), ValueError, "unknown attribution method 'lrpp' for 'x'; valid names: "
-         + ", ".join(available_methods())),
+         + ", ".join(available_methods(include_reproductions=True))),
         (dict(label="x", method=3), TypeError, "method of 'x' must be a registry name or a factory, got 3"),
         (dict(label="x", method="lrp", settings=[("composite", "seed000")]), TypeError, "settings of 'x' must map"),
         (dict(label="x", method="lrp", layer_settings={"final": 1}), TypeError, r"layer_settings\['final'\] of 'x'"),
