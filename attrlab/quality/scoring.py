@@ -1,0 +1,99 @@
+"""The model's output for each image's target class, evaluated in large batches without gradients.
+
+Every perturbation metric funnels its perturbed copies through :func:`target_scores`, so a whole batch of images and
+all their perturbation steps go through the model in a few large forward passes instead of one call per image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+#: an explanation function: (inputs (N, C, H, W), targets (N,)) -> maps; an attrlab method's ``attribute`` fits
+Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def as_explain(explain) -> Explain:
+    """``explain`` as a function of (inputs, targets): an attrlab method (its ``attribute``) or such a function."""
+    if hasattr(explain, "attribute"):
+        return lambda x, target: explain.attribute(x, target=target)
+    if not callable(explain):
+        raise TypeError(f"explain must be an attribution method or a function (x, target) -> maps, got {explain!r}")
+    return explain
+
+
+@torch.no_grad()
+def target_scores(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, batch_size: int = 4096, softmax: bool = False
+) -> torch.Tensor:
+    """The model's logit (or softmax probability) of ``targets`` for every image of ``x``, in eval mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier; it is switched to eval mode for the call and back afterwards.
+    x : torch.Tensor
+        Images (M, C, H, W).
+    targets : torch.Tensor
+        (M,) class indices.
+    batch_size : int
+        Images per forward pass.
+    softmax : bool
+        Score softmax probabilities instead of logits (Quantus' ``softmax``; logits by default, as there).
+
+    Returns
+    -------
+    torch.Tensor
+        (M,) scores.
+    """
+    check_batch_size(batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        parts = []
+        for start in range(0, len(x), batch_size):
+            out = model(x[start : start + batch_size])
+            if softmax:
+                out = out.softmax(1)
+            parts.append(out.gather(1, targets[start : start + batch_size, None])[:, 0])
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else x.new_zeros(0)
+
+
+def score_steps(
+    model: nn.Module,
+    steps: Iterable[torch.Tensor],
+    y: torch.Tensor,
+    batch_size: int = 4096,
+    softmax: bool = False,
+) -> torch.Tensor:
+    """Scores of a sequence of perturbed batches (each (N, C, H, W), one per step) as an (N, steps) tensor.
+
+    Steps are gathered until ``batch_size`` images are waiting, then scored in one forward pass.
+    """
+    check_batch_size(batch_size)
+    columns: list[torch.Tensor] = []
+    waiting: list[torch.Tensor] = []
+    n = len(y)
+
+    def flush() -> None:
+        if waiting:
+            images = torch.cat(waiting)
+            scores = target_scores(model, images, y.repeat(len(waiting)), batch_size, softmax)
+            columns.extend(scores.reshape(len(waiting), n).unbind(0))
+            waiting.clear()
+
+    for step in steps:
+        waiting.append(step)
+        if len(waiting) * n >= batch_size:
+            flush()
+    flush()
+    return torch.stack(columns, 1) if columns else y.new_zeros((n, 0), dtype=torch.float32)
