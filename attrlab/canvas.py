@@ -39,13 +39,13 @@ class CanvasSplit(Split):
     masks: torch.Tensor = None  # type: ignore[assignment]
     num_classes: int = 10
 
-    def to(self, device: torch.device | str) -> "CanvasSplit":
+    def to(self, device: torch.device | str) -> CanvasSplit:
         return CanvasSplit(
             self.x.to(device), self.y.to(device), self.labels.to(device), self.boxes.to(device),
             self.masks.to(device), self.num_classes,
         )
 
-    def subset(self, size: int, seed: int = 0) -> "CanvasSplit":
+    def subset(self, size: int, seed: int = 0) -> CanvasSplit:
         """A fixed, seeded random subset of ``size`` canvases (in increasing index order), boxes and masks kept."""
         if not 0 < size <= len(self):
             raise ValueError(f"subset size must be between 1 and {len(self)}, got {size}")
@@ -53,7 +53,7 @@ class CanvasSplit(Split):
         index = torch.randperm(len(self), generator=generator)[:size].sort().values.to(self.y.device)
         return self.select(index)
 
-    def select(self, index: torch.Tensor | slice) -> "CanvasSplit":
+    def select(self, index: torch.Tensor | slice) -> CanvasSplit:
         """The canvases at ``index``."""
         return CanvasSplit(
             self.x[index], self.y[index], self.labels[index], self.boxes[index], self.masks[index], self.num_classes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from quantus_reference import SECOND_MOMENT, explain_func, np32, quantus
 from skimage.metrics import structural_similarity
 
 from attrlab.attribution import make_method
@@ -12,7 +13,6 @@ from attrlab.models import build_model
 from attrlab.quality import avg_sensitivity, max_sensitivity, random_logit
 from attrlab.quality.draws import off_classes, quantus_off_classes, quantus_uniform_noise
 from attrlab.quality.randomisation import ssim_1d
-from quantus_reference import SECOND_MOMENT, explain_func, np32, quantus
 
 
 @pytest.fixture(scope="module")

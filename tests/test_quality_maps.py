@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from quantus_reference import NO_NORMALISATION, SECOND_MOMENT, np32, quantus, random_maps
 
 from attrlab.quality import (
     complexity,
@@ -13,7 +14,6 @@ from attrlab.quality import (
     relevance_rank_accuracy,
     sparseness,
 )
-from quantus_reference import NO_NORMALISATION, SECOND_MOMENT, np32, quantus, random_maps
 
 
 def masks_for(n: int, seed: int = 1) -> torch.Tensor:

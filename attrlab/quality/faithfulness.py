@@ -16,7 +16,8 @@ Region Perturbation (Samek et al. 2017) has two region layouts:
 * ``regions="grid"``: Quantus 0.6's layout, the non-overlapping ``patch_size`` blocks of the image zero-padded
   (centred) to a multiple of ``patch_size``; the image is edge-padded the same way once.
 
-Perturbation is cumulative; the curve holds ``c_k = f_y(x) - f_y(x_k)`` (f: softmax by default, as in Quantus) for k = 1..L (no k = 0 entry), as in Quantus.
+Perturbation is cumulative; the curve holds ``c_k = f_y(x) - f_y(x_k)`` for k = 1..L (no k = 0 entry), as in Quantus,
+with f the softmax probability by default (Quantus' default for Region Perturbation and Pixel Flipping).
 :func:`aopc` turns curves into the area over the perturbation curve: Samek et al.'s ``sum_k c_k / (L + 1)`` (the
 k = 0 term is zero), or as a named option the quantity Pahde et al.'s code computed, ``c_1 - mean_k c_k``.
 Ties in relevance are ordered by position here (stable sorts); Quantus' numpy sorts leave their order unspecified.
@@ -25,7 +26,7 @@ Ties in relevance are ordered by position here (stable sorts); Quantus' numpy so
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ all their perturbation steps go through the model in a few large forward passes 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
