@@ -132,9 +132,9 @@ def main() -> None:
     def blur_per_image(arr, indices, **kwargs):
         out = arr.copy()
         for i in range(len(arr)):
-            where = np.unravel_index(indices[i], (1, 28, 28))
+            _, rows, cols = np.unravel_index(indices[i], (1, 28, 28))  # one channel: rows and columns
             out[i] = quantus.baseline_replacement_by_blur(
-                arr=arr[i].reshape(1, 28, 28), indices=where, indexed_axes=(0, 1, 2), blur_kernel_size=[1, 15, 15]
+                arr=arr[i].reshape(1, 28, 28), indices=(rows, cols), indexed_axes=(1, 2), blur_kernel_size=15
             ).reshape(-1)
         return out
 

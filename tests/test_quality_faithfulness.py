@@ -107,9 +107,9 @@ def batched_blur(shape):
         out = arr.copy()
         for i in range(len(arr)):
             image = arr[i].reshape(shape)
-            where = np.unravel_index(indices[i], shape)
+            _, rows, cols = np.unravel_index(indices[i], shape)  # one channel: the pixels' rows and columns
             out[i] = quantus.baseline_replacement_by_blur(
-                arr=image, indices=where, indexed_axes=(0, 1, 2), blur_kernel_size=[1, 15, 15]
+                arr=image, indices=(rows, cols), indexed_axes=(1, 2), blur_kernel_size=15
             ).reshape(-1)
         return out
 

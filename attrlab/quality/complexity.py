@@ -1,4 +1,4 @@
-"""Complexity metrics of attribution maps: Sparseness (the Gini index of |a|) and Complexity (the entropy of |a|).
+"""Complexity metrics of attribution maps: Sparseness (the Gini index of ``|a|``) and Complexity (its entropy).
 
 Batched versions of Quantus' ``Sparseness`` (Chalasani et al. 2020) and ``Complexity`` (Bhatt et al. 2020), one
 score per map, computed on the maps' device. Quantus' numerical guards are kept (``+ 1e-7`` before the Gini index,

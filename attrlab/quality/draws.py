@@ -25,7 +25,7 @@ def random_subsets(n: int, runs: int, features: int, size: int, seed: int = 0) -
 def uniform_noise(
     n: int, samples: int, shape: tuple[int, ...], lower_bound: float, upper_bound: float | None, seed: int = 0
 ) -> torch.Tensor:
-    """(n, samples, *shape) noise, uniform in (-lower_bound, lower_bound), or (lower_bound, upper_bound) when given."""
+    """``(n, samples, *shape)`` noise, uniform in (-lower_bound, lower_bound), or (lower_bound, upper_bound) when given."""
     low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
     if not high > low:
         raise ValueError(f"the noise interval must not be empty, got ({low}, {high})")

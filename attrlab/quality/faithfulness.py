@@ -99,7 +99,7 @@ def region_perturbation(
     normalise: str = "second_moment",
     absolute: bool = False,
     softmax: bool = True,
-    batch_size: int = 4096,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Region Perturbation curves: the drop of the target logit as the most (or least) relevant regions are replaced.
 
@@ -132,8 +132,8 @@ def region_perturbation(
         Rank regions by ``|a|`` instead of the signed map (Quantus' default: signed).
     softmax : bool
         Measure softmax probabilities (Quantus' default for this metric) instead of logits.
-    batch_size : int
-        Images per forward pass (the perturbed copies of several steps share a pass).
+    batch_size : int, optional
+        Images per forward pass (the perturbed copies of several steps share a pass); None chooses by device.
 
     Returns
     -------
@@ -233,7 +233,7 @@ def pixel_flipping(
     normalise: str = "second_moment",
     absolute: bool = False,
     softmax: bool = True,
-    batch_size: int = 4096,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Pixel Flipping curves (Bach et al. 2015): the target logit as features are replaced, most relevant first.
 
@@ -258,8 +258,8 @@ def pixel_flipping(
         Order by ``|a|`` (Quantus' default: signed).
     softmax : bool
         Record softmax probabilities (Quantus' default for this metric) instead of logits.
-    batch_size : int
-        Images per forward pass.
+    batch_size : int, optional
+        Images per forward pass; None chooses by device.
 
     Returns
     -------
@@ -309,7 +309,7 @@ def faithfulness_correlation(
     normalise: str = "second_moment",
     absolute: bool = False,
     softmax: bool = False,
-    batch_size: int = 4096,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Faithfulness Correlation (Bhatt et al. 2020): Pearson correlation, over random feature subsets, of the
     subset's summed relevance and the logit drop when the subset is replaced.
@@ -342,8 +342,8 @@ def faithfulness_correlation(
         Sum ``|a|`` (Quantus' default and Pahde et al.: signed).
     softmax : bool
         Measure softmax probabilities instead of logits.
-    batch_size : int
-        Images per forward pass.
+    batch_size : int, optional
+        Images per forward pass; None chooses by device.
 
     Returns
     -------

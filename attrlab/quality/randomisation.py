@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .draws import off_classes as draw_off_classes
 from .normalise import check_normalisation, prepare_maps
-from .scoring import as_explain, check_batch_size
+from .scoring import as_explain, resolve_batch_size
 
 
 def ssim_1d(
@@ -73,7 +73,7 @@ def random_logit(
     win_size: int = 7,
     normalise: str = "second_moment",
     absolute: bool = False,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Random Logit: SSIM between each image's map for its class and its map for a random other class.
 
@@ -102,8 +102,8 @@ def random_logit(
         Per-map normalisation of both maps: ``"second_moment"``, ``"max"`` or ``"none"``.
     absolute : bool
         Compare ``|a|`` and ``|a'|`` (Quantus' default: signed).
-    batch_size : int
-        Images per ``explain`` call.
+    batch_size : int, optional
+        Images per ``explain`` call; None chooses by device.
 
     Returns
     -------
@@ -111,7 +111,7 @@ def random_logit(
         (N,) SSIM values, lower is better.
     """
     check_normalisation(normalise)
-    check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, x.device)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if y.shape != (x.shape[0],) or a.shape[0] != x.shape[0]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .draws import uniform_noise
 from .normalise import check_normalisation, prepare_maps
-from .scoring import as_explain, check_batch_size
+from .scoring import as_explain, resolve_batch_size
 
 REDUCTIONS = ("mean", "max")
 
@@ -48,7 +48,7 @@ def sensitivity(
     nan_on_prediction_change: bool = False,
     normalise: str = "second_moment",
     absolute: bool = False,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Average (``reduce="mean"``) or Max (``reduce="max"``) Sensitivity of each image's map.
 
@@ -85,8 +85,8 @@ def sensitivity(
         (Quantus' default for this metric is none).
     absolute : bool
         Compare ``|a|`` and ``|a'|``.
-    batch_size : int
-        Images per ``explain`` call.
+    batch_size : int, optional
+        Images per ``explain`` call; None chooses by device.
 
     Returns
     -------
@@ -96,7 +96,7 @@ def sensitivity(
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduce!r}; valid choices: {', '.join(REDUCTIONS)}")
     check_normalisation(normalise)
-    check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, x.device)
     if not isinstance(nr_samples, int) or nr_samples <= 0:
         raise ValueError(f"nr_samples must be a positive integer, got {nr_samples!r}")
     if x.dim() != 4 or a.shape[0] != x.shape[0] or y.shape != (x.shape[0],):

@@ -15,9 +15,22 @@ from torch import nn
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+#: images per forward pass when ``batch_size`` is None: large on a GPU; on a CPU a few hundred images already fill
+#: the caches and larger batches ran slower (the deep model on digits, one thread: 128 images per pass was fastest)
+AUTO_BATCH = {"cuda": 4096, "cpu": 128}
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive integer or None (automatic), got {batch_size!r}")
+
+
+def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size``, or for None the automatic size for ``device`` (:data:`AUTO_BATCH`)."""
+    check_batch_size(batch_size)
+    if batch_size is not None:
+        return batch_size
+    return AUTO_BATCH["cuda"] if device.type == "cuda" else AUTO_BATCH["cpu"]
 
 
 def as_explain(explain) -> Explain:
@@ -31,7 +44,7 @@ def as_explain(explain) -> Explain:
 
 @torch.no_grad()
 def target_scores(
-    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, batch_size: int = 4096, softmax: bool = False
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, batch_size: int | None = None, softmax: bool = False
 ) -> torch.Tensor:
     """The model's logit (or softmax probability) of ``targets`` for every image of ``x``, in eval mode.
 
@@ -43,8 +56,8 @@ def target_scores(
         Images (M, C, H, W).
     targets : torch.Tensor
         (M,) class indices.
-    batch_size : int
-        Images per forward pass.
+    batch_size : int, optional
+        Images per forward pass; None chooses by device (:data:`AUTO_BATCH`).
     softmax : bool
         Score softmax probabilities instead of logits (Quantus' ``softmax``; logits by default, as there).
 
@@ -53,7 +66,7 @@ def target_scores(
     torch.Tensor
         (M,) scores.
     """
-    check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, x.device)
     was_training = model.training
     model.eval()
     try:
@@ -72,14 +85,14 @@ def score_steps(
     model: nn.Module,
     steps: Iterable[torch.Tensor],
     y: torch.Tensor,
-    batch_size: int = 4096,
+    batch_size: int | None = None,
     softmax: bool = False,
 ) -> torch.Tensor:
     """Scores of a sequence of perturbed batches (each (N, C, H, W), one per step) as an (N, steps) tensor.
 
-    Steps are gathered until ``batch_size`` images are waiting, then scored in one forward pass.
+    Steps are gathered until ``batch_size`` images are waiting (None: by device), then scored in one forward pass.
     """
-    check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size, y.device)
     columns: list[torch.Tensor] = []
     waiting: list[torch.Tensor] = []
     n = len(y)
