@@ -79,3 +79,20 @@ def test_load_dataset_canvas_and_the_models_take_it():
     for name in ("shallow", "deep"):
         model = build_model(name, data.input_shape, data.num_classes, seed=0)
         assert model(subset.x).shape == (8, 10)
+
+
+@pytest.mark.slow
+def test_the_trainer_trains_on_canvases_unchanged(tmp_path, digits):
+    from attrlab.data import ImageDataset
+    from attrlab.train import TrainConfig, train
+
+    data = ImageDataset(
+        "canvas",
+        make_canvases(digits.train.x, digits.train.y, 300, seed=0),
+        make_canvases(digits.test.x, digits.test.y, 100, seed=1),
+        list(digits.classes),
+    )
+    config = TrainConfig(dataset="canvas", model="shallow", epochs=1, batch_size=100, attr_per_class=2, device="cpu")
+    run = train(tmp_path / "run", config, dataset=data, progress=False)
+    assert run.complete and run.metrics["step"].tolist() == [1, 2, 3]
+    assert run.metrics["test_acc"].notna().any()
