@@ -2,7 +2,8 @@
 
 Each perturbs the images where the map says they matter and measures how the model's target logit moves. Quantus
 (0.6) loops over steps, runs and images in numpy; here a step perturbs the whole batch with one tensor operation and
-the perturbed copies of all steps go through the model in large forward passes (:mod:`attrlab.quality.scoring`).
+the perturbed copies of all steps go through the model in large forward passes (:mod:`attrlab.quality.scoring`), on a
+frozen eval copy of the model that is channels-last on a CPU (:func:`attrlab.grids.evaluate.evaluation_copy`).
 
 Region Perturbation (Samek et al. 2017) has two region layouts:
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..grids.evaluate import evaluation_copy
 from .draws import random_subsets
 from .normalise import check_normalisation, prepare_maps
 from .perturb import baseline_value, check_baseline
@@ -184,6 +186,7 @@ def region_perturbation(
             current = torch.where(mask, baseline_value(current, baseline, blur_kernel_size), current)
             yield current[..., padding[2] : padding[2] + h, padding[0] : padding[0] + w]
 
+    model = evaluation_copy(model)  # frozen, eval mode, channels-last on a CPU (about 1.6x faster there)
     original = target_scores(model, x, y, batch_size, softmax)
     curves = original[:, None] - score_steps(model, steps(), y, batch_size, softmax)
     return curves.masked_fill(~valid, float("nan"))
@@ -279,6 +282,7 @@ def pixel_flipping(
     maps = _as_images(maps).expand_as(x).reshape(n, d)
     order = torch.sort(maps, dim=1, descending=True, stable=True).indices
     count = math.ceil(d / features_in_step)
+    model = evaluation_copy(model)  # frozen, eval mode, channels-last on a CPU (about 1.6x faster there)
 
     def steps() -> Iterator[torch.Tensor]:
         current = x.reshape(n, d)
@@ -371,6 +375,7 @@ def faithfulness_correlation(
         for run in range(nr_runs):
             yield flat.scatter(1, subsets[:, run], value).reshape(x.shape)
 
+    model = evaluation_copy(model)  # frozen, eval mode, channels-last on a CPU (about 1.6x faster there)
     original = target_scores(model, x, y, batch_size, softmax)
     drops = (original[:, None] - score_steps(model, steps(), y, batch_size, softmax)).double()
     relevance = maps[:, None, :].expand(n, nr_runs, d).gather(2, subsets).sum(2).double()
