@@ -13,9 +13,9 @@ greedy-window layout, the one Pahde et al. ran, is timed too, without a Quantus 
 
 attrlab's time is the best of ``--repeats`` runs after one warm-up, Quantus' a single run (it is the slow side);
 the device is synchronised before each clock reading. Prints a table with the ratios and writes it to
-``bench/results/quality.csv`` (``quality-quick.csv`` with ``--quick``).
+``bench/results/quality.csv`` (``quality-quick.csv`` with ``--quick``, or ``--out``).
 
-    .venv/bin/python bench/quality.py [--quick] [--device cuda] [--n 200] [--repeats 3]
+    .venv/bin/python bench/quality.py [--quick] [--device cuda] [--n 200] [--repeats 3] [--metrics Sparseness,...]
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="32 digits and fewer random runs: a smoke run")
     parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", default="", help="CSV file (default bench/results/quality.csv, -quick with --quick)")
     args = parser.parse_args()
     import quantus
 
@@ -219,7 +220,8 @@ def main() -> None:
     table.insert(0, "device", str(device))
     table.insert(1, "n", n)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    target = RESULTS / ("quality-quick.csv" if args.quick else "quality.csv")
+    target = Path(args.out) if args.out else RESULTS / ("quality-quick.csv" if args.quick else "quality.csv")
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".csv.tmp")
     table.to_csv(temporary, index=False)
     os.replace(temporary, target)

@@ -203,3 +203,17 @@ def test_bad_arguments_are_named(case):
         region_perturbation(model, x, y, a, patch_size=29)
     with pytest.raises(ValueError, match="features_in_step must be"):
         pixel_flipping(model, x, y, a, features_in_step=0)
+
+
+def test_layouts_differ_as_documented_and_the_callers_model_is_untouched(digits):
+    """Greedy stride-1 windows (Pahde et al.'s Quantus) need not sit on the block grid of Quantus 0.6."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 784, 10)).train()
+    x, y = digits.test.x[:2], digits.test.y[:2]
+    maps = random_maps(2, seed=5)
+    windows = region_perturbation(model, x, y, maps, patch_size=4, regions_evaluation=8, baseline="black")
+    grid = region_perturbation(model, x, y, maps, patch_size=4, regions_evaluation=8, baseline="black",
+                               regions="grid")
+    assert windows.shape == grid.shape == (2, 8) and not torch.allclose(windows, grid)
+    assert model.training and model[0].weight.is_contiguous() and model[0].weight.requires_grad
