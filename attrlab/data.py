@@ -1,4 +1,5 @@
-"""Datasets as device tensors: scikit-learn digits (embedded default), FashionMNIST, CIFAR10, and the attribution set.
+"""Datasets as device tensors: scikit-learn digits (embedded default), the digit canvases, FashionMNIST, CIFAR10, and the
+attribution set.
 
 Every dataset is held as float tensors normalised to [-1, 1] (``Normalize(0.5, 0.5)``, as in the seed code) plus
 integer labels, so the training loop only indexes tensors: no per-sample PIL transforms, no DataLoader workers.
@@ -18,9 +19,14 @@ from .device import resolve_device
 #: the value range of every normalised input: (x - 0.5) / 0.5 maps [0, 1] to [-1, 1]
 INPUT_BOUNDS = (-1.0, 1.0)
 
-DATASETS = ("digits", "fashionmnist", "cifar10")
+DATASETS = ("digits", "canvas", "fashionmnist", "cifar10")
 #: input shape (channels, height, width) and number of classes of each dataset
-DATASET_SHAPES = {"digits": ((1, 28, 28), 10), "fashionmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+DATASET_SHAPES = {
+    "digits": ((1, 28, 28), 10),
+    "canvas": ((1, 64, 64), 10),
+    "fashionmnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
 SELECTIONS = ("first", "random")
 
 FASHIONMNIST_CLASSES = [
@@ -91,12 +97,20 @@ def load_dataset(
     download: bool = True,
     device: str | torch.device | None = "auto",
 ) -> ImageDataset:
-    """Load ``name`` ("digits", "fashionmnist" or "cifar10") as normalised tensors on ``device``."""
+    """Load ``name`` ("digits", "canvas", "fashionmnist" or "cifar10") as normalised tensors on ``device``.
+
+    "canvas" is :func:`attrlab.canvas.canvas_dataset` with its defaults: digits placed on 64 x 64 canvases, with boxes
+    and masks (built from "digits", so it needs no download either).
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     target = resolve_device(device)
     if name == "digits":
         dataset = _digits()
+    elif name == "canvas":
+        from .canvas import canvas_dataset
+
+        dataset = canvas_dataset()
     elif name == "fashionmnist":
         dataset = _torchvision_dataset("FashionMNIST", Path(data_root), download)
     else:
