@@ -12,6 +12,7 @@
 from .checks import (
     CascadeResult,
     bootstrap_median,
+    cascade,
     cascading_randomisation,
     median_table,
     parametrised_layers,
@@ -20,6 +21,7 @@ from .checks import (
 )
 from .csc import cosine_baseline, csc, gradient_from, pairwise_abs_cosine, propagate_from
 from .methods import SIXT_METHODS, SanityMethod, missing_methods, reduce_channels, sanity_methods
+from .simulation import model_matrices, simulate, simulation_frame
 from .ssim import normalize_maps, ssim, ssim_flipped
 
 __all__ = [
@@ -27,12 +29,14 @@ __all__ = [
     "CascadeResult",
     "SanityMethod",
     "bootstrap_median",
+    "cascade",
     "cascading_randomisation",
     "cosine_baseline",
     "csc",
     "gradient_from",
     "median_table",
     "missing_methods",
+    "model_matrices",
     "normalize_maps",
     "pairwise_abs_cosine",
     "parametrised_layers",
@@ -41,6 +45,8 @@ __all__ = [
     "random_logit",
     "reduce_channels",
     "sanity_methods",
+    "simulate",
+    "simulation_frame",
     "ssim",
     "ssim_flipped",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,38 @@ def parametrised_layers(model: nn.Module) -> list[str]:
     ]
 
 
+def cascade(
+    model: nn.Module, checkpoints: list[str] | None = None, seed: int = 0
+) -> Iterator[tuple[int, str, nn.Module]]:
+    """Yield ``(depth, checkpoint, randomised)`` top-down: ONE deep copy of ``model`` (eval mode) in which every
+    parametrised layer from ``checkpoint`` to the output has been re-initialised by its ``reset_parameters``.
+
+    The copy is changed in place between yields (cumulative randomisation); the re-initialisation draws from the
+    global generator inside ``torch.random.fork_rng`` seeded with ``seed``, so the caller's random state is kept and
+    the same seed gives the same weights.
+    """
+    layers = parametrised_layers(model)
+    if not layers:
+        raise ValueError("the model has no parametrised layers to randomise")
+    if checkpoints is None:
+        checkpoints = list(layers)
+    unknown = [name for name in checkpoints if name not in layers]
+    if unknown:
+        raise ValueError(f"checkpoints {unknown} are not parametrised layers; valid: {', '.join(layers)}")
+    order = sorted(set(checkpoints), key=layers.index, reverse=True)  # top-down
+    randomised = copy.deepcopy(model).eval()
+    modules = dict(randomised.named_modules())
+    reset_from = len(layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for depth, checkpoint in enumerate(order, start=1):
+            start = layers.index(checkpoint)
+            for name in reversed(layers[start:reset_from]):
+                modules[name].reset_parameters()
+            reset_from = start
+            yield depth, checkpoint, randomised
+
+
 @dataclass
 class CascadeResult:
     """What cascading randomisation produced."""
@@ -146,35 +179,18 @@ def cascading_randomisation(
         Scores (one row per checkpoint and image; ``depth`` 1 is the top layer) and the kept maps.
     """
     labels = _check_batch(inputs, labels)
-    layers = parametrised_layers(model)
-    if not layers:
-        raise ValueError("the model has no parametrised layers to randomise")
-    if checkpoints is None:
-        checkpoints = list(layers)
-    unknown = [name for name in checkpoints if name not in layers]
-    if unknown:
-        raise ValueError(f"checkpoints {unknown} are not parametrised layers; valid: {', '.join(layers)}")
-    order = sorted(set(checkpoints), key=layers.index, reverse=True)  # top-down
-    randomised = copy.deepcopy(model).eval()
-    modules = dict(randomised.named_modules())
     original = _maps(method, model, inputs, labels)
     maps = {"original": original[:keep].cpu()} if keep else {}
-    frames, reset_from = [], len(layers)
-    with torch.random.fork_rng(devices=[]):  # the default initialisers draw from the global generator
-        torch.manual_seed(seed)
-        for depth, checkpoint in enumerate(order, start=1):
-            start = layers.index(checkpoint)
-            for name in reversed(layers[start:reset_from]):
-                modules[name].reset_parameters()
-            reset_from = start
-            current = _maps(method, randomised, inputs, labels)
-            scores = ssim_flipped(original, current, method.percentile, data_range=data_range)
-            frames.append(pd.DataFrame({
-                "method": method.label, "checkpoint": checkpoint, "depth": depth,
-                "image": np.arange(len(labels)), "ssim": scores.cpu().numpy(),
-            }))
-            if keep:
-                maps[checkpoint] = current[:keep].cpu()
+    frames = []
+    for depth, checkpoint, randomised in cascade(model, checkpoints, seed):
+        current = _maps(method, randomised, inputs, labels)
+        scores = ssim_flipped(original, current, method.percentile, data_range=data_range)
+        frames.append(pd.DataFrame({
+            "method": method.label, "checkpoint": checkpoint, "depth": depth,
+            "image": np.arange(len(labels)), "ssim": scores.cpu().numpy(),
+        }))
+        if keep:
+            maps[checkpoint] = current[:keep].cpu()
     return CascadeResult(pd.concat(frames, ignore_index=True), maps)
 
 
@@ -233,6 +249,7 @@ def median_table(
 __all__ = [
     "CascadeResult",
     "bootstrap_median",
+    "cascade",
     "cascading_randomisation",
     "median_table",
     "parametrised_layers",
