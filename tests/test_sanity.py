@@ -288,3 +288,20 @@ def test_model_matrices_and_simulation_frame():
     frame = simulation_frame(shapes[:3], chains=2, rows=4, alphas=(1.0, 2.0))
     assert set(frame["setting"]) == {"vanilla", "relu", "non_negative", "positive", "stochastic", "alpha_beta"}
     assert len(frame) == (5 + 2) * 2 * 3
+
+
+def test_sanity_tracker_writes_rows_from_initialisation_on(tmp_path, digits):
+    from attrlab.sanity.callback import TABLE, SanityTracker
+    from attrlab.train import Run, TrainConfig, train
+
+    tracker = SanityTracker([LRP_Z, GRADIENT], digits.test.x[:4], digits.test.y[:4], ["fc1"], [None, "conv2"],
+                            every=5, vectors=3)
+    config = TrainConfig(dataset="digits", model="shallow", epochs=1, batch_size=200, eval_every=50)
+    train(tmp_path / "run", config, callbacks=[tracker], dataset=digits, progress=False)
+    frame = Run(tmp_path / "run").store.read_table(TABLE)
+    steps = sorted(frame["step"].unique())
+    assert steps[0] == 0 and steps[1] == 5 and steps[-1] == Run(tmp_path / "run").metrics["step"].max()
+    at_start = frame[frame["step"] == 0]
+    assert set(at_start["check"]) == {"csc", "random_logit"}
+    assert len(at_start[at_start["check"] == "csc"]) == 2 * 2  # two methods x two recorded layers
+    assert frame["value"].notna().all()

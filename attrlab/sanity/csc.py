@@ -15,7 +15,6 @@ other models (the residual one of the chapter) are read with forward hooks remov
 
 from __future__ import annotations
 
-import itertools
 from typing import Sequence
 
 import numpy as np
@@ -139,12 +138,13 @@ def pairwise_abs_cosine(propagated: Tensor, vectors: int) -> Tensor:
     with NaNs (a zero vector) dropped.
     """
     values = propagated.reshape(vectors, -1, propagated.shape[1], int(np.prod(propagated.shape[2:], dtype=int)))
-    values = values.to(torch.float64)
-    unit = values / values.norm(dim=2, keepdim=True)  # zero vectors -> NaN
-    pairs = list(itertools.combinations(range(vectors), 2))
-    first = torch.tensor([i for i, _ in pairs], device=values.device)
-    second = torch.tensor([j for _, j in pairs], device=values.device)
-    cosine = (unit[first] * unit[second]).sum(2).abs().flatten()
+    unit = values.to(torch.float64)
+    unit = unit / unit.norm(dim=2, keepdim=True)  # zero vectors -> NaN
+    # (N, locations, vectors, C) @ its transpose: every pair's cosine in one batched matrix product
+    arranged = unit.permute(1, 3, 0, 2)
+    gram = arranged @ arranged.transpose(-1, -2)
+    first, second = torch.triu_indices(vectors, vectors, offset=1, device=gram.device)
+    cosine = gram[..., first, second].abs().flatten()
     return cosine[~cosine.isnan()]
 
 
