@@ -31,6 +31,21 @@ SETTINGS = ("vanilla", "relu", "non_negative", "positive", "stochastic")
 ALPHAS = (1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
 
 
+def vgg16_shapes(width_divisor: int = 4, classes: int = 1000) -> list[tuple[int, int]]:
+    """VGG-16's (d_out, d_in) chain, top first, with every width divided by ``width_divisor`` (the authors' shapes
+    at 1: fc3, fc2, fc1 reduced to one spatial position, then the 13 convolutions as centre taps; the first
+    convolution's 3 inputs are kept)."""
+    if width_divisor < 1:
+        raise ValueError(f"width_divisor must be >= 1, got {width_divisor}")
+    convs = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    convs = [max(1, c // width_divisor) for c in convs]
+    fc = 4096 // width_divisor
+    shapes = [(classes, fc), (fc, fc), (fc, convs[-1])]
+    ins = [3, *convs[:-1]]
+    shapes += [(out, inp) for out, inp in zip(convs[::-1], ins[::-1])]
+    return shapes
+
+
 def model_matrices(model: nn.Module) -> list[np.ndarray]:
     """The (d_out, d_in) matrix of every Conv2d / Linear layer of ``model``, top layer first (see the module docs)."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -57,11 +72,14 @@ def model_matrices(model: nn.Module) -> list[np.ndarray]:
 
 def _mean_abs_cosine(rows: np.ndarray) -> np.ndarray:
     """(chains, r, d) -> (chains,) mean |cos| over pairs of different rows."""
-    unit = rows / np.linalg.norm(rows, axis=2, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero row (ReLU chains) has no direction: NaN
+        unit = rows / np.linalg.norm(rows, axis=2, keepdims=True)
     gram = np.abs(unit @ unit.transpose(0, 2, 1))
     r = rows.shape[1]
     upper = np.triu_indices(r, k=1)
-    return gram[:, upper[0], upper[1]].mean(1)
+    pairs = gram[:, upper[0], upper[1]]
+    counts = (~np.isnan(pairs)).sum(1)
+    return np.where(counts > 0, np.nansum(pairs, 1) / np.maximum(counts, 1), np.nan)
 
 
 def _random_matrix(setting: str, shape: tuple[int, int], chains: int, rng: np.random.Generator,
@@ -168,4 +186,4 @@ def simulation_frame(
     return frame
 
 
-__all__ = ["ALPHAS", "SETTINGS", "model_matrices", "simulate", "simulation_frame"]
+__all__ = ["ALPHAS", "SETTINGS", "model_matrices", "simulate", "simulation_frame", "vgg16_shapes"]
