@@ -36,6 +36,7 @@ bench: venv
 	$(PY) bench/tracking.py
 	$(PY) bench/grids.py
 	$(PY) bench/quality.py
+	$(PY) bench/sanity.py
 
 clean:
 	rm -rf _build runs

@@ -2,6 +2,16 @@
 
 from .composites import (
     COMPOSITES,
+    DTD,
+    Alpha1Beta0,
+    Alpha2Beta1,
+    Alpha5Beta4,
+    AlphaBetaEverywhere,
+    CMPAlpha1Beta0,
+    CMPAlpha2Beta1,
+    CMPAlphaBeta,
+    ExcitationBackprop,
+    LRPZ,
     Composite,
     EpsilonGammaBox,
     EpsilonOnly,
@@ -16,6 +26,16 @@ from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, MaxAsAvg, Norm, Pa
 
 __all__ = [
     "COMPOSITES",
+    "DTD",
+    "LRPZ",
+    "Alpha1Beta0",
+    "Alpha2Beta1",
+    "Alpha5Beta4",
+    "AlphaBetaEverywhere",
+    "CMPAlpha1Beta0",
+    "CMPAlpha2Beta1",
+    "CMPAlphaBeta",
+    "ExcitationBackprop",
     "LRP",
     "AlphaBeta",
     "Composite",

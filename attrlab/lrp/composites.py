@@ -4,16 +4,28 @@ The built-in composites give every layer the rule zennit 0.5.1's composite of th
 "first layer" is the first module, in model order, that matches the first-layer types), plus seed 000's
 configuration and the two configurations of Böhle's thesis (ch. 4):
 
-=====================  ==================  ======================  =========================  =================
-name                   dense (Linear)      conv (Conv2d)           first layer                max pooling
-=====================  ==================  ======================  =========================  =================
-``epsilon``            epsilon             epsilon                 (same)                     gradient
-``epsilon_plus_flat``  epsilon (1e-6)      z+                      flat (first Conv/Linear)   gradient
-``epsilon_gamma_box``  epsilon (1e-6)      gamma (0.25)            z^B (first Conv)           gradient
-``seed000``            LRP-0               gamma (0.25)            z^B [-1, 1] (first Conv)   as average pooling
-``lrp_focus``          epsilon (0.25)      z+                      z^B (first Conv)           gradient
-``lrp_composite``      epsilon (0.25)      gamma (``gamma``)       z^B (first Conv)           gradient
-=====================  ==================  ======================  =========================  =================
+=======================  ==================  ======================  =========================  =================
+name                     dense (Linear)      conv (Conv2d)           first layer                max pooling
+=======================  ==================  ======================  =========================  =================
+``epsilon``              epsilon             epsilon                 (same)                     gradient
+``epsilon_plus_flat``    epsilon (1e-6)      z+                      flat (first Conv/Linear)   gradient
+``epsilon_gamma_box``    epsilon (1e-6)      gamma (0.25)            z^B (first Conv)           gradient
+``seed000``              LRP-0               gamma (0.25)            z^B [-1, 1] (first Conv)   as average pooling
+``lrp_focus``            epsilon (0.25)      z+                      z^B (first Conv)           gradient
+``lrp_composite``        epsilon (0.25)      gamma (``gamma``)       z^B (first Conv)           gradient
+``lrp_z``                LRP-z (epsilon 0)   LRP-z                   (same)                     gradient
+``alpha_beta``           alpha-beta          alpha-beta              (same)                     gradient
+``alpha1_beta0``         alpha 1, beta 0     alpha 1, beta 0         (same)                     gradient
+``alpha2_beta1``         alpha 2, beta 1     alpha 2, beta 1         (same)                     gradient
+``alpha5_beta4``         alpha 5, beta 4     alpha 5, beta 4         (same)                     gradient
+``cmp_alpha1_beta0``     epsilon (1e-10)     alpha 1, beta 0         (same)                     gradient
+``cmp_alpha2_beta1``     epsilon (1e-10)     alpha 2, beta 1         (same)                     gradient
+``dtd``                  z+                  z+                      z^B (first Conv/Linear)    gradient
+``excitation_backprop``  z+                  z+                      (same)                     gradient
+=======================  ==================  ======================  =========================  =================
+
+The last nine are the method list of Sixt et al. (2020), "When Explanations Lie" (seed 002), which ran them through
+iNNvestigate; each class docstring names its source.
 
 Every composite also takes ``name_map`` ({layer name: rule}, highest priority), ``layer_map`` ([(types, rule)],
 before the built-in type map) and ``max_pool`` ("gradient": relevance routed to the maximum like zennit, or
@@ -30,6 +42,7 @@ from torch import nn
 from ..canonize import ThreshReLU
 from ..data import INPUT_BOUNDS
 from .rules import (
+    AlphaBeta,
     Epsilon,
     Flat,
     Gamma,
@@ -308,6 +321,110 @@ class LRPComposite(Composite):
                                      max_pool, stabilizer))
 
 
+class LRPZ(Composite):
+    """LRP-z (Bach et al. 2015; Sixt et al. 2020 eq. 5): ``R_in = x W^T (R / z)`` on every Conv2d and Linear layer.
+
+    iNNvestigate's ``lrp.z``; the epsilon rule with ``epsilon=0`` (units with ``z = 0`` pass no relevance), which is
+    zennit's ``Epsilon(0)`` where ``z != 0``. On ReLU / max-pool networks it equals Input x Gradient.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        rule = Epsilon(0.0)
+        super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
+
+
+class AlphaBetaEverywhere(Composite):
+    """LRP-alpha-beta (Bach et al. 2015; Sixt et al. 2020 eq. 6) on every Conv2d and Linear layer, the first included.
+
+    iNNvestigate's ``lrp.alpha_beta`` (``lrp.alpha_1_beta_0``, ``lrp.alpha_2_beta_1``, ...); zennit's
+    ``AlphaBeta(alpha, beta)`` rule on zennit's Convolution and Linear types. ``alpha - beta = 1``.
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, name_map=None,
+                 layer_map=None, max_pool: str = "gradient"):
+        rule = AlphaBeta(alpha, beta, stabilizer)
+        super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
+
+
+class Alpha1Beta0(AlphaBetaEverywhere):
+    """LRP-alpha1-beta0 on every Conv2d and Linear layer (iNNvestigate's ``lrp.alpha_1_beta_0``; = z+ everywhere)."""
+
+    def __init__(self, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        super().__init__(1.0, 0.0, stabilizer, name_map, layer_map, max_pool)
+
+
+class Alpha2Beta1(AlphaBetaEverywhere):
+    """LRP-alpha2-beta1 on every Conv2d and Linear layer (iNNvestigate's ``lrp.alpha_2_beta_1``)."""
+
+    def __init__(self, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        super().__init__(2.0, 1.0, stabilizer, name_map, layer_map, max_pool)
+
+
+class Alpha5Beta4(AlphaBetaEverywhere):
+    """LRP-alpha5-beta4 on every Conv2d and Linear layer: Sixt et al. (2020)'s setting with less convergence."""
+
+    def __init__(self, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        super().__init__(5.0, 4.0, stabilizer, name_map, layer_map, max_pool)
+
+
+class CMPAlphaBeta(Composite):
+    """LRP-CMP (Kohlbrenner et al. 2020, as Sixt et al. 2020 ran it): epsilon on dense layers, alpha-beta on
+    convolutions, no special first layer.
+
+    iNNvestigate's ``lrp.sequential_preset_a`` (alpha 1, beta 0) and ``lrp.sequential_preset_b`` (alpha 2, beta 1),
+    with the ``epsilon=1e-10`` of the authors' code (in float32 that is LRP-z wherever ``|z| >> 1e-10``).
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-10, stabilizer: float = 1e-6,
+                 name_map=None, layer_map=None, max_pool: str = "gradient"):
+        super().__init__(**_standard(Epsilon(epsilon), AlphaBeta(alpha, beta, stabilizer), [], name_map, layer_map,
+                                     max_pool, stabilizer))
+
+
+class CMPAlpha1Beta0(CMPAlphaBeta):
+    """LRP-CMP with alpha 1, beta 0 on convolutions (iNNvestigate's ``lrp.sequential_preset_a``)."""
+
+    def __init__(self, epsilon: float = 1e-10, stabilizer: float = 1e-6, name_map=None, layer_map=None,
+                 max_pool: str = "gradient"):
+        super().__init__(1.0, 0.0, epsilon, stabilizer, name_map, layer_map, max_pool)
+
+
+class CMPAlpha2Beta1(CMPAlphaBeta):
+    """LRP-CMP with alpha 2, beta 1 on convolutions (iNNvestigate's ``lrp.sequential_preset_b``)."""
+
+    def __init__(self, epsilon: float = 1e-10, stabilizer: float = 1e-6, name_map=None, layer_map=None,
+                 max_pool: str = "gradient"):
+        super().__init__(2.0, 1.0, epsilon, stabilizer, name_map, layer_map, max_pool)
+
+
+class DTD(Composite):
+    """Deep Taylor decomposition (Montavon et al. 2017) for ReLU networks with bounded inputs: z+ on every Conv2d and
+    Linear layer, z^B (inputs in [``low``, ``high``]) on the first one.
+
+    iNNvestigate's ``deep_taylor.bounded`` with low/high the input range, as the authors' code of Sixt et al. (2020)
+    calls it; in zennit: ``SpecialFirstLayerMapComposite`` with ``ZBox`` first and ``ZPlus`` on Convolution/Linear.
+    """
+
+    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], stabilizer: float = 1e-6, name_map=None,
+                 layer_map=None, max_pool: str = "gradient"):
+        first = [((nn.Conv2d, nn.Linear), ZBox(low, high, stabilizer))]
+        rule = ZPlus(stabilizer)
+        super().__init__(**_standard(rule, rule, first, name_map, layer_map, max_pool, stabilizer))
+
+
+class ExcitationBackprop(Composite):
+    """Excitation Backprop (Zhang et al. 2016; zennit's ``ExcitationBackprop`` composite): z+ on every Conv2d and
+    Linear layer, activations and max pooling by their gradient, average pooling by Norm.
+
+    Sixt et al. (2020) note it equals LRP-alpha1-beta0; here it is zennit's composite, whose layer map gives ReLUs no
+    rule (their gradient), which for ReLU is the same as the pass-through of the other composites.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+        rule = ZPlus(stabilizer)
+        super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
+
+
 COMPOSITES: dict[str, type[Composite]] = {
     "epsilon": EpsilonOnly,
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -315,6 +432,15 @@ COMPOSITES: dict[str, type[Composite]] = {
     "seed000": Seed000,
     "lrp_focus": LRPFocus,
     "lrp_composite": LRPComposite,
+    "lrp_z": LRPZ,
+    "alpha_beta": AlphaBetaEverywhere,
+    "alpha1_beta0": Alpha1Beta0,
+    "alpha2_beta1": Alpha2Beta1,
+    "alpha5_beta4": Alpha5Beta4,
+    "cmp_alpha1_beta0": CMPAlpha1Beta0,
+    "cmp_alpha2_beta1": CMPAlpha2Beta1,
+    "dtd": DTD,
+    "excitation_backprop": ExcitationBackprop,
 }
 
 
@@ -350,7 +476,17 @@ def make_composite(composite: str | Composite | Mapping, **settings: Any) -> Com
 
 __all__ = [
     "COMPOSITES",
+    "DTD",
+    "Alpha1Beta0",
+    "Alpha2Beta1",
+    "Alpha5Beta4",
+    "AlphaBetaEverywhere",
+    "CMPAlpha1Beta0",
+    "CMPAlpha2Beta1",
+    "CMPAlphaBeta",
     "Composite",
+    "ExcitationBackprop",
+    "LRPZ",
     "EpsilonGammaBox",
     "EpsilonOnly",
     "EpsilonPlusFlat",
