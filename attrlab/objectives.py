@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +134,7 @@ def learning_rate(
     if schedule == "step":
         return base_lr * gamma ** (((step - 1) // steps_per_epoch) // step_epochs)
     if schedule == "cosine":
-        warmup = int(round(warmup_epochs * steps_per_epoch))
+        warmup = round(warmup_epochs * steps_per_epoch)
         if step <= warmup:
             return base_lr * step / warmup
         span = max(total_steps - warmup - 1, 1)
@@ -190,6 +190,15 @@ def augment(
 
 
 __all__ = [
-    "AUGMENTATIONS", "LOSSES", "NO_FLIP_DATASETS", "Objective", "SCHEDULES", "augment", "bce_loss", "data_loss",
-    "learning_rate", "logit_bias", "objective_name",
+    "AUGMENTATIONS",
+    "LOSSES",
+    "NO_FLIP_DATASETS",
+    "SCHEDULES",
+    "Objective",
+    "augment",
+    "bce_loss",
+    "data_loss",
+    "learning_rate",
+    "logit_bias",
+    "objective_name",
 ]

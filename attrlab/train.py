@@ -13,9 +13,10 @@ checkpoint; the finished metrics equal those of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -23,11 +24,29 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DATASET_SHAPES, INPUT_BOUNDS, SELECTIONS, AttributionSet, BatchSampler, ImageDataset, Split, attribution_set, load_dataset
+from .data import (
+    DATASET_SHAPES,
+    INPUT_BOUNDS,
+    SELECTIONS,
+    AttributionSet,
+    BatchSampler,
+    ImageDataset,
+    Split,
+    attribution_set,
+    load_dataset,
+)
 from .device import resolve_device
 from .models import build_model
 from .objectives import (
-    AUGMENTATIONS, LOSSES, NO_FLIP_DATASETS, SCHEDULES, Objective, augment, data_loss, learning_rate, objective_name,
+    AUGMENTATIONS,
+    LOSSES,
+    NO_FLIP_DATASETS,
+    SCHEDULES,
+    Objective,
+    augment,
+    data_loss,
+    learning_rate,
+    objective_name,
 )
 from .runstore import RunStore, RunStoreError
 
@@ -124,7 +143,7 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -135,19 +154,19 @@ class TrainConfig:
 class Callback:
     """Hook points of the training loop. Subclasses override what they need."""
 
-    def on_start(self, trainer: "Trainer", step: int) -> None:
+    def on_start(self, trainer: Trainer, step: int) -> None:
         """Called once before training continues after ``step`` (0 for a fresh run)."""
 
-    def before_step(self, trainer: "Trainer", step: int) -> None:
+    def before_step(self, trainer: Trainer, step: int) -> None:
         """Called after the training backward of step ``step``, right before the optimiser step."""
 
-    def on_step(self, trainer: "Trainer", step: int) -> None:
+    def on_step(self, trainer: Trainer, step: int) -> None:
         """Called after optimiser step ``step`` (1-based) and its metrics."""
 
-    def on_flush(self, trainer: "Trainer", step: int) -> None:
+    def on_flush(self, trainer: Trainer, step: int) -> None:
         """Persist everything up to ``step``: a checkpoint of that step is written right after."""
 
-    def on_end(self, trainer: "Trainer", step: int) -> None:
+    def on_end(self, trainer: Trainer, step: int) -> None:
         """Called once after the last step."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -381,7 +400,7 @@ def train(
     progress: bool = True,
     objective: Objective | None = None,
     **overrides: Any,
-) -> "Run":
+) -> Run:
     """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields.
 
     ``objective(model, x, y, logits) -> scalar`` is added to the configured loss at every step (see

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -15,7 +16,7 @@ from attrlab.models import build_model
 from attrlab.objectives import augment, bce_loss, learning_rate, logit_bias
 from attrlab.train import Callback, Run, TrainConfig, Trainer, train
 
-QUICK = dict(dataset="digits", model="shallow", epochs=1, checkpoint_every=4, device="cpu")
+QUICK = {"dataset": "digits", "model": "shallow", "epochs": 1, "checkpoint_every": 4, "device": "cpu"}
 
 
 def test_default_run_equals_the_old_training_loop(tmp_path, digits):
@@ -51,12 +52,12 @@ def test_bce_loss_and_logit_bias():
 
 
 def test_learning_rate_schedules():
-    kw = dict(base_lr=1.0, total_steps=100, steps_per_epoch=10)
+    kw = {"base_lr": 1.0, "total_steps": 100, "steps_per_epoch": 10}
     assert [learning_rate("constant", step=s, **kw) for s in (1, 50, 100)] == [1.0, 1.0, 1.0]
     cosine = [learning_rate("cosine", step=s, warmup_epochs=1, lr_min=0.1, **kw) for s in range(1, 101)]
     assert cosine[:10] == pytest.approx([s / 10 for s in range(1, 11)])  # linear warm-up to the base rate
     assert cosine[10] == pytest.approx(1.0) and cosine[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))  # then decays monotonically
+    assert all(a >= b for a, b in itertools.pairwise(cosine[10:]))  # then decays monotonically
     steps = [learning_rate("step", step=s, step_epochs=3, gamma=0.5, **kw) for s in (1, 30, 31, 61, 100)]
     assert steps == [1.0, 1.0, 0.5, 0.25, 0.125]
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'; valid choices: constant, cosine, step"):

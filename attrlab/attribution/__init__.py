@@ -25,6 +25,8 @@ METHODS: dict[str, str] = {
     "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
     "occlusion": "attrlab.attribution.perturbation:Occlusion",
     "rise": "attrlab.attribution.perturbation:RISE",
+    # inherent explanations of dynamic-linear networks (B-cos, CoDA)
+    "bcos": "attrlab.interpretable.inherent:InherentContributions",
 }
 
 
