@@ -66,8 +66,10 @@ class _Bcos(DynamicLinear, nn.Module):
 
     def bcos(self, linear: torch.Tensor, norm_squared: torch.Tensor) -> torch.Tensor:
         """``linear × |linear / ‖a‖|^(B-1)``, MaxOut over groups of ``max_out`` channels, times ``scale``."""
-        if self.b != 1.0:
-            cosine = linear / (norm_squared + NORM_EPS).sqrt()
+        if self.b == 2.0:  # |cos| itself: fewer elementwise passes, and no singular gradient to guard against
+            linear = linear * self.dynamic(linear.abs() * (norm_squared + NORM_EPS).rsqrt())
+        elif self.b != 1.0:
+            cosine = linear * (norm_squared + NORM_EPS).rsqrt()
             linear = linear * self.dynamic((cosine.abs() + COS_EPS).pow(self.b - 1.0))
         if self.max_out > 1:
             linear = linear.unflatten(1, (-1, self.max_out)).amax(2)

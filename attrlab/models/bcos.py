@@ -11,13 +11,15 @@ Flat ``nn.Sequential`` models in the layout of :mod:`attrlab.models.grid` (so th
 
 Strided convolutions instead of max-pools (as the thesis' net): 28 -> 14 -> 7 per cell keeps every cell of a grid
 aligned with whole cells of every feature map. No biases, no ReLUs: B > 1 is the non-linearity. Every layer's
-output is multiplied by the fixed γ of :func:`attrlab.interpretable.bcos.thesis_scale` divided by sqrt(k² C_in) (an
-aligned unit on a patch of unit entries then gives about γ), and the head's by 1/T with T chosen so that the
-logits of an untrained model are of order one (:data:`OUTPUT_SCALE`); T is a constant, so the contributions sum to
-the logits exactly.
+output is multiplied by the fixed :func:`layer_scale` ``d^((B-1)/2)`` for patches of d entries, which keeps the
+signal of an untrained net at about the same size through the layers for every B (the thesis' fixed γ and output
+T serve the same purpose for its deeper net, App. C.3.1.1; with this scale no output T is needed, and the
+temperature of the training loss, ``TrainConfig(loss="bce", temperature=T)``, sets the logits' scale). The scales are
+constants, so the contributions sum to the logits exactly.
 
 Registered names: ``bcos`` (B = 2, no MaxOut), ``bcos_b{B}`` and ``bcos_b{B}_maxout`` for the thesis' B in
-:data:`THESIS_B` (MaxOut with two units), and ``bcos_cifar`` (App. C.3.1.1's nine-layer net, B = 2, for 3x32x32).
+:data:`THESIS_B` (MaxOut with two units), ``bcos_cifar`` (App. C.3.1.1's nine-layer net, B = 2, for 3x32x32), and ``bcos_relu_twin``, the conventional
+ReLU CNN of the same shape (:func:`relu_twin`) the B-cos nets are compared with.
 """
 
 from __future__ import annotations
@@ -86,6 +88,34 @@ def bcos_cifar(in_channels: int, image_size: int, num_classes: int, b: float = 2
     return nn.Sequential(OrderedDict(layers))
 
 
+def relu_twin(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
+    """The conventional CNN shaped like :func:`bcos_digits`: the same encoding, convolutions (with biases), strides
+    and widths, a ReLU after each 3x3 convolution (``relu1`` ... ``relu6``), a 1x1 head and global average pooling.
+    The benchmark and the chapter compare the B-cos nets with it."""
+    if image_size % SIDE_MULTIPLE:
+        raise ValueError(f"the twin needs an image side divisible by {SIDE_MULTIPLE}, got {image_size}")
+    layers: list[tuple[str, nn.Module]] = [("encode", PairEncoding())]
+    previous, index = 2 * in_channels, 0
+    for block, width in enumerate(WIDTHS, start=1):
+        for second in (False, True):
+            index += 1
+            stride = 2 if second and block < len(WIDTHS) else 1
+            layers.append((f"conv{index}", nn.Conv2d(previous, width, 3, stride, padding=1)))
+            layers.append((f"relu{index}", nn.ReLU()))
+            previous = width
+    layers += [
+        ("head", nn.Conv2d(previous, num_classes, 1)),
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+    ]
+    model = nn.Sequential(OrderedDict(layers))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):  # He initialisation, as vgg_small (PyTorch's default shrinks the signal)
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model
+
+
 def _builder(b: float, max_out: int):
     def build(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
         return bcos_digits(in_channels, image_size, num_classes, b=b, max_out=max_out)
@@ -101,4 +131,5 @@ def registry() -> dict[str, tuple[object, int]]:
         models[f"bcos_b{b:g}"] = (_builder(b, 1), SIDE_MULTIPLE)
         models[f"bcos_b{b:g}_maxout"] = (_builder(b, 2), SIDE_MULTIPLE)
     models["bcos_cifar"] = (bcos_cifar, SIDE_MULTIPLE)
+    models["bcos_relu_twin"] = (relu_twin, SIDE_MULTIPLE)
     return models
