@@ -35,6 +35,7 @@ bench: venv
 	$(PY) bench/attribution.py
 	$(PY) bench/tracking.py
 	$(PY) bench/grids.py
+	$(PY) bench/bcos.py
 
 clean:
 	rm -rf _build runs
