@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/grids.py
 	$(PY) bench/quality.py
 	$(PY) bench/sanity.py
+	$(PY) bench/bcos.py
 
 clean:
 	rm -rf _build runs

@@ -13,9 +13,10 @@ checkpoint; the finished metrics equal those of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -24,13 +25,40 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attribution.model_state import eval_semantics
-from .data import DATASET_SHAPES, SELECTIONS, AttributionSet, BatchSampler, ImageDataset, Split, attribution_set, load_dataset
+from .data import (
+    DATASET_SHAPES,
+    INPUT_BOUNDS,
+    SELECTIONS,
+    AttributionSet,
+    BatchSampler,
+    ImageDataset,
+    Split,
+    attribution_set,
+    load_dataset,
+)
 from .device import resolve_device
 from .models import build_model
+from .objectives import (
+    AUGMENTATIONS,
+    LOSSES,
+    NO_FLIP_DATASETS,
+    SCHEDULES,
+    Objective,
+    augment,
+    data_loss,
+    learning_rate,
+    objective_name,
+)
 from .runstore import RunStore, RunStoreError
 from .stepbuffer import StepBuffer
 
 OPTIMIZERS = ("adam", "sgd")
+#: the objective fields (see attrlab.objectives) and their defaults: left out of ``config.json`` while at the default,
+#: so the run directories written before these fields existed still match their configuration
+OBJECTIVE_DEFAULTS: dict[str, Any] = {
+    "loss": "cross_entropy", "temperature": 1.0, "objective": None, "weight_decay": 0.0, "lr_schedule": "constant",
+    "warmup_epochs": 0.0, "lr_min": 0.0, "lr_step_epochs": 30, "lr_gamma": 0.5, "augment": "none", "augment_pad": 2,
+}
 
 
 @dataclass
@@ -52,6 +80,18 @@ class TrainConfig:
     device: str = "auto"
     data_root: str = "data"
     extra: dict[str, Any] = field(default_factory=dict)
+    # the objective (attrlab.objectives): loss, its temperature, the name of a user objective passed to train()
+    loss: str = "cross_entropy"
+    temperature: float = 1.0
+    objective: str | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    lr_min: float = 0.0
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.5
+    augment: str = "none"
+    augment_pad: int = 2
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "attr_per_class", "checkpoint_every"):
@@ -66,12 +106,46 @@ class TrainConfig:
             raise ValueError(f"unknown attr_selection {self.attr_selection!r}; valid choices: {', '.join(SELECTIONS)}")
         if self.eval_subset is not None and (not isinstance(self.eval_subset, int) or self.eval_subset <= 0):
             raise ValueError(f"eval_subset must be a positive integer or None (full test set), got {self.eval_subset!r}")
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        for name, choices in (("loss", LOSSES), ("lr_schedule", SCHEDULES), ("augment", AUGMENTATIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (self.warmup_epochs >= 0 and self.lr_min >= 0 and self.lr_gamma > 0):
+            raise ValueError(
+                f"warmup_epochs and lr_min must be >= 0 and lr_gamma > 0, got {self.warmup_epochs!r}, "
+                f"{self.lr_min!r}, {self.lr_gamma!r}"
+            )
+        if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
+        for name in ("lr_step_epochs",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.augment_pad, int) or isinstance(self.augment_pad, bool) or self.augment_pad < 0:
+            raise ValueError(f"augment_pad must be a non-negative integer, got {self.augment_pad!r}")
+        if self.augment == "crop_flip" and self.dataset in NO_FLIP_DATASETS:
+            raise ValueError(
+                f"augment 'crop_flip' mirrors images, which changes what {self.dataset!r} images show; use 'crop'"
+            )
+        if self.objective is not None and (not isinstance(self.objective, str) or not self.objective):
+            raise ValueError(f"objective must be None or the name of the objective callable, got {self.objective!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; objective fields at their defaults are left out (see :data:`OBJECTIVE_DEFAULTS`)."""
+        values = dataclasses.asdict(self)
+        for name, default in OBJECTIVE_DEFAULTS.items():
+            if values[name] == default and type(values[name]) is type(default):
+                del values[name]
+        return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -82,19 +156,19 @@ class TrainConfig:
 class Callback:
     """Hook points of the training loop. Subclasses override what they need."""
 
-    def on_start(self, trainer: "Trainer", step: int) -> None:
+    def on_start(self, trainer: Trainer, step: int) -> None:
         """Called once before training continues after ``step`` (0 for a fresh run)."""
 
-    def before_step(self, trainer: "Trainer", step: int) -> None:
+    def before_step(self, trainer: Trainer, step: int) -> None:
         """Called after the training backward of step ``step``, right before the optimiser step."""
 
-    def on_step(self, trainer: "Trainer", step: int) -> None:
+    def on_step(self, trainer: Trainer, step: int) -> None:
         """Called after optimiser step ``step`` (1-based) and its metrics."""
 
-    def on_flush(self, trainer: "Trainer", step: int) -> None:
+    def on_flush(self, trainer: Trainer, step: int) -> None:
         """Persist everything up to ``step``: a checkpoint of that step is written right after."""
 
-    def on_end(self, trainer: "Trainer", step: int) -> None:
+    def on_end(self, trainer: Trainer, step: int) -> None:
         """Called once after the last step."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -148,8 +222,18 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         dataset: ImageDataset | None = None,
         progress: bool = True,
+        objective: Objective | None = None,
     ):
+        if (config.objective is None) != (objective is None) or (
+            objective is not None and objective_name(objective) != config.objective
+        ):
+            given = None if objective is None else objective_name(objective)
+            raise ValueError(
+                f"the config names objective {config.objective!r} but the objective passed is {given!r}; "
+                "pass the same objective callable (train() sets the config's name from it)"
+            )
         self.config = config
+        self.objective = objective
         self.device = resolve_device(config.device)
         self.store = RunStore.create(run_dir, config.to_dict())
         self.callbacks = list(callbacks)
@@ -176,9 +260,30 @@ class Trainer:
         self.loss: torch.Tensor | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        if self.config.optimizer == "adam":
-            return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
-        return torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=0.9)
+        config = self.config
+        if config.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+    def _set_learning_rate(self, step: int) -> None:
+        """The schedule's rate for ``step`` (a pure function of the step: resuming needs no scheduler state)."""
+        config = self.config
+        if config.lr_schedule == "constant":
+            return
+        lr = learning_rate(
+            config.lr_schedule, config.lr, step, self.total_steps, self.sampler.steps_per_epoch,
+            warmup_epochs=config.warmup_epochs, lr_min=config.lr_min, step_epochs=config.lr_step_epochs,
+            gamma=config.lr_gamma,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The configured data loss plus the user objective's term."""
+        loss = data_loss(self.config.loss, logits, y, self.config.temperature)
+        if self.objective is not None:
+            loss = loss + self.objective(self.model, x, y, logits)
+        return loss
 
     # ------------------------------------------------------------ checkpoint
     def _state(self) -> dict[str, Any]:
@@ -240,19 +345,21 @@ class Trainer:
         capacity = min(self.config.checkpoint_every, self.total_steps)
         buffer = StepBuffer(metric_slots(self.data.num_classes), capacity, self.device, keys=("step", "epoch"))
         x_train, y_train = self.data.train.x, self.data.train.y
-        loss_fn = nn.CrossEntropyLoss()
+        fill = INPUT_BOUNDS[0]  # crops shift in black, the lowest value of attrlab's normalised images
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=start, desc=f"train {self.config.model}", disable=not self.progress)
         for step in range(start + 1, self.total_steps + 1):
             index = self.sampler.indices(step - 1)
             xb, yb = x_train[index], y_train[index]
+            xb = augment(xb, self.config.augment, self.config.augment_pad, self.config.seed, step, fill)
             logits = self.model(xb)
-            loss = loss_fn(logits, yb)
+            loss = self._loss(logits, xb, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.step, self.batch, self.loss = step, (xb, yb), loss.detach()
             for callback in self.callbacks:
                 callback.before_step(self, step)
+            self._set_learning_rate(step)
             self.optimizer.step()
 
             metrics = {"train_loss": self.loss, "train_acc": (logits.detach().argmax(1) == yb).float().mean()}
@@ -286,11 +393,18 @@ def train(
     callbacks: Sequence[Callback] = (),
     dataset: ImageDataset | None = None,
     progress: bool = True,
+    objective: Objective | None = None,
     **overrides: Any,
-) -> "Run":
-    """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields."""
+) -> Run:
+    """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields.
+
+    ``objective(model, x, y, logits) -> scalar`` is added to the configured loss at every step (see
+    :mod:`attrlab.objectives`); the config records its name, and resuming needs the same callable again.
+    """
+    if objective is not None:
+        overrides.setdefault("objective", objective_name(objective))
     config = dataclasses.replace(config or TrainConfig(), **overrides)
-    Trainer(config, run_dir, callbacks=callbacks, dataset=dataset, progress=progress).fit()
+    Trainer(config, run_dir, callbacks=callbacks, dataset=dataset, progress=progress, objective=objective).fit()
     return Run(run_dir)
 
 

@@ -24,6 +24,8 @@ METHODS: dict[str, str] = {
     "layercam": "attrlab.attribution.gradcam:LayerCAM",
     "occlusion": "attrlab.attribution.perturbation:Occlusion",
     "rise": "attrlab.attribution.perturbation:RISE",
+    # inherent explanations of dynamic-linear networks (B-cos, CoDA)
+    "bcos": "attrlab.interpretable.inherent:InherentContributions",
 }
 
 #: reproductions of published code, reachable by name through :func:`get_method` / :func:`make_method` but not

@@ -39,7 +39,7 @@ POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.
 class GridModel(nn.Sequential):
     """A grid model in one setting; see the module docstring for its outputs."""
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", setting: str, n: int, num_classes: int):
+    def __init__(self, layers: OrderedDict[str, nn.Module], setting: str, n: int, num_classes: int):
         super().__init__(layers)
         self.setting = setting
         self.n = n
@@ -66,11 +66,14 @@ def _split_at_global_pool(model: nn.Module) -> tuple[list[tuple[str, nn.Module]]
             "grid settings need a fully convolutional model ending in nn.AdaptiveAvgPool2d(1) (+ nn.Flatten), "
             "like build_model('vgg_small')"
         )
-    heads = [m for _, m in children[: pools[-1]] if isinstance(m, nn.Conv2d)]
+    # convolutions, and layers that say how many channels they give (B-cos convolutions)
+    heads = [m for _, m in children[: pools[-1]] if isinstance(m, nn.Conv2d) or hasattr(m, "out_channels")]
     return children[: pools[-1]], heads[-1].out_channels
 
 
 def _cellwise(name: str, module: nn.Module, n: int) -> nn.Module:
+    if hasattr(module, "cellwise"):  # layers that know their per-cell form (B-cos convolutions, input encodings)
+        return module.cellwise(n)
     if isinstance(module, nn.Conv2d):
         kernel = module.kernel_size
         if kernel == (1, 1) and module.stride == (1, 1) and module.padding in ((0, 0), "valid"):
