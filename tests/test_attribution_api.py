@@ -21,6 +21,8 @@ FAST_SETTINGS = {
     "integrated_gradients": {"n_steps": 4},
     "smoothgrad": {"n_samples": 3},
     "guided_backprop": {},
+    "deconvolution": {},
+    "deeplift": {},
     "gradcam": {},
     "gradcam_pp": {},
     "layercam": {},

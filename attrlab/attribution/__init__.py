@@ -19,6 +19,8 @@ METHODS: dict[str, str] = {
     "integrated_gradients": "attrlab.attribution.gradient:IntegratedGradients",
     "smoothgrad": "attrlab.attribution.gradient:SmoothGrad",
     "guided_backprop": "attrlab.attribution.gradient:GuidedBackprop",
+    "deconvolution": "attrlab.attribution.gradient:Deconvolution",
+    "deeplift": "attrlab.attribution.deeplift:DeepLift",
     "gradcam": "attrlab.attribution.gradcam:GradCAM",
     "gradcam_pp": "attrlab.attribution.gradcam:GradCAMPlusPlus",
     "layercam": "attrlab.attribution.gradcam:LayerCAM",
