@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Attribution, Explanation, Layer, Target, resolve_target
 from .autograd import target_gradient
+from .base import Attribution, Explanation, Layer, Target, resolve_target
 from .checks import check_baseline, check_batch
 from .layer_split import ModelSplit
 from .model_state import eval_semantics
