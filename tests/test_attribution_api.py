@@ -26,6 +26,8 @@ FAST_SETTINGS = {
     "gradcam": {},
     "gradcam_pp": {},
     "layercam": {},
+    "score_cam": {},
+    "ablation_cam": {},
     "gradcam_seed_code": {},  # the training batch is added per test
     "occlusion": {"window": 7, "stride": 7},
     "rise": {"n_masks": 8},

@@ -25,6 +25,8 @@ METHODS: dict[str, str] = {
     "gradcam_pp": "attrlab.attribution.gradcam:GradCAMPlusPlus",
     "layercam": "attrlab.attribution.gradcam:LayerCAM",
     "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
+    "score_cam": "attrlab.attribution.score_cam:ScoreCAM",
+    "ablation_cam": "attrlab.attribution.score_cam:AblationCAM",
     "occlusion": "attrlab.attribution.perturbation:Occlusion",
     "rise": "attrlab.attribution.perturbation:RISE",
 }
