@@ -23,6 +23,7 @@ FAST_SETTINGS = {
     "guided_backprop": {},
     "deconvolution": {},
     "deeplift": {},
+    "rectgrad": {},
     "gradcam": {},
     "gradcam_pp": {},
     "layercam": {},

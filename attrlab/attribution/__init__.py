@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "smoothgrad": "attrlab.attribution.gradient:SmoothGrad",
     "guided_backprop": "attrlab.attribution.gradient:GuidedBackprop",
     "deconvolution": "attrlab.attribution.gradient:Deconvolution",
+    "rectgrad": "attrlab.attribution.rectgrad:RectGrad",
     "deeplift": "attrlab.attribution.deeplift:DeepLift",
     "gradcam": "attrlab.attribution.gradcam:GradCAM",
     "gradcam_pp": "attrlab.attribution.gradcam:GradCAMPlusPlus",
