@@ -32,6 +32,7 @@ FAST_SETTINGS = {
     "gradcam_seed_code": {},  # the training batch is added per test
     "occlusion": {"window": 7, "stride": 7},
     "rise": {"n_masks": 8},
+    "lime": {"n_samples": 20},
 }
 SHAPE = (1, 28, 28)
 

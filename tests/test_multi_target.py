@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attrlab.attribution import available_methods, make_method, resolve_target
+from attrlab.attribution import available_methods, get_method, make_method, resolve_target
 from attribution_cases import images, model_for
 
 #: cheap settings for the multi-pass methods
@@ -15,6 +15,7 @@ SETTINGS = {
     "occlusion": {"window": 8, "stride": 8, "internal_batch_size": 40},
     "rise": {"n_masks": 30, "internal_batch_size": 70},
     "lrp": {"composite": "epsilon_gamma_box", "low": -1.0, "high": 1.0},
+    "lime": {"n_samples": 30},
 }
 LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_code": None}
 
@@ -30,6 +31,10 @@ def test_multi_target_equals_one_call_per_column(name, layer):
         settings = SETTINGS.get(name, {})
     method = make_method(name, model, **settings)
     targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]])
+    if layer is not None and getattr(get_method(name), "input_only", False):
+        with pytest.raises(ValueError, match="input only"):
+            method.explain(x, target=targets, layer=layer)
+        return
     explanation = method.explain(x, target=targets, layer=layer)
     assert torch.equal(explanation.target, targets)
     columns = [method.explain(x, target=targets[:, t], layer=layer) for t in range(targets.shape[1])]

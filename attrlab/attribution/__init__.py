@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
     "score_cam": "attrlab.attribution.score_cam:ScoreCAM",
     "ablation_cam": "attrlab.attribution.score_cam:AblationCAM",
+    "lime": "attrlab.attribution.lime:Lime",
     "occlusion": "attrlab.attribution.perturbation:Occlusion",
     "rise": "attrlab.attribution.perturbation:RISE",
 }
