@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-
-from attrlab.attribution import available_methods, get_method, make_method, resolve_target
 from attribution_cases import images, model_for
+
+from attrlab.attribution import (
+    available_methods,
+    get_method,
+    make_method,
+    resolve_target,
+)
 
 #: cheap settings for the multi-pass methods
 SETTINGS = {
@@ -20,6 +27,13 @@ SETTINGS = {
 LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_code": None}
 
 
+@functools.cache
+def _deep_patterns():
+    from attrlab.attribution.pattern import fit_patterns
+
+    return fit_patterns(model_for("deep", (1, 28, 28)), images((1, 28, 28), count=200, offset=100), progress=False)
+
+
 @pytest.mark.parametrize("name", available_methods())
 @pytest.mark.parametrize("layer", [None, "conv2"])
 def test_multi_target_equals_one_call_per_column(name, layer):
@@ -27,6 +41,8 @@ def test_multi_target_equals_one_call_per_column(name, layer):
     x = images((1, 28, 28), count=6)
     if name == "gradcam_seed_code":
         settings = {"training_batch": (images((1, 28, 28), count=8, offset=10), torch.arange(8) % 10)}
+    elif name in ("pattern_net", "pattern_attribution"):
+        settings = {"patterns": _deep_patterns()}
     else:
         settings = SETTINGS.get(name, {})
     method = make_method(name, model, **settings)

@@ -26,6 +26,8 @@ METHODS: dict[str, str] = {
     "gradcam_pp": "attrlab.attribution.gradcam:GradCAMPlusPlus",
     "layercam": "attrlab.attribution.gradcam:LayerCAM",
     "gradcam_seed_code": "attrlab.attribution.gradcam_seed_code:SeedCodeGradCAM",
+    "pattern_net": "attrlab.attribution.pattern:PatternNet",
+    "pattern_attribution": "attrlab.attribution.pattern:PatternAttribution",
     "score_cam": "attrlab.attribution.score_cam:ScoreCAM",
     "ablation_cam": "attrlab.attribution.score_cam:AblationCAM",
     "lime": "attrlab.attribution.lime:Lime",
