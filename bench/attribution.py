@@ -96,10 +96,10 @@ def issue12_methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callabl
     the row times the method, not scikit-image's quickshift). captum's Lime and the grad-cam package loop over
     images; they are timed on ``PER_IMAGE_SAMPLE`` images and scaled to the batch (marked "x N/k").
     """
+    from captum._utils.models.linear_model import SkLearnLinearRegression
     from captum.attr import Deconvolution as CaptumDeconvolution
     from captum.attr import DeepLift as CaptumDeepLift
     from captum.attr import Lime as CaptumLime
-    from captum._utils.models.linear_model import SkLearnLinearRegression
     from pytorch_grad_cam import AblationCAM as PackageAblationCAM
     from pytorch_grad_cam import ScoreCAM as PackageScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -32,14 +32,13 @@ def test_lime_coefficients_equal_captums_given_the_same_perturbations(baseline):
     counts = torch.tensor([49, 16])
     samples = method.samples(counts, x.device)
     for i in range(2):
-        draws = iter(samples[i, :, : counts[i]].long()[:, None])
-
-        def perturb(_original, **_kwargs):
-            return next(draws)
-
         mask = torch.unique(segments[i], return_inverse=True)[1][None, None]
         for t in range(2):
             draws = iter(samples[i, :, : counts[i]].long()[:, None])
+
+            def perturb(_original, draws=draws, **_kwargs):
+                return next(draws)  # captum asks for one sample at a time: ours, in order
+
             reference = CaptumLime(model, interpretable_model=SkLearnLinearRegression(), perturb_func=perturb).attribute(
                 x[i : i + 1], target=int(target[i, t]), feature_mask=mask, baselines=baseline, n_samples=120,
                 perturbations_per_eval=40,
