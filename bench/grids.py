@@ -52,7 +52,7 @@ SETTINGS = {
 #: occlusion windows at the layers, as in the chapter (a similar fraction of a cell as 4/4 at the input)
 LAYER_SETTINGS = {"occlusion": {"middle": {"window": 2, "stride": 2}, "final": {"window": 2, "stride": 1}}}
 #: the seed-code Grad-CAM is a reproduction of one script, not a method to benchmark again
-SKIP = {"gradcam_seed_code"}
+SKIP = {"gradcam_seed_code", "lime", "pattern_net", "pattern_attribution"}  # LIME: input only; patterns: fitted first
 #: SmoothGrad draws an image's noise by its row in the batch (captum's layout), so the two paths use different noise
 #: and agree in distribution only; every other method must give the same scores both ways
 RANDOM_BY_ROW = {"smoothgrad"}

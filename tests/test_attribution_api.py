@@ -21,12 +21,20 @@ FAST_SETTINGS = {
     "integrated_gradients": {"n_steps": 4},
     "smoothgrad": {"n_samples": 3},
     "guided_backprop": {},
+    "deconvolution": {},
+    "deeplift": {},
+    "rectgrad": {},
     "gradcam": {},
     "gradcam_pp": {},
     "layercam": {},
+    "score_cam": {},
+    "ablation_cam": {},
     "gradcam_seed_code": {},  # the training batch is added per test
     "occlusion": {"window": 7, "stride": 7},
     "rise": {"n_masks": 8},
+    "lime": {"n_samples": 20},
+    "pattern_net": {},  # patterns are fitted per test, on the model under test
+    "pattern_attribution": {},
 }
 SHAPE = (1, 28, 28)
 
@@ -35,6 +43,10 @@ def _method(name: str, model: nn.Module):
     settings = dict(FAST_SETTINGS[name])
     if name == "gradcam_seed_code":
         settings["training_batch"] = (images(SHAPE, count=8, offset=50), torch.arange(8) % 10)
+    if name.startswith("pattern_"):
+        from attrlab.attribution.pattern import fit_patterns
+
+        settings["patterns"] = fit_patterns(model, images(SHAPE, count=64, offset=200), progress=False)
     return make_method(name, model, **settings)
 
 

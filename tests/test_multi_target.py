@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-
-from attrlab.attribution import available_methods, make_method, resolve_target
 from attribution_cases import images, model_for
+
+from attrlab.attribution import (
+    available_methods,
+    get_method,
+    make_method,
+    resolve_target,
+)
 
 #: cheap settings for the multi-pass methods
 SETTINGS = {
@@ -15,8 +22,16 @@ SETTINGS = {
     "occlusion": {"window": 8, "stride": 8, "internal_batch_size": 40},
     "rise": {"n_masks": 30, "internal_batch_size": 70},
     "lrp": {"composite": "epsilon_gamma_box", "low": -1.0, "high": 1.0},
+    "lime": {"n_samples": 30},
 }
 LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_code": None}
+
+
+@functools.cache
+def _deep_patterns():
+    from attrlab.attribution.pattern import fit_patterns
+
+    return fit_patterns(model_for("deep", (1, 28, 28)), images((1, 28, 28), count=200, offset=100), progress=False)
 
 
 @pytest.mark.parametrize("name", available_methods(include_reproductions=True))
@@ -26,10 +41,16 @@ def test_multi_target_equals_one_call_per_column(name, layer):
     x = images((1, 28, 28), count=6)
     if name == "gradcam_seed_code":
         settings = {"training_batch": (images((1, 28, 28), count=8, offset=10), torch.arange(8) % 10)}
+    elif name in ("pattern_net", "pattern_attribution"):
+        settings = {"patterns": _deep_patterns()}
     else:
         settings = SETTINGS.get(name, {})
     method = make_method(name, model, **settings)
     targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]])
+    if layer is not None and getattr(get_method(name), "input_only", False):
+        with pytest.raises(ValueError, match="input only"):
+            method.explain(x, target=targets, layer=layer)
+        return
     explanation = method.explain(x, target=targets, layer=layer)
     assert torch.equal(explanation.target, targets)
     columns = [method.explain(x, target=targets[:, t], layer=layer) for t in range(targets.shape[1])]

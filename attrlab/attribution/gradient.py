@@ -1,7 +1,9 @@
-"""Gradient-based attribution methods: Gradient, Input x Gradient, Integrated Gradients, SmoothGrad, Guided Backprop.
+"""Gradient-based attribution methods: Gradient, Input x Gradient, Integrated Gradients, SmoothGrad, Guided Backprop,
+Deconvolution.
 
 All share the call shape of :mod:`attrlab.attribution.base` and captum's semantics (tests compare against captum's
-Saliency(abs=False), InputXGradient, IntegratedGradients, NoiseTunnel(smoothgrad) and GuidedBackprop). With
+Saliency(abs=False), InputXGradient, IntegratedGradients, NoiseTunnel(smoothgrad), GuidedBackprop and
+Deconvolution). With
 ``layer=`` the attribution is with respect to that layer's output (captum's LayerGradientXActivation /
 LayerIntegratedGradients): the model is cut there (:class:`~attrlab.attribution.layer_split.ModelSplit`), the part
 below the layer runs once without a graph and only the part above it is differentiated.
@@ -121,6 +123,35 @@ class GuidedBackprop(_LayerGradient):
 
     name = "guided_backprop"
     substitutes = {nn.ReLU: _GuidedReLU.apply}
+
+    def _combine(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        return gradient
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU whose backward rectifies the incoming signal without the forward mask (Zeiler & Fergus 2014)."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return value.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad_output.clamp(min=0)
+
+
+class Deconvolution(_LayerGradient):
+    """Deconvolution (Zeiler & Fergus 2014): the backward pass with every ReLU replaced by ``r_l = [r_{l+1}]^+``.
+
+    Linear layers and max-pools propagate as in the gradient (pooling "switches" = the forward argmax); each ReLU
+    rectifies the backward signal itself, ignoring which units were active in the forward pass (Guided Backprop uses
+    both). Captum's ``Deconvolution`` does the same with module hooks; here ``nn.ReLU`` modules are swapped for a
+    custom autograd function in a hook-free forward (same limitation as :class:`GuidedBackprop` for ReLUs called as
+    functions).
+    """
+
+    name = "deconvolution"
+    substitutes = {nn.ReLU: _DeconvReLU.apply}
 
     def _combine(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         return gradient
@@ -329,6 +360,7 @@ class SmoothGrad(Attribution):
 
 __all__ = [
     "QUADRATURES",
+    "Deconvolution",
     "Gradient",
     "GuidedBackprop",
     "InputXGradient",

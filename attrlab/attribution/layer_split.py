@@ -13,12 +13,14 @@ of one call and removed in a ``finally`` block, so no state is left on the model
 re-runs the whole forward (the head's result is replaced at the layer), so it is slower but gives the same numbers.
 
 ``substitutes`` replaces the forward of modules of given types by a function (Guided Backprop swaps ``nn.ReLU`` for a
-ReLU whose backward is clamped). Expanded batches (several copies of the N inputs, as Integrated Gradients and
+ReLU whose backward is clamped); ``module_substitutes`` does the same with functions that also receive the module
+(``f(module, value)``: DeepLIFT's max-pool rule needs the pooling settings, PatternNet the layer's weights). Expanded batches (several copies of the N inputs, as Integrated Gradients and
 occlusion build) are block-major: copy ``j`` of image ``i`` is row ``j * N + i``, the layout of ``Tensor.repeat``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import torch
@@ -28,6 +30,8 @@ from .base import Layer, resolve_layer
 
 TensorFunction = Callable[[torch.Tensor], torch.Tensor]
 Substitutes = Mapping[type, TensorFunction]
+ModuleFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+ModuleSubstitutes = Mapping[type, ModuleFunction]
 
 
 class _ActivationCaptured(Exception):
@@ -70,10 +74,17 @@ class ModelSplit:
         Module types whose forward is replaced by a function in both halves (Guided Backprop's ReLU).
     """
 
-    def __init__(self, model: nn.Module, layer: Layer = None, substitutes: Substitutes | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Layer = None,
+        substitutes: Substitutes | None = None,
+        module_substitutes: ModuleSubstitutes | None = None,
+    ):
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.substitutes = dict(substitutes or {})
+        self.module_substitutes = dict(module_substitutes or {})
         flat = _flatten_sequential(model)
         self._leaves: list[nn.Module] = []
         self._cut = 0
@@ -94,6 +105,9 @@ class ModelSplit:
         for kind, function in self.substitutes.items():
             if isinstance(module, kind):
                 return function
+        for kind, module_function in self.module_substitutes.items():
+            if isinstance(module, kind):
+                return functools.partial(module_function, module)
         return None
 
     def _run(self, modules: list[nn.Module], value: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import bcos, coda, grid, seed
+from .xdnn import remove_biases
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
 
@@ -21,6 +22,17 @@ MODELS: dict[str, tuple[ModelBuilder, int]] = {
     **bcos.registry(),  # the B-cos nets: bcos, bcos_b{B}, bcos_b{B}_maxout, bcos_cifar
     **coda.registry(),  # the CoDA nets: coda, coda_l2, coda_wb
 }
+
+
+def _bias_free(builder: ModelBuilder) -> ModelBuilder:
+    def build(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+        return remove_biases(builder(in_channels, image_size, num_classes))
+
+    return build
+
+
+#: X-DNN variants (Hesse et al. 2021): the same architectures without any bias, e.g. "deep_xdnn"
+MODELS.update({f"{name}_xdnn": (_bias_free(builder), size) for name, (builder, size) in list(MODELS.items())})
 
 
 def register_model(name: str, builder: ModelBuilder, min_size: int = 1) -> None:
@@ -39,11 +51,16 @@ def build_model(
     input_shape: tuple[int, int, int] = (1, 28, 28),
     num_classes: int = 10,
     seed: int | None = None,
+    bias: bool = True,
 ) -> nn.Module:
     """Build the architecture ``name`` for square images of ``input_shape`` = (channels, height, width).
 
     With ``seed`` the initial weights are drawn from a generator seeded with it (the global RNG is left alone).
+    ``bias=False`` builds the X-DNN variant (:func:`~attrlab.models.xdnn.remove_biases`: the same weights, no bias),
+    which is also registered as ``"<name>_xdnn"``.
     """
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be True or False, got {bias!r}")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(available_models())}")
     builder, min_size = MODELS[name]
@@ -57,10 +74,12 @@ def build_model(
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if seed is None:
-        return builder(channels, height, int(num_classes))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return builder(channels, height, int(num_classes))
+        model = builder(channels, height, int(num_classes))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = builder(channels, height, int(num_classes))
+    return model if bias else remove_biases(model)
 
 
-__all__ = ["MODELS", "available_models", "build_model", "register_model"]
+__all__ = ["MODELS", "available_models", "build_model", "register_model", "remove_biases"]
