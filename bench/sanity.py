@@ -28,7 +28,6 @@ import torch
 from skimage.metrics import structural_similarity
 
 from attrlab.data import load_dataset
-from attrlab.lrp import LRP
 from attrlab.lrp.inject import relevance_from
 from attrlab.models import build_model
 from attrlab.sanity import (

@@ -2,7 +2,7 @@
 
 Beyond Sixt et al. (2020): is the rank-1 convergence of modified backpropagation there at initialisation, or does
 training create it? Every ``every`` steps (and at step 0 of a fresh run, and after the last step) each method's CSC
-(median |cos| per injection and recorded layer) and median random-logit SSIM on fixed images are appended to the
+(median ``|cos|`` per injection and recorded layer) and median random-logit SSIM on fixed images are appended to the
 run's table ``sanity`` in ``on_flush``, right before the checkpoint of the same step, so a resumed run recomputes
 exactly the missing rows.
 """

@@ -2,11 +2,11 @@
 
 At an injection layer k every image gets ``vectors`` Gaussian vectors ``v`` (the shape of layer k's output) as its
 relevance (LRP family, :func:`attrlab.lrp.inject.relevance_from`) or gradient (gradient family:
-:func:`gradient_from`); each is propagated down with the method's own rules. At each lower layer l the |cosine|
+:func:`gradient_from`); each is propagated down with the method's own rules. At each lower layer l the ``|cosine|``
 between the propagations of every pair of vectors is taken per spatial location over the channels (dense layers: one
 location), NaNs from zero vectors are dropped, and the median over images x locations x pairs is the CSC of (k, l).
-The baseline is the median |cosine| of pairs of Gaussian vectors with layer l's channel dimension (the authors' code;
-the arXiv v1 text says the mean cosine similarity, whose value 0 would be no baseline for |cos|).
+The baseline is the median ``|cosine|`` of pairs of Gaussian vectors with layer l's channel dimension (the authors' code;
+the arXiv v1 text says the mean cosine similarity, whose value 0 would be no baseline for ``|cos|``).
 
 All vectors of all images go through ONE batched backward pass per injection layer (the images are repeated along
 the batch, vector-major). On ``nn.Sequential`` models the gradient family runs the layers functionally (no hooks);
@@ -132,7 +132,7 @@ def propagate_from(
 
 
 def pairwise_abs_cosine(propagated: Tensor, vectors: int) -> Tensor:
-    """|cos| over channels between every pair of the ``vectors`` propagations of each image, per location.
+    """``|cos|`` over channels between every pair of the ``vectors`` propagations of each image, per location.
 
     ``propagated`` is (vectors * N, C, ...) vector-major; returns the flat values (images x pairs x locations)
     with NaNs (a zero vector) dropped.
@@ -149,7 +149,7 @@ def pairwise_abs_cosine(propagated: Tensor, vectors: int) -> Tensor:
 
 
 def cosine_baseline(channels: int, samples: int = 1000, seed: int = 0) -> float:
-    """The median |cos| between ``samples`` x ``samples`` pairs of N(0, I) vectors of dimension ``channels``."""
+    """The median ``|cos|`` between ``samples`` x ``samples`` pairs of N(0, I) vectors of dimension ``channels``."""
     generator = torch.Generator().manual_seed(seed)
     u = torch.randn(samples, channels, generator=generator, dtype=torch.float64)
     w = torch.randn(samples, channels, generator=generator, dtype=torch.float64)
@@ -189,7 +189,7 @@ def csc(
     -------
     pandas.DataFrame
         One row per (injection layer, layer): ``method``, ``injection``, ``layer``, ``position`` (index in
-        ``record``), ``median``, ``values`` (count of non-NaN |cos|), ``dropped`` (NaN count), ``channels``.
+        ``record``), ``median``, ``values`` (count of non-NaN ``|cos|``), ``dropped`` (NaN count), ``channels``.
     """
     if vectors < 2:
         raise ValueError(f"vectors must be >= 2 (pairs are compared), got {vectors}")

@@ -94,7 +94,7 @@ def missing_methods(version: str | None = None) -> list[SanityMethod]:
 
 
 def reduce_channels(maps: torch.Tensor, reduce: Reduce) -> torch.Tensor:
-    """(N, C, H, W) attributions as (N, H, W) maps: ``abs_max`` (max over channels of |a|) or ``sum`` (signed).
+    """(N, C, H, W) attributions as (N, H, W) maps: ``abs_max`` (max over channels of ``|a|``) or ``sum`` (signed).
 
     Parameters
     ----------

@@ -2,9 +2,9 @@
 
 A chain starts with ``rows`` (32) N(0, 1) vectors of the output dimension and multiplies them, layer by layer from the
 top, with a matrix of each layer's shape (``d_out`` x ``d_in``, as the backward pass maps output relevance to
-inputs). After each product the metric is the mean |cos| between the rows; ``1 - cos`` on a log axis shows the
+inputs). After each product the metric is the mean ``|cos|`` between the rows; ``1 - cos`` on a log axis shows the
 convergence. Settings (Fig. 4a): ``vanilla`` N(0, 1); ``relu`` the same with negative entries of the product clipped
-after every product but the first; ``non_negative`` max(0, N); ``positive`` |N|; ``stochastic`` |N| with each output
+after every product but the first; ``non_negative`` max(0, N); ``positive`` ``|N|``; ``stochastic`` ``|N|`` with each output
 unit's row normalised to sum 1 (relevance conserved). Fig. 4b: ``alpha_beta`` chains ``alpha W+ + beta W-`` with
 ``W- = min(0, W)`` (the negative part keeps its sign) and ``beta = alpha - 1``. ``learned`` uses a trained model's own
 weights with the ReLU clipping.
@@ -16,7 +16,7 @@ VGG-16's fc1 to 512 inputs. Layers with a single input (the first convolution of
 every cosine there is +-1.
 
 Differences from the authors' notebook: the rows are renormalised after each product (cosines are scale-free; this
-only avoids overflow), and the mean |cos| is over pairs of *different* rows (the notebook's mask included the
+only avoids overflow), and the mean ``|cos|`` is over pairs of *different* rows (the notebook's mask included the
 diagonal, a constant upward bias of its metric).
 """
 
@@ -71,7 +71,7 @@ def model_matrices(model: nn.Module) -> list[np.ndarray]:
 
 
 def _mean_abs_cosine(rows: np.ndarray) -> np.ndarray:
-    """(chains, r, d) -> (chains,) mean |cos| over pairs of different rows."""
+    """(chains, r, d) -> (chains,) mean ``|cos|`` over pairs of different rows."""
     with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero row (ReLU chains) has no direction: NaN
         unit = rows / np.linalg.norm(rows, axis=2, keepdims=True)
     gram = np.abs(unit @ unit.transpose(0, 2, 1))
@@ -108,7 +108,7 @@ def simulate(
     seed: int = 0,
     matrices: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Mean |cos| between the rows after each product, for every chain.
+    """Mean ``|cos|`` between the rows after each product, for every chain.
 
     Parameters
     ----------
@@ -130,7 +130,7 @@ def simulate(
     Returns
     -------
     numpy.ndarray
-        (chains, layers) mean |cos| after each product.
+        (chains, layers) mean ``|cos|`` after each product.
     """
     if chains < 1 or rows < 2:
         raise ValueError(f"need chains >= 1 and rows >= 2, got chains={chains}, rows={rows}")
