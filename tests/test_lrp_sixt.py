@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from attrlab.lrp import LRP, make_composite
-from tests.test_lrp import CASES, TOLERANCE, make_inputs, make_model, relative_l2, zennit_relevance
+from attribution_cases import model_for, noise_images, relative_error
+from test_lrp import CASES, TOLERANCE, zennit_relevance
 
 zennit_composites = pytest.importorskip("zennit.composites")
 zennit_rules = pytest.importorskip("zennit.rules")
@@ -44,18 +45,18 @@ SIXT_CASES = [(name, shape, trained) for name, shape in CASES for trained in (Fa
 @pytest.mark.parametrize("name,shape,trained", SIXT_CASES,
                          ids=[f"{n}-{s[0]}x{s[1]}-{'trained' if t else 'random'}" for n, s, t in SIXT_CASES])
 def test_sixt_composites_match_zennit(name, shape, trained):
-    model = make_model(name, shape, trained)
-    inputs = make_inputs(shape)
+    model = model_for(name, shape, "trained" if trained else "random")
+    inputs = noise_images(shape)
     target = [1, 4, 9]
     for composite, reference in _references().items():
         ours = LRP(model, composite).attribute(inputs, target=target)
         expected = zennit_relevance(model, reference, inputs, target)
         assert torch.isfinite(ours).all(), composite
-        assert relative_l2(ours, expected) <= TOLERANCE, composite
+        assert relative_error(ours, expected) <= TOLERANCE, composite
 
 
 def test_parametrised_alpha_beta_equals_named_ones():
-    model, inputs = make_model("deep", (1, 28, 28), True), make_inputs((1, 28, 28))
+    model, inputs = model_for("deep", (1, 28, 28)), noise_images((1, 28, 28))
     for alpha, beta, name in [(1.0, 0.0, "alpha1_beta0"), (2.0, 1.0, "alpha2_beta1"), (5.0, 4.0, "alpha5_beta4")]:
         torch.testing.assert_close(
             LRP(model, "alpha_beta", alpha=alpha, beta=beta).attribute(inputs, 3),
@@ -63,11 +64,11 @@ def test_parametrised_alpha_beta_equals_named_ones():
         )
     reference = _everywhere(zennit_rules.AlphaBeta(3.0, 2.0))
     ours = LRP(model, "alpha_beta", alpha=3.0, beta=2.0).attribute(inputs, target=[1, 2, 3])
-    assert relative_l2(ours, zennit_relevance(model, reference, inputs, [1, 2, 3])) <= TOLERANCE
+    assert relative_error(ours, zennit_relevance(model, reference, inputs, [1, 2, 3])) <= TOLERANCE
 
 
 def test_excitation_backprop_is_alpha1_beta0_and_bad_settings_fail():
-    model, inputs = make_model("shallow", (1, 28, 28), True), make_inputs((1, 28, 28))
+    model, inputs = model_for("shallow", (1, 28, 28)), noise_images((1, 28, 28))
     torch.testing.assert_close(
         LRP(model, "excitation_backprop").attribute(inputs, 2), LRP(model, "alpha1_beta0").attribute(inputs, 2)
     )

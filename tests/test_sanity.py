@@ -41,9 +41,9 @@ GRADIENT = SanityMethod("Gradient", "gradient", {}, "abs_max", "gradient")
 
 
 def _model(name: str = "deep", trained: bool = True) -> nn.Sequential:
-    from tests.test_lrp import make_model
+    from attribution_cases import model_for
 
-    return make_model(name, (1, 28, 28), trained)
+    return model_for(name, (1, 28, 28), "trained" if trained else "random")
 
 
 def _inputs(count: int = 6) -> torch.Tensor:
