@@ -32,7 +32,7 @@ def test_digits_is_deterministic(digits):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid names: digits, fashionmnist, cifar10"):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid names: digits, canvas, fashionmnist, cifar10"):
         load_dataset("mnist")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .normalise import prepare_maps
+from .sorting import sorted_rows
 
 
 def sparseness(a: torch.Tensor, normalise: str = "second_moment", absolute: bool = True) -> torch.Tensor:
@@ -33,7 +34,7 @@ def sparseness(a: torch.Tensor, normalise: str = "second_moment", absolute: bool
     """
     a = prepare_maps(a, normalise, absolute).reshape(a.shape[0], -1) + 1e-7
     d = a.shape[1]
-    ordered = a.sort(dim=1).values
+    ordered = sorted_rows(a)
     rank = torch.arange(1, d + 1, device=a.device, dtype=a.dtype)
     return ((2 * rank - d - 1) * ordered).sum(1) / (d * ordered.sum(1))
 

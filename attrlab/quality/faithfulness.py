@@ -38,6 +38,7 @@ from .draws import random_subsets
 from .normalise import check_normalisation, prepare_maps
 from .perturb import baseline_value, check_baseline
 from .scoring import check_batch_size, score_steps, target_scores
+from .sorting import descending_order
 
 ORDERS = ("morf", "lerf")
 REGION_LAYOUTS = ("windows", "grid")
@@ -170,7 +171,7 @@ def region_perturbation(
         blocks_h, blocks_w = padded.shape[-2] // p, padded.shape[-1] // p
         sums = padded.reshape(n, blocks_h, p, blocks_w, p).sum((2, 4)).reshape(n, -1)
         count = min(regions_evaluation, blocks_h * blocks_w)
-        blocks = torch.sort(-sign * sums, dim=1, stable=True).indices[:, :count]
+        blocks = descending_order(sign * sums)[:, :count].to(x.device)
         tops, lefts = blocks // blocks_w * p, blocks % blocks_w * p
         valid = torch.ones_like(blocks, dtype=torch.bool)
         padding = (left, right, top, bottom)
@@ -280,7 +281,7 @@ def pixel_flipping(
         raise ValueError(f"features_in_step must be an integer between 1 and {d}, got {features_in_step!r}")
     maps = prepare_maps(a, normalise, absolute)
     maps = _as_images(maps).expand_as(x).reshape(n, d)
-    order = torch.sort(maps, dim=1, descending=True, stable=True).indices
+    order = descending_order(maps).to(x.device)
     count = math.ceil(d / features_in_step)
     model = evaluation_copy(model)  # frozen, eval mode, channels-last on a CPU (about 1.6x faster there)
 

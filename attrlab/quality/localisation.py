@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .normalise import prepare_maps
+from .sorting import descending_order
 
 
 def _flat_masks(a: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ def relevance_rank_accuracy(
     flat_masks = _flat_masks(a, masks)
     a = prepare_maps(a, normalise, absolute).reshape(a.shape[0], -1)
     size = flat_masks.sum(1)
-    order = torch.sort(a, dim=1, descending=True, stable=True).indices
+    order = descending_order(a)
     in_mask = flat_masks.gather(1, order)
     rank = torch.arange(a.shape[1], device=a.device)
     hits = (in_mask & (rank[None, :] < size[:, None])).sum(1)
