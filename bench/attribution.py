@@ -11,6 +11,7 @@ input-gradient pass (forward + backward of the target logits w.r.t. the input), 
 from __future__ import annotations
 
 import argparse
+import re
 import copy
 import statistics
 import time
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch 50, 3 rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: what torch picks)")
     parser.add_argument("--no-issue12", action="store_true", help="skip the rows of issue 12's methods")
+    parser.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -180,6 +182,8 @@ def main() -> None:
     table = methods(model, target)
     if not args.no_issue12:
         table.update(issue12_methods(model, target))
+    if args.only:
+        table = {name: fn for name, fn in table.items() if name == "input gradient" or re.search(args.only, name)}
     runnable = {name: fn for name, fn in table.items() if callable(fn)}
     for fn in runnable.values():  # warm-up
         fn(inputs)
@@ -204,6 +208,8 @@ def main() -> None:
             goal += "  ok" if median / floor <= TARGETS[name] else "  MISSED"
         print(f"{name:32s} {median * 1e3:8.1f} {median / floor:13.2f}  {goal}")
     for ours, theirs in (("EpsilonPlusFlat", "EpsilonPlusFlat"), ("EpsilonGammaBox", "EpsilonGammaBox")):
+        if f"zennit {theirs}" not in times or f"attrlab LRP {ours}" not in times:
+            continue
         speedup = statistics.median(times[f"zennit {theirs}"]) / statistics.median(times[f"attrlab LRP {ours}"])
         print(f"attrlab vs zennit {ours}: {speedup:.2f}x faster (target >= 2x){'' if speedup >= 2 else '  MISSED'}")
     for ours, theirs in ISSUE12_PAIRS.items():
