@@ -24,7 +24,7 @@ from .base import (
     Explanation,
     Layer,
     Target,
-    last_layer_of_type,
+    feature_layer,
     per_target,
     resolve_target,
     target_columns,
@@ -66,7 +66,7 @@ class _ChannelCAM(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs)
-        layer = last_layer_of_type(self.model, nn.Conv2d) if layer is None else layer
+        layer = feature_layer(self.model) if layer is None else layer
         split = ModelSplit(self.model, layer)
         with eval_semantics(self.model), torch.no_grad():
             activation = split.head(x)
