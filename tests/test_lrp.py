@@ -54,7 +54,7 @@ def make_inputs(shape: tuple[int, int, int], count: int = 3) -> torch.Tensor:
 
 def zennit_relevance(model, composite, inputs, target, start="logit"):
     with zennit_attribution.Gradient(model, composite) as attributor:
-        onehot = torch.eye(10)[target]
+        onehot = torch.eye(10, device=inputs.device)[target]
         output_fn = (lambda out: out * onehot) if start == "logit" else (lambda out: onehot)
         _, relevance = attributor(inputs, output_fn)
     return relevance
@@ -70,9 +70,9 @@ def zennit_epsilon(epsilon: float):
 
 @pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s[0]}x{s[1]}" for n, s in CASES])
-def test_matches_zennit(name, shape, trained):
-    model = make_model(name, shape, trained)
-    inputs = make_inputs(shape)
+def test_matches_zennit(name, shape, trained, device):
+    model = make_model(name, shape, trained).to(device)
+    inputs = make_inputs(shape).to(device)
     target = [1, 4, 9]
     references = {
         "epsilon_plus_flat": zennit_composites.EpsilonPlusFlat(),

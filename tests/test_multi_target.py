@@ -21,15 +21,16 @@ LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_c
 
 @pytest.mark.parametrize("name", available_methods())
 @pytest.mark.parametrize("layer", [None, "conv2"])
-def test_multi_target_equals_one_call_per_column(name, layer):
-    model = model_for("deep", (1, 28, 28))
-    x = images((1, 28, 28), count=6)
+def test_multi_target_equals_one_call_per_column(name, layer, device):
+    model = model_for("deep", (1, 28, 28), device=device)
+    x = images((1, 28, 28), count=6, device=device)
     if name == "gradcam_seed_code":
-        settings = {"training_batch": (images((1, 28, 28), count=8, offset=10), torch.arange(8) % 10)}
+        batch = images((1, 28, 28), count=8, offset=10, device=device)
+        settings = {"training_batch": (batch, torch.arange(8, device=device) % 10)}
     else:
         settings = SETTINGS.get(name, {})
     method = make_method(name, model, **settings)
-    targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]])
+    targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]]).to(device)
     explanation = method.explain(x, target=targets, layer=layer)
     assert torch.equal(explanation.target, targets)
     columns = [method.explain(x, target=targets[:, t], layer=layer) for t in range(targets.shape[1])]

@@ -167,14 +167,17 @@ class IntegratedGradients(Attribution):
         alphas, weights = quadrature(method, n_steps)
         self.n_steps, self.method = n_steps, method
         self._alphas, self._weights = torch.as_tensor(alphas), torch.as_tensor(weights)
+        self._on_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_batch(inputs)
         split = ModelSplit(self.model, layer)
         batch = x.shape[0]
-        alphas = self._alphas.to(x)
-        weights = self._weights.to(x)
+        key = (x.device, x.dtype)
+        if key not in self._on_device:  # copied to a device once per method, not every call (a copy there waits)
+            self._on_device[key] = (self._alphas.to(x), self._weights.to(x))
+        alphas, weights = self._on_device[key]
         with eval_semantics(self.model):
             with torch.no_grad():
                 end = split.head(x)
