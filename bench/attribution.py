@@ -100,7 +100,7 @@ def methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callable[[torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported)")
+    parser.add_argument("--repeats", type=int, help="timed rounds, median reported (default 7, 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="3 rounds (and batch 50 on a CPU unless --batch is given)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: what torch picks)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
@@ -109,9 +109,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     batch_given = any(arg == "--batch" or arg.startswith("--batch=") for arg in sys.argv[1:])
-    batch, repeats = args.batch, args.repeats
-    if args.quick:
-        batch, repeats = (batch if batch_given or device.type == "cuda" else 50), 3
+    batch, repeats = args.batch, args.repeats or (3 if args.quick else 7)
+    if args.quick and not batch_given and device.type == "cpu":
+        batch = 50
 
     model = build_model("deep", (1, 28, 28), seed=0).eval().to(device)
     inputs = (torch.rand((batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)

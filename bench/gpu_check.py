@@ -50,13 +50,13 @@ def steps(device: str, quick_cpu: bool, results: Path) -> list[Step]:
     if quick_cpu:  # --allow-cpu: the same commands at the smallest sizes, to test the script itself
         return [
             Step("tests (device helpers)", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                            "tests/test_device.py", "-k", "device_helpers"], 300),
+                                            "tests/test_device.py", "-k", "device_helpers"], 600),
             Step("attribution benchmark", [python, "bench/attribution.py", "--quick", "--device", device,
-                                           "--batch", "8", "--repeats", "1"], 300),
+                                           "--batch", "8", "--repeats", "1"], 600),
             Step("grid benchmark, 2x2 GridPG", [python, "bench/grids.py", "--quick", "--device", device,
                                                 "--methods", "gradient", "--layers", "input", "--grids", "4",
                                                 "--loop-grids", "2", "--batch-sizes", "4",
-                                                "--out", str(results / "grids.csv")], 300),
+                                                "--out", str(results / "grids.csv")], 600),
         ]
     return [
         # exit code 5: no CUDA-marked test was collected, which cannot happen on a GPU machine but is not a failure
