@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv test book site-check sync bench clean
+.PHONY: venv test book site-check sync bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: venv
 	$(PY) bench/quality.py
 	$(PY) bench/sanity.py
 	$(PY) bench/bcos.py
+
+## on a GPU machine: the CUDA-marked tests and every benchmark in quick mode (about 5 min), report in bench/results/;
+## needs no venv or installed package (the repo root goes on PYTHONPATH); exits 2 without a GPU
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/gpu_check.py
 
 clean:
 	rm -rf _build runs

@@ -1,7 +1,7 @@
 """Command line of attrlab (also ``python -m attrlab``): ``train`` one run, ``run`` a chapter sweep, build the ``book``.
 
 - ``attrlab train --run-dir DIR [--epochs N ...]`` trains or resumes one run directory.
-- ``attrlab run SWEEP.yml [--scheduler ADDRESS] [--workers N] [--dry-run]`` executes a chapter over a parameter grid
+- ``attrlab run SWEEP.yml [--scheduler ADDRESS] [--workers N | --gpus] [--dry-run]`` executes a chapter over a parameter grid
   with papermill on Dask (see :mod:`attrlab.sweep`).
 - ``attrlab book [--incremental] [--no-strict]`` builds the Jupyter Book into ``_build/html``, warnings as errors.
 """
@@ -18,6 +18,14 @@ from pathlib import Path
 from .train import TrainConfig, train
 
 
+def _flag(text: str) -> bool:
+    """A boolean option's value: true/false (also 1/0, yes/no)."""
+    choices = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return choices[text.lower()]
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train, or resume, one run directory")
     parser.add_argument("--run-dir", required=True, help="the run directory (created, resumed or left as it is)")
@@ -26,7 +34,7 @@ def _add_train(subparsers) -> None:
         if spec.name == "extra":
             continue
         default = getattr(defaults, spec.name)
-        kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, int)
+        kind = {"int": int, "float": float, "str": str, "bool": _flag}.get(type(default).__name__, int)
         parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=default, help=f"default {default}")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -36,6 +44,8 @@ def _add_run(subparsers) -> None:
     parser.add_argument("sweep", help="the sweep's YAML file (keys: chapter, output, grid, fixed)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a new LocalCluster)")
     parser.add_argument("--workers", type=int, help="LocalCluster workers (default: one per point, at most the cores)")
+    parser.add_argument("--gpus", action="store_true",
+                        help="one worker per visible GPU, each pinned to its GPU by CUDA_VISIBLE_DEVICES")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the points, run nothing")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -90,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{point.name}: {status} -> {point.notebook}")
         print(f"{len(points)} points, {sum(not p.done for p in points)} to run; parameters valid")
         return 0
-    result = run_sweep(sweep, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+    result = run_sweep(sweep, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
+                       gpus=args.gpus)
     print(f"{len(result.done)} executed, {len(result.skipped)} already finished, {len(result.failed)} failed; "
           f"notebooks in {sweep.output}")
     for name, error in result.failed.items():

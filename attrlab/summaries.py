@@ -51,21 +51,27 @@ def gini(values: torch.Tensor) -> torch.Tensor:
 
 
 def summarise(attribution: torch.Tensor) -> torch.Tensor:
-    """Per-image summaries as an (N, len(SUMMARIES)) tensor in the order of :data:`SUMMARIES`."""
+    """Per-image summaries as an (N, len(SUMMARIES)) tensor in the order of :data:`SUMMARIES`.
+
+    Computed for the positive and the negative part at once (one (2, N, D) tensor), with the parts' sums shared by
+    the entropies and the Gini index: a tracked step summarises every map of every method, so the number of passes
+    over the maps counts (the values equal :func:`gini` and the entropy's definition to float rounding).
+    """
     flat = to_map(attribution).float()
-    positive = flat.clamp(min=0)
-    negative = flat.clamp(max=0)
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(positive, dim=1),
-            torch.linalg.vector_norm(negative, dim=1),
-            _entropy(positive),
-            _entropy(-negative),
-            gini(flat),
-            (flat > 0).float().mean(1),
-        ],
-        dim=1,
-    )
+    d = flat.shape[1]
+    parts = torch.stack([flat.clamp(min=0), flat.clamp(max=0).neg_()])  # (2, N, D), both >= 0
+    totals = parts.sum(-1)  # (2, N)
+    p = parts / totals[..., None]  # NaN rows where a part is all zero
+    entropies = torch.special.xlogy(p, p).sum(-1).neg_()  # xlogy(0, 0) = 0: zero pixels add nothing
+    entropies = torch.where(totals > 0, entropies, torch.full_like(entropies, float("nan")))
+    magnitude = totals.sum(0)  # sum |R| per image
+    ranked = flat.abs().sort(dim=1).values
+    weights = 2 * torch.arange(1, d + 1, device=flat.device, dtype=flat.dtype) - d - 1
+    gini_index = (ranked @ weights) / (d * magnitude)
+    gini_index = torch.where(magnitude > 0, gini_index, torch.full_like(gini_index, float("nan")))
+    norms = torch.linalg.vector_norm(parts, dim=-1)
+    positive_share = torch.count_nonzero(parts[0], dim=-1).to(flat.dtype) / d
+    return torch.stack([norms[0], norms[1], entropies[0], entropies[1], gini_index, positive_share], dim=1)
 
 
 def group_names(num_classes: int) -> list[str]:

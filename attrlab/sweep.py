@@ -18,6 +18,12 @@ behind; run one sweep per output folder at a time). A failing point is kept as `
 Each point runs in its own Jupyter kernel, started by a Dask task: a threaded ``LocalCluster`` by default (the
 work happens in the kernels, so worker threads only wait), or any cluster by its scheduler address, provided the
 workers see the same file system.
+
+On GPUs (``gpus=True``, ``attrlab run --gpus``) every visible GPU gets one worker process of its own whose
+``CUDA_VISIBLE_DEVICES`` names that GPU alone, so the kernels it starts see one device each and a sweep uses every
+GPU once at a time; points ask for the worker resource ``GPU=1``. On an existing cluster (``--scheduler``) start each
+GPU worker with ``--resources GPU=1`` and its own ``CUDA_VISIBLE_DEVICES`` (dask-cuda's ``dask cuda worker`` sets
+the latter).
 """
 
 from __future__ import annotations
@@ -238,13 +244,56 @@ def _kernel_threads(workers: int) -> Iterator[None]:
         del os.environ["OMP_NUM_THREADS"]
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (an existing setting is kept and narrowed).
+
+    The count comes from ``torch.cuda.device_count()``, which asks the driver without starting CUDA in this process.
+    """
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    return listed[:count] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(index) for index in range(count)]
+
+
+def gpu_worker_specs(gpus: Sequence[str], cpus: int | None = None) -> dict[str, dict[str, Any]]:
+    """Dask worker specs, one single-threaded worker process per GPU with ``CUDA_VISIBLE_DEVICES`` set to it."""
+    from distributed import Nanny
+
+    threads = str(max(1, (cpus or os.cpu_count() or 1) // max(1, len(gpus))))
+    return {
+        f"gpu-{gpu}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "resources": {"GPU": 1},
+                "env": {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)},
+                "dashboard_address": None,
+            },
+        }
+        for gpu in gpus
+    }
+
+
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
-    """A Dask client of the cluster at ``scheduler``, or of a new threaded LocalCluster with ``workers`` workers."""
+def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: bool = False) -> Iterator[Any]:
+    """A Dask client of the cluster at ``scheduler``, of a new threaded LocalCluster with ``workers`` workers, or
+    (``gpus=True``, no scheduler) of a new cluster with one worker process per visible GPU."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         with Client(scheduler) as client:
+            yield client
+        return
+    if gpus:
+        from distributed import Scheduler, SpecCluster
+
+        found = visible_gpus()
+        if not found:
+            raise SweepError("--gpus was given but no GPU is visible (torch.cuda.device_count() is 0)")
+        specs = gpu_worker_specs(found)
+        scheduler_spec = {"cls": Scheduler, "options": {"dashboard_address": None}}
+        with SpecCluster(workers=specs, scheduler=scheduler_spec) as cluster, Client(cluster) as client:
             yield client
         return
     workers = workers or os.cpu_count() or 1
@@ -257,9 +306,15 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
 
 
 def run_sweep(
-    sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True
+    sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True,
+    gpus: bool = False,
 ) -> SweepResult:
-    """Validate every point, skip the finished ones and execute the rest on Dask; failures do not stop the others."""
+    """Validate every point, skip the finished ones and execute the rest on Dask; failures do not stop the others.
+
+    ``gpus=True`` runs each point on one GPU of its own (one worker per visible GPU; see the module docstring).
+    """
+    if gpus and workers is not None:
+        raise SweepError("workers and gpus exclude each other: with gpus there is one worker per visible GPU")
     points = sweep.points()
     result = SweepResult(skipped=[point.name for point in points if point.done])
     todo = [point for point in points if not point.done]
@@ -269,11 +324,13 @@ def run_sweep(
         for stale in point.output.glob(f".{point.name}.running-*.ipynb"):
             stale.unlink()
     chapter = str(sweep.chapter.resolve())
-    with dask_client(scheduler, workers or min(len(todo), os.cpu_count() or 1)) as client:
+    with dask_client(scheduler, workers or min(len(todo), os.cpu_count() or 1), gpus=gpus) as client:
         from distributed import as_completed
 
+        resources = {"GPU": 1} if gpus else None
         futures = [
-            client.submit(execute_point, chapter, point, key=f"attrlab-{point.name}-{uuid.uuid4().hex[:8]}", pure=False)
+            client.submit(execute_point, chapter, point, key=f"attrlab-{point.name}-{uuid.uuid4().hex[:8]}", pure=False,
+                          resources=resources)
             for point in todo
         ]
         bar = tqdm(total=len(futures), desc=f"sweep {sweep.output.name}", disable=not progress)
@@ -297,6 +354,8 @@ __all__ = [
     "dask_client",
     "execute_point",
     "expand_grid",
+    "gpu_worker_specs",
     "point_name",
     "run_sweep",
+    "visible_gpus",
 ]

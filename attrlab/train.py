@@ -36,6 +36,7 @@ from .data import (
     attribution_set,
     load_dataset,
 )
+from .device import deterministic as deterministic_mode
 from .device import resolve_device
 from .models import build_model
 from .objectives import (
@@ -78,6 +79,8 @@ class TrainConfig:
     attr_selection: str = "first"
     checkpoint_every: int = 100
     device: str = "auto"
+    #: deterministic CUDA kernels and cuBLAS workspace for the run (:func:`attrlab.device.set_deterministic`)
+    deterministic: bool = False
     data_root: str = "data"
     extra: dict[str, Any] = field(default_factory=dict)
     # the objective (attrlab.objectives): loss, its temperature, the name of a user objective passed to train()
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if self.attr_selection not in SELECTIONS:
             raise ValueError(f"unknown attr_selection {self.attr_selection!r}; valid choices: {', '.join(SELECTIONS)}")
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"deterministic must be True or False, got {self.deterministic!r}")
         if self.eval_subset is not None and (not isinstance(self.eval_subset, int) or self.eval_subset <= 0):
             raise ValueError(f"eval_subset must be a positive integer or None (full test set), got {self.eval_subset!r}")
         self._check_objective()
@@ -142,6 +147,8 @@ class TrainConfig:
         for name, default in OBJECTIVE_DEFAULTS.items():
             if values[name] == default and type(values[name]) is type(default):
                 del values[name]
+        if not self.deterministic:  # saved only when on: run directories from before the field still match
+            del values["deterministic"]
         return values
 
     @classmethod
@@ -182,9 +189,11 @@ def _grouped_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
     """[loss, acc, loss per class..., acc per class...] as one device tensor (NaN for an absent class)."""
     losses = F.cross_entropy(logits, labels, reduction="none")
     correct = (logits.argmax(1) == labels).to(losses.dtype)
-    counts = torch.bincount(labels, minlength=num_classes).to(losses.dtype)
-    per_class_loss = torch.zeros(num_classes, dtype=losses.dtype, device=losses.device).index_add_(0, labels, losses)
-    per_class_acc = torch.zeros(num_classes, dtype=losses.dtype, device=losses.device).index_add_(0, labels, correct)
+    # index_add_ rather than bincount: CUDA's bincount reads the largest label back to the host (a sync per step)
+    zeros = torch.zeros(num_classes, dtype=losses.dtype, device=losses.device)
+    counts = zeros.index_add(0, labels, torch.ones_like(losses))
+    per_class_loss = zeros.index_add(0, labels, losses)
+    per_class_acc = zeros.index_add(0, labels, correct)
     return torch.cat([losses.mean()[None], correct.mean()[None], per_class_loss / counts, per_class_acc / counts])
 
 
@@ -338,6 +347,12 @@ class Trainer:
         """Train to the end (resuming if the run directory holds a checkpoint) and return the run store."""
         if self.store.complete:
             return self.store
+        if self.config.deterministic:  # callbacks too run under it; settings are restored afterwards
+            with deterministic_mode(True):
+                return self._fit()
+        return self._fit()
+
+    def _fit(self) -> RunStore:
         start = self._resume()
         self.step = start
         for callback in self.callbacks:

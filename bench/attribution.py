@@ -5,7 +5,10 @@ the predicted classes as targets. Every method is timed in the same process, int
 from other processes hits all of them alike), after a warm-up; the table shows medians and their ratio to the
 input-gradient pass (forward + backward of the target logits w.r.t. the input), next to the targets.
 
-    python bench/attribution.py [--batch 200] [--repeats 7] [--quick] [--threads N]
+    python bench/attribution.py [--batch 200] [--repeats 7] [--quick] [--threads N] [--device cuda]
+
+``--device`` defaults to CUDA when present; the clock is read after ``torch.cuda.synchronize()``. zennit and captum
+rows are skipped (with the reason) where those packages are not installed.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import argparse
 import re
 import copy
 import statistics
+import sys
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
+from attrlab.device import device_name, resolve_device, synchronize
 from attrlab.lrp import LRP
 from attrlab.models import build_model
 
@@ -54,32 +59,37 @@ class _CaptumCopy(nn.Module):
 
 def methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callable[[torch.Tensor], object] | str]:
     """name -> callable(inputs), or a string saying why the method is skipped."""
-    from captum.attr import LRP as CaptumLRP
-    from captum.attr import LayerGradCam
-    from zennit.attribution import Gradient as ZennitGradient
-    from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
-
-    onehot = torch.eye(10)[target]
+    onehot = torch.eye(10, device=target.device)[target]
     ours_flat, ours_box = LRP(model, "epsilon_plus_flat"), LRP(model, "epsilon_gamma_box")
-
-    def zennit(composite):
-        def run(inputs):
-            with ZennitGradient(model, composite) as attributor:
-                return attributor(inputs, lambda out: out * onehot)[1]
-        return run
-
-    captum_model = _CaptumCopy(model)
-    captum_lrp = CaptumLRP(captum_model)
-    captum_cam = LayerGradCam(model, model.conv6)
     table: dict[str, Callable | str] = {
         "input gradient": lambda x: input_gradient(model, x, target),
         "attrlab LRP EpsilonPlusFlat": lambda x: ours_flat.attribute(x, target),
         "attrlab LRP EpsilonGammaBox": lambda x: ours_box.attribute(x, target),
-        "zennit EpsilonPlusFlat": zennit(EpsilonPlusFlat()),
-        "zennit EpsilonGammaBox": zennit(EpsilonGammaBox(low=-1.0, high=1.0)),
-        "captum LRP (epsilon)": lambda x: captum_lrp.attribute(x, target=target),
-        "captum LayerGradCam": lambda x: captum_cam.attribute(x, target=target),
     }
+    try:
+        from zennit.attribution import Gradient as ZennitGradient
+        from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+    except ImportError as err:
+        table["zennit EpsilonPlusFlat"] = table["zennit EpsilonGammaBox"] = f"skipped: {err}"
+    else:
+        def zennit(composite):
+            def run(inputs):
+                with ZennitGradient(model, composite) as attributor:
+                    return attributor(inputs, lambda out: out * onehot)[1]
+            return run
+
+        table["zennit EpsilonPlusFlat"] = zennit(EpsilonPlusFlat())
+        table["zennit EpsilonGammaBox"] = zennit(EpsilonGammaBox(low=-1.0, high=1.0))
+    try:
+        from captum.attr import LRP as CaptumLRP
+        from captum.attr import LayerGradCam
+    except ImportError as err:
+        table["captum LRP (epsilon)"] = table["captum LayerGradCam"] = f"skipped: {err}"
+    else:
+        captum_lrp = CaptumLRP(_CaptumCopy(model))
+        captum_cam = LayerGradCam(model, model.conv6)
+        table["captum LRP (epsilon)"] = lambda x: captum_lrp.attribute(x, target=target)
+        table["captum LayerGradCam"] = lambda x: captum_cam.attribute(x, target=target)
     try:
         from attrlab.attribution.gradcam import GradCAM
     except ImportError as err:
@@ -165,18 +175,23 @@ ISSUE12_PAIRS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported)")
-    parser.add_argument("--quick", action="store_true", help="batch 50, 3 rounds")
+    parser.add_argument("--repeats", type=int, help="timed rounds, median reported (default 7, 3 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds (and batch 50 on a CPU unless --batch is given)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: what torch picks)")
     parser.add_argument("--no-issue12", action="store_true", help="skip the rows of issue 12's methods")
     parser.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    batch, repeats = (50, 3) if args.quick else (args.batch, args.repeats)
+    device = resolve_device(args.device)
+    batch_given = any(arg == "--batch" or arg.startswith("--batch=") for arg in sys.argv[1:])
+    batch, repeats = args.batch, args.repeats or (3 if args.quick else 7)
+    if args.quick and not batch_given and device.type == "cpu":
+        batch = 50
 
-    model = build_model("deep", (1, 28, 28), seed=0).eval()
-    inputs = torch.rand((batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = build_model("deep", (1, 28, 28), seed=0).eval().to(device)
+    inputs = (torch.rand((batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     with torch.no_grad():
         target = model(inputs).argmax(1)
     table = methods(model, target)
@@ -190,12 +205,14 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runnable}
     for _ in range(repeats):
         for name, fn in runnable.items():
+            synchronize(device)
             start = time.perf_counter()
             fn(inputs)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
 
     floor = statistics.median(times["input gradient"])
-    print(f"deep model, 1x28x28, batch {batch}, {torch.get_num_threads()} torch threads, median of {repeats} rounds")
+    print(f"device {device_name(device)}; deep model, 1x28x28, batch {batch}, median of {repeats} rounds")
     print(f"{'method':32s} {'ms':>8s} {'x input-grad':>13s}  target")
     scale = {name: batch / min(PER_IMAGE_SAMPLE, batch) for name in table if name.endswith("(x N/k)")}
     for name, entry in table.items():

@@ -15,6 +15,12 @@ row-dependent noise; a mismatch aborts). Timing needs no trained model, so the m
 writes them to ``bench/results/grids.csv``.
 
     .venv/bin/python bench/grids.py [--setting gridpg] [--n 2] [--grids 48] [--loop-grids 8] [--batch-sizes 4,16]
+    .venv/bin/python bench/grids.py --device cuda --quick
+
+``--device`` defaults to CUDA when present. Sizes follow the device unless given: on a CPU 48 grids in calls of 4 and
+16, on a GPU 1024 grids in calls of 64, 256 and 1024 (hundreds of grids per call); ``--quick`` does one repeat on
+fewer grids. The clock is read after ``torch.cuda.synchronize()``; the device and the results go to
+``bench/results/grids.csv`` (one row per grid kind, device, method and layer).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 from attrlab.attribution import available_methods
 from attrlab.data import load_dataset
+from attrlab.device import device_name, resolve_device, synchronize
 from attrlab.grids import (
     LAYERS,
     ConfidentImages,
@@ -59,6 +66,15 @@ RANDOM_BY_ROW = {"smoothgrad"}
 RESULTS = Path(__file__).parent / "results" / "grids.csv"
 
 
+#: (grids, loop grids, batch sizes, repeats) by device type and quick mode
+SIZES = {
+    ("cpu", False): (48, 8, "4,16", 2),
+    ("cpu", True): (16, 4, "4,16", 1),
+    ("cuda", False): (1024, 16, "64,256,1024", 2),
+    ("cuda", True): (256, 8, "64,256", 1),
+}
+
+
 def per_image_loop(method, grids, targets, cells, layer: str) -> torch.Tensor:
     """Scores from one call per grid and scored cell (batch of one image, one target)."""
     size = tuple(grids.images.shape[-2:])
@@ -72,12 +88,14 @@ def per_image_loop(method, grids, targets, cells, layer: str) -> torch.Tensor:
     return torch.cat(scores)
 
 
-def best_time(function, repeats: int):
+def best_time(function, repeats: int, device: torch.device):
     """(best-of-``repeats`` wall time in seconds, the result of the last call)."""
     best, result = float("inf"), None
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         result = function()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best, result
 
@@ -86,18 +104,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", default="gridpg", choices=["gridpg", "dipart", "difull"])
     parser.add_argument("--n", type=int, default=2, help="grid side (2: 2x2 grids of 56x56, 3: 3x3 of 84x84)")
-    parser.add_argument("--grids", type=int, default=48, help="grids in the batched evaluation")
-    parser.add_argument("--loop-grids", type=int, default=8, help="grids in the per-image loop (rate is per grid)")
-    parser.add_argument("--batch-sizes", default="4,16", help="comma-separated grids per call of the batched path")
+    parser.add_argument("--grids", type=int, help="grids in the batched evaluation (default: by device)")
+    parser.add_argument("--loop-grids", type=int, help="grids in the per-image loop (rate is per grid)")
+    parser.add_argument("--batch-sizes", help="comma-separated grids per call of the batched path (default: by device)")
     parser.add_argument("--methods", default="", help="comma-separated registry names (default: all)")
     parser.add_argument("--layers", default="input,middle,final", help="comma-separated ML-Att layer keys")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, help="timed repeats, best taken (default 2, 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
+    parser.add_argument("--quick", action="store_true", help="fewer grids, one repeat")
+    parser.add_argument("--out", default=str(RESULTS), help="the CSV the rows are merged into (bench/results/grids.csv)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
+    grids_default, loop_default, sizes_default, repeats_default = SIZES[(device.type, args.quick)]
+    args.grids = args.grids or grids_default
+    args.loop_grids = args.loop_grids or loop_default
+    args.batch_sizes = args.batch_sizes or sizes_default
+    args.repeats = args.repeats or repeats_default
 
-    data = load_dataset("digits", device="cpu")
-    model = build_model("vgg_small", seed=0).eval()
+    data = load_dataset("digits", device=device)
+    model = build_model("vgg_small", seed=0).eval().to(device)
     images = ConfidentImages(data.test.x, data.test.y, threshold=0.0)
     layout = "distinct" if args.setting == "gridpg" else "repeated"
     grids = make_grids(images, max(args.grids, args.loop_grids), n=args.n, layout=layout, seed=0)
@@ -106,7 +133,7 @@ def main() -> None:
     cells = scored_cells(args.setting, args.n)
     # the loop runs on the same channels-last copy the batched path makes, so the ratio is batching and sharing alone
     wrapped = grid_model(evaluation_copy(model), args.setting, args.n)
-    cell_index = torch.tensor(cells).expand(len(loop_grids), -1)
+    cell_index = torch.tensor(cells, device=device).expand(len(loop_grids), -1)
     loop_targets = wrapped.head_targets(cell_index, loop_grids.labels.gather(1, cell_index))
 
     names = args.methods.split(",") if args.methods else [m for m in available_methods() if m not in SKIP]
@@ -120,16 +147,17 @@ def main() -> None:
             row = {"method": name, "layer": key}
             seconds, looped = best_time(
                 lambda: per_image_loop(spec.make(wrapped, key), loop_grids, loop_targets, cells, LAYERS[key]),
-                args.repeats,
+                args.repeats, device,
             )
             row["loop grids/s"] = len(loop_grids) / seconds
             for size in sizes:
                 seconds, result = best_time(
                     lambda: evaluate_setting(model, batched_grids, args.setting, [spec], layers={key: LAYERS[key]},
                                              batch_size=size, keep_maps=False, progress=False),
-                    args.repeats,
+                    args.repeats, device,
                 )
                 batched = torch.tensor(result.scores["score"].to_numpy()[: len(looped)])
+                looped = looped.cpu()
                 difference = float((batched - looped.float()).abs().max())
                 # float rounding differs between batch sizes and flips near-zero values of signed maps (the raw
                 # gradient), which moves a score by up to a few 1e-4; a real disagreement is orders of magnitude larger
@@ -141,10 +169,11 @@ def main() -> None:
             print(", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     table = pd.DataFrame(rows)
     table.insert(0, "grid", f"{args.setting} {args.n}x{args.n}")
+    table.insert(1, "device", device_name(device))
     print(f"\n{args.setting}, {args.n}x{args.n} grids of {28 * args.n}x{28 * args.n}, {len(cells)} scored cells per "
-          f"grid, vgg_small, {args.threads} threads; batched: {args.grids} grids, loop: one call per grid and cell "
-          f"over {args.loop_grids} grids")
-    print(table.drop(columns="grid").to_string(index=False, float_format=lambda v: f"{v:8.1f}"))
+          f"grid, vgg_small, device {device_name(device)}; batched: {args.grids} grids, loop: one call per grid and "
+          f"cell over {args.loop_grids} grids")
+    print(table.drop(columns=["grid", "device"]).to_string(index=False, float_format=lambda v: f"{v:8.1f}"))
     best = table[[f"ratio {size}" for size in sizes]].max(axis=1)
     label = table["method"] + " at " + table["layer"]
     print(f"best batched / loop: median {best.median():.1f}x, min {best.min():.1f}x ({label[best.idxmin()]}), "
@@ -152,14 +181,18 @@ def main() -> None:
           f"pairs at >= 10x")
     for key, ratios in best.groupby(table["layer"], sort=False):
         print(f"  at {key}: median {ratios.median():.1f}x, {int((ratios >= 10).sum())} of {len(ratios)} methods >= 10x")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    previous = pd.read_csv(RESULTS) if RESULTS.exists() else pd.DataFrame()
-    if not previous.empty:
-        previous = previous[previous["grid"] != table["grid"].iloc[0]]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = pd.read_csv(out) if out.exists() else pd.DataFrame()
+    if not previous.empty:  # the same grid kind on the same device is replaced
+        if "device" not in previous:
+            previous.insert(1, "device", "cpu")
+        same = (previous["grid"] == table["grid"].iloc[0]) & (previous["device"] == table["device"].iloc[0])
+        previous = previous[~same]
     combined = pd.concat([previous, table], ignore_index=True)
-    temporary = RESULTS.with_suffix(".tmp")
+    temporary = out.with_suffix(".tmp")
     combined.to_csv(temporary, index=False)
-    temporary.replace(RESULTS)
+    temporary.replace(out)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@ overhead of tracking every step of a full digits run. Ratios are measured side b
 
     python bench/tracking.py            # full: deep model, 200 images, 20 repeats; digits run of 3 epochs
     python bench/tracking.py --quick    # fewer repeats, 1 epoch
+    python bench/tracking.py --device cuda   # default: CUDA when present; the clock is read after synchronising
 
-Target (issue 4): one tracked step (LRP with the seed's rules + Grad-CAM + summaries on 200 images of the deep
-FashionMNIST-shaped model) costs at most 2x one input-gradient pass over the same images.
+Targets (issue 18): one tracked step (LRP with the seed's rules + Grad-CAM + summaries on 200 images of the deep
+FashionMNIST-shaped model) costs at most 1.5x one input-gradient pass over the same images (issue 4 asked for 2x), and
+tracking every step of a digits run at most 1.8x the untracked run. The step's parts are timed alone too, and
+``--profile`` prints the PyTorch profiler's table of a tracked step (self time by operator).
 """
 
 from __future__ import annotations
@@ -19,24 +22,28 @@ from pathlib import Path
 import torch
 
 from attrlab.data import load_dataset
+from attrlab.device import device_name, resolve_device, synchronize
+from attrlab.summaries import aggregate, summarise
 from attrlab.track import Tracker
 from attrlab.train import TrainConfig, Trainer, train
 
 
-def median_ms(function, repeats: int, warmup: int = 2) -> float:
+def median_ms(function, repeats: int, device: torch.device, warmup: int = 2) -> float:
     for _ in range(warmup):
         function()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         function()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def one_step(repeats: int, data) -> None:
+def one_step(repeats: int, data, device: torch.device, profile: bool = False) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(dataset="digits", model="deep", epochs=1, device="cpu")
+        config = TrainConfig(dataset="digits", model="deep", epochs=1, device=str(device))
         tracker = Tracker()
         trainer = Trainer(config, Path(folder) / "run", callbacks=[tracker], dataset=data, progress=False)
         tracker.on_start(trainer, 0)
@@ -61,32 +68,56 @@ def one_step(repeats: int, data) -> None:
             tracker.buffer.rows.clear()  # keep the buffer from filling up across repeats (no flush: no host copy)
 
         model.eval()
+        lrp, cam = tracker.methods
+        first = lrp.explain(x)
+        maps = [first.attribution, cam.attribute(x, target=first.target)]
         results = {
-            "input gradient (200 images)": median_ms(input_gradient, repeats),
-            "training step (batch 100)": median_ms(training_step, repeats),
-            "tracked step (LRP seed000 + Grad-CAM + summaries, 200 images)": median_ms(tracked_step, repeats),
+            "input gradient (200 images)": median_ms(input_gradient, repeats, device),
+            "training step (batch 100)": median_ms(training_step, repeats, device),
+            "tracked step (LRP seed000 + Grad-CAM + summaries, 200 images)": median_ms(tracked_step, repeats, device),
+            "  part: LRP seed000 alone": median_ms(lambda: lrp.explain(x), repeats, device),
+            "  part: Grad-CAM alone (targets given)": median_ms(lambda: cam.explain(x, target=first.target), repeats,
+                                                                device),
+            "  part: summaries and aggregates of both maps": median_ms(
+                lambda: [aggregate(summarise(m), tracker.groups) for m in maps], repeats, device),
         }
+        if profile:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as profiler
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profiler(activities=activities) as recorded:
+                for _ in range(3):
+                    tracked_step()
+                synchronize(device)
+            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(recorded.key_averages().table(sort_by=sort, row_limit=20))
     floor = results["input gradient (200 images)"]
     step = results["training step (batch 100)"]
-    print(f"one tracked step, deep model (1x28x28), {torch.get_num_threads()} threads, median of {repeats}")
+    print(f"device {device_name(device)}; one tracked step, deep model (1x28x28), median of {repeats}")
     for name, ms in results.items():
         print(f"  {name:<64} {ms:8.1f} ms  {ms / floor:5.2f}x input gradient  {ms / step:5.2f}x training step")
     ratio = results["tracked step (LRP seed000 + Grad-CAM + summaries, 200 images)"] / floor
-    print(f"  target: tracked step <= 2.00x input gradient -> {ratio:.2f}x {'met' if ratio <= 2.0 else 'NOT met'}")
+    print(f"  target: tracked step <= 1.50x input gradient -> {ratio:.2f}x {'met' if ratio <= 1.5 else 'NOT met'}")
 
 
-def full_run(epochs: int, data) -> None:
+def full_run(epochs: int, data, device: torch.device) -> None:
     timings = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, callbacks in (("untracked", []), ("tracked every step", [Tracker()])):
-            config = TrainConfig(dataset="digits", model="shallow", epochs=epochs, device="cpu")
+            config = TrainConfig(dataset="digits", model="shallow", epochs=epochs, device=str(device))
+            synchronize(device)
             start = time.perf_counter()
             train(Path(folder) / name, config, callbacks=callbacks, dataset=data, progress=False)
+            synchronize(device)
             timings[name] = time.perf_counter() - start
-    print(f"digits run, shallow model, {epochs} epochs (test and attribution sets evaluated every step)")
+    print(f"device {device_name(device)}; digits run, shallow model, {epochs} epochs (test and attribution sets "
+          "evaluated every step)")
     for name, seconds in timings.items():
         print(f"  {name:<20} {seconds:7.2f} s")
-    print(f"  overhead of tracking every step: {timings['tracked every step'] / timings['untracked']:.2f}x the run")
+    overhead = timings["tracked every step"] / timings["untracked"]
+    print(f"  tracking every step: {overhead:.2f}x the untracked run; target <= 1.80x -> "
+          f"{'met' if overhead <= 1.8 else 'NOT met'}")
 
 
 def main() -> None:
@@ -94,11 +125,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="5 repeats and a 1-epoch run")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
+    parser.add_argument("--profile", action="store_true", help="print the profiler's table of a tracked step")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     repeats, epochs = (5, 1) if args.quick else (args.repeats, args.epochs)
-    data = load_dataset("digits", device="cpu")
-    one_step(repeats, data)
-    full_run(epochs, data)
+    data = load_dataset("digits", device=device)
+    one_step(repeats, data, device, profile=args.profile)
+    full_run(epochs, data, device)
 
 
 if __name__ == "__main__":

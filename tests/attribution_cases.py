@@ -53,14 +53,22 @@ def _model(architecture: str, shape: tuple[int, int, int], weights: str) -> nn.M
     return model.eval()
 
 
-def model_for(architecture: str, shape: tuple[int, int, int], weights: str = "trained") -> nn.Module:
-    """The cached model; callers must not change it (every method under test promises not to)."""
-    return _model(architecture, tuple(shape), weights)
+@functools.lru_cache(maxsize=None)
+def _model_on(architecture: str, shape: tuple[int, int, int], weights: str, device: str) -> nn.Module:
+    return copy.deepcopy(_model(architecture, shape, weights)).to(device)
 
 
-def images(shape: tuple[int, int, int], count: int = 6, offset: int = 0) -> torch.Tensor:
+def model_for(architecture: str, shape: tuple[int, int, int], weights: str = "trained", device: str = "cpu") -> nn.Module:
+    """The cached model (trained on the CPU, copied to ``device``); callers must not change it (every method under
+    test promises not to)."""
+    if device == "cpu":
+        return _model(architecture, tuple(shape), weights)
+    return _model_on(architecture, tuple(shape), weights, device)
+
+
+def images(shape: tuple[int, int, int], count: int = 6, offset: int = 0, device: str = "cpu") -> torch.Tensor:
     x, _ = digits_images(tuple(shape))
-    return x[offset : offset + count].clone()
+    return x[offset : offset + count].clone().to(device)
 
 
 def noise_images(shape: tuple[int, int, int], count: int = 3, seed: int = 11) -> torch.Tensor:

@@ -1,4 +1,11 @@
-"""Shared fixtures: the digits dataset is loaded once per session (it is small and deterministic)."""
+"""Shared fixtures: the digits dataset (loaded once per session), a fixed seed, and the ``device`` every test that
+computes attributions, trains, tracks or evaluates runs on.
+
+``device`` is "cpu" always and also "cuda" when ``torch.cuda.is_available()``; the CUDA cases carry the ``cuda``
+marker (``pytest -m cuda`` runs only them, ``make gpu-check`` does so). TF32 is switched off for every test on CUDA
+(cuDNN convolutions and matmuls in full float32), so the tolerances that hold on the CPU hold there too; TF32 stays
+at PyTorch's defaults in the package and the benchmarks (see the README's GPU section).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,24 @@ import pytest
 import torch
 
 from attrlab.data import load_dataset
+from attrlab.device import full_float32
+
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits", device="cpu")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """"cpu", and "cuda" where present (TF32 off for the test)."""
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    with full_float32():
+        yield request.param
 
 
 @pytest.fixture(autouse=True)

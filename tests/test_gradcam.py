@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attribution_cases import CASES, images, last_conv, model_for, relative_error
+pytest.importorskip("captum")  # the reference implementation; skipped where it is not installed
 from captum.attr import LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
 
 from torch import nn
@@ -47,9 +48,9 @@ def test_the_cam_default_layer_rule_on_other_models():
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
-def test_gradcam_matches_captum_layergradcam(architecture, shape, weights):
-    model = model_for(architecture, shape, weights)
-    x = images(shape)
+def test_gradcam_matches_captum_layergradcam(architecture, shape, weights, device):
+    model = model_for(architecture, shape, weights, device=device)
+    x = images(shape, device=device)
     layer = getattr(model, FEATURE_LAYERS[architecture])
     for relu in (False, True):
         explanation = make_method("gradcam", model, relu=relu).explain(x)
@@ -60,10 +61,10 @@ def test_gradcam_matches_captum_layergradcam(architecture, shape, weights):
 
 
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "relu1", "pool1"])
-def test_gradcam_at_other_layers_and_upsampled(layer):
-    model = model_for("deep", (1, 28, 28))
-    x = images((1, 28, 28))
-    target = torch.arange(6) % 10
+def test_gradcam_at_other_layers_and_upsampled(layer, device):
+    model = model_for("deep", (1, 28, 28), device=device)
+    x = images((1, 28, 28), device=device)
+    target = torch.arange(6, device=device) % 10
     ours = make_method("gradcam", model, upsample=True).attribute(x, target=target, layer=layer)
     captum_map = LayerGradCam(model, getattr(model, layer)).attribute(x, target=target, relu_attributions=True)
     reference = LayerAttribution.interpolate(captum_map, (28, 28), interpolate_mode="bilinear")
@@ -78,9 +79,9 @@ def _captum_gradient_and_activation(model, layer_name, x, target):
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
-def test_gradcam_pp_and_layercam_follow_their_definitions(architecture, shape, weights):
-    model = model_for(architecture, shape, weights)
-    x = images(shape)
+def test_gradcam_pp_and_layercam_follow_their_definitions(architecture, shape, weights, device):
+    model = model_for(architecture, shape, weights, device=device)
+    x = images(shape, device=device)
     layer = last_conv(model)
     target = model(x).argmax(1)
     g, a = _captum_gradient_and_activation(model, layer, x, target)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attribution_cases import CASES, images, last_conv, model_for, relative_error
+pytest.importorskip("captum")  # the reference implementation; skipped where it is not installed
 from captum.attr import (
     GuidedBackprop,
     InputXGradient,
@@ -24,9 +25,9 @@ TOLERANCE = 1e-4
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
-def test_gradient_ixg_and_guided_backprop_match_captum(architecture, shape, weights):
-    model = model_for(architecture, shape, weights)
-    x = images(shape)
+def test_gradient_ixg_and_guided_backprop_match_captum(architecture, shape, weights, device):
+    model = model_for(architecture, shape, weights, device=device)
+    x = images(shape, device=device)
     target = model(x).argmax(1)
     pairs = [
         (make_method("gradient", model).attribute(x), Saliency(model).attribute(x, target=target, abs=False)),
@@ -40,10 +41,10 @@ def test_gradient_ixg_and_guided_backprop_match_captum(architecture, shape, weig
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
-def test_layer_gradient_and_ixg_match_captum(architecture, shape, weights):
-    model = model_for(architecture, shape, weights)
-    x = images(shape)
-    target = torch.arange(x.shape[0]) % 10
+def test_layer_gradient_and_ixg_match_captum(architecture, shape, weights, device):
+    model = model_for(architecture, shape, weights, device=device)
+    x = images(shape, device=device)
+    target = torch.arange(x.shape[0], device=device) % 10
     for name in ("conv1", last_conv(model), "fc1"):
         layer = getattr(model, name)
         gradient = LayerGradientXActivation(model, layer, multiply_by_inputs=False).attribute(x, target=target)
@@ -54,9 +55,9 @@ def test_layer_gradient_and_ixg_match_captum(architecture, shape, weights):
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
-def test_integrated_gradients_matches_captum(architecture, shape, weights):
-    model = model_for(architecture, shape, weights)
-    x = images(shape, count=4)
+def test_integrated_gradients_matches_captum(architecture, shape, weights, device):
+    model = model_for(architecture, shape, weights, device=device)
+    x = images(shape, count=4, device=device)
     target = model(x).argmax(1)
     ours = make_method("integrated_gradients", model, n_steps=16).attribute(x)
     reference = IntegratedGradients(model).attribute(x, target=target, n_steps=16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -264,10 +265,10 @@ def test_batched_evaluation_equals_the_per_image_loop_and_difull_ixg_is_perfect(
     assert batched.maps[("IxG", "input", 1)].shape == (6, 56, 56)
 
 
-def test_evaluation_with_the_registered_methods_at_named_layers(model, confident):
+def test_evaluation_with_the_registered_methods_at_named_layers(model, confident, device):
     grids = make_grids(confident, count=4, n=2, layout="repeated", seed=0)
     specs = [MethodSpec("IxG", "input_x_gradient"), MethodSpec("Grad-CAM", "gradcam")]
-    result = evaluate_setting(model, grids, "difull", specs, progress=False)
+    result = evaluate_setting(copy.deepcopy(model).to(device), grids, "difull", specs, progress=False)
     table = result.scores.groupby(["method", "layer"])["score"].min()
     assert len(table) == 6
     # IxG is exactly in-cell at the input; later layers lose a little to the bilinear upsampling only

@@ -30,7 +30,7 @@ def model_weights(trained: bool) -> str:
 
 def zennit_relevance(model, composite, inputs, target, start="logit"):
     with zennit_attribution.Gradient(model, composite) as attributor:
-        onehot = torch.eye(10)[target]
+        onehot = torch.eye(10, device=inputs.device)[target]
         output_fn = (lambda out: out * onehot) if start == "logit" else (lambda out: onehot)
         _, relevance = attributor(inputs, output_fn)
     return relevance
@@ -46,9 +46,9 @@ def zennit_epsilon(epsilon: float):
 
 @pytest.mark.parametrize("trained", [False, True], ids=["random", "trained"])
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s[0]}x{s[1]}" for n, s in CASES])
-def test_matches_zennit(name, shape, trained):
-    model = model_for(name, shape, model_weights(trained))
-    inputs = noise_images(shape)
+def test_matches_zennit(name, shape, trained, device):
+    model = model_for(name, shape, model_weights(trained), device=device)
+    inputs = noise_images(shape).to(device)
     target = [1, 4, 9]
     references = {
         "epsilon_plus_flat": zennit_composites.EpsilonPlusFlat(),

@@ -28,25 +28,27 @@ LAYERS = {"gradcam": None, "gradcam_pp": None, "layercam": None, "gradcam_seed_c
 
 
 @functools.cache
-def _deep_patterns():
+def _deep_patterns(device: str):
     from attrlab.attribution.pattern import fit_patterns
 
-    return fit_patterns(model_for("deep", (1, 28, 28)), images((1, 28, 28), count=200, offset=100), progress=False)
+    model = model_for("deep", (1, 28, 28), device=device)
+    return fit_patterns(model, images((1, 28, 28), count=200, offset=100, device=device), progress=False)
 
 
 @pytest.mark.parametrize("name", available_methods(include_reproductions=True))
 @pytest.mark.parametrize("layer", [None, "conv2"])
-def test_multi_target_equals_one_call_per_column(name, layer):
-    model = model_for("deep", (1, 28, 28))
-    x = images((1, 28, 28), count=6)
+def test_multi_target_equals_one_call_per_column(name, layer, device):
+    model = model_for("deep", (1, 28, 28), device=device)
+    x = images((1, 28, 28), count=6, device=device)
     if name == "gradcam_seed_code":
-        settings = {"training_batch": (images((1, 28, 28), count=8, offset=10), torch.arange(8) % 10)}
+        batch = images((1, 28, 28), count=8, offset=10, device=device)
+        settings = {"training_batch": (batch, torch.arange(8, device=device) % 10)}
     elif name in ("pattern_net", "pattern_attribution"):
-        settings = {"patterns": _deep_patterns()}
+        settings = {"patterns": _deep_patterns(device)}
     else:
         settings = SETTINGS.get(name, {})
     method = make_method(name, model, **settings)
-    targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]])
+    targets = torch.tensor([[0, 3, 3], [1, 2, 9], [4, 4, 0], [5, 6, 7], [8, 1, 2], [9, 0, 5]]).to(device)
     if layer is not None and getattr(get_method(name), "input_only", False):
         with pytest.raises(ValueError, match="input only"):
             method.explain(x, target=targets, layer=layer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attribution_cases import CASES, images, model_for, relative_error
+pytest.importorskip("captum")  # the reference implementation; skipped where it is not installed
 from captum.attr import Occlusion
 from torch import nn
 
@@ -16,9 +17,9 @@ TOLERANCE = 1e-4
 
 
 @pytest.mark.parametrize("architecture, shape, weights", CASES)
-def test_occlusion_matches_captum(architecture, shape, weights):
-    model = model_for(architecture, shape, weights)
-    x = images(shape, count=3)
+def test_occlusion_matches_captum(architecture, shape, weights, device):
+    model = model_for(architecture, shape, weights, device=device)
+    x = images(shape, count=3, device=device)
     target = model(x).argmax(1)
     # window 7 / stride 4 tiles neither 28 nor 32: the last window is cropped at the border as in captum
     ours = make_method("occlusion", model, window=7, stride=4, internal_batch_size=64).attribute(x)

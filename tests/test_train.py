@@ -46,8 +46,8 @@ def test_metrics_table_has_one_row_per_step(tmp_path, digits):
     assert {f"attr_loss_c{c}" for c in range(10)} <= set(metrics.columns)
 
 
-def test_metrics_match_an_independent_evaluation(tmp_path, digits):
-    run = train(tmp_path / "run", TrainConfig(**QUICK), dataset=digits, progress=False)
+def test_metrics_match_an_independent_evaluation(tmp_path, digits, device):
+    run = train(tmp_path / "run", TrainConfig(**{**QUICK, "device": device}), dataset=digits, progress=False)
     model = run.load_model()
     with torch.no_grad():
         logits = model(digits.test.x)

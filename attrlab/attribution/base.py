@@ -83,9 +83,12 @@ def resolve_target(target: Target, logits: torch.Tensor) -> torch.Tensor:
     if isinstance(target, bool):
         raise TypeError(f"target must be None, an int, N class indices or (N, T) of them, not a bool ({target!r})")
     if isinstance(target, int):
-        indices = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+        if not 0 <= target < classes:
+            raise ValueError(f"target holds class indices outside 0..{classes - 1}: [{target}]")
+        return torch.full((batch,), target, dtype=torch.long, device=logits.device)
     else:
-        indices = torch.as_tensor(target, device=logits.device)
+        # host targets are checked on the host, before they are copied to the logits' device
+        indices = torch.as_tensor(target)
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {indices.dtype}")
         if indices.dim() == 2:
@@ -100,10 +103,13 @@ def resolve_target(target: Target, logits: torch.Tensor) -> torch.Tensor:
                 indices = indices.expand(batch)
             if indices.numel() != batch:
                 raise ValueError(f"target has {indices.numel()} entries but the batch has {batch} images")
-    # one comparison on the (already needed) device tensor; raising needs the host anyway
-    if bool(((indices < 0) | (indices >= classes)).any()):
-        raise ValueError(f"target holds class indices outside 0..{classes - 1}: {indices.unique().tolist()}")
-    return indices
+    outside = ((indices < 0) | (indices >= classes)).any()
+    if indices.device.type == "cpu":
+        if bool(outside):
+            raise ValueError(f"target holds class indices outside 0..{classes - 1}: {indices.unique().tolist()}")
+    else:  # reading the flag back would stall the device every call: it is checked there and fails the next sync
+        torch._assert_async(~outside, f"target holds class indices outside 0..{classes - 1}")
+    return indices.to(logits.device)
 
 
 def target_columns(target_index: torch.Tensor) -> torch.Tensor:

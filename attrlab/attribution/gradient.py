@@ -234,6 +234,7 @@ class IntegratedGradients(Attribution):
         alphas, weights = quadrature(method, n_steps)
         self.n_steps, self.method = n_steps, method
         self._alphas, self._weights = torch.as_tensor(alphas), torch.as_tensor(weights)
+        self._on_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(
@@ -267,8 +268,10 @@ class IntegratedGradients(Attribution):
         start_inputs = check_baselines(baselines, self.baseline, x)
         split = ModelSplit(self.model, layer)
         batch = x.shape[0]
-        alphas = self._alphas.to(x)
-        weights = self._weights.to(x)
+        key = (x.device, x.dtype)
+        if key not in self._on_device:  # copied to a device once per method, not every call (a copy there waits)
+            self._on_device[key] = (self._alphas.to(x), self._weights.to(x))
+        alphas, weights = self._on_device[key]
         with eval_semantics(self.model):
             with torch.no_grad():
                 end = split.head(x)

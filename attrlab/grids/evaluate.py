@@ -4,9 +4,9 @@ For each method and layer the grids go through ``method.explain`` in chunks of `
 device, each grid with all its scored cells as an (N, T) target, so every method shares its forward passes across
 a grid's cells (perturbation methods score every cell from the same perturbed copies). The attributions are
 channel-summed, upsampled to the grid size, optionally Gaussian-smoothed (several kernel sizes from one attribution
-pass) and scored against the cell masks, all as tensors.
-Only the final scores of a method and layer reach the host (one transfer, not one per image). The benchmark
-(``bench/grids.py``) compares this with a per-image loop: one call per grid and scored cell.
+pass) and scored against the cell masks, all as tensors. Scores stay on the device until the evaluation ends and reach
+the host in one transfer for all methods and layers. The benchmark (``bench/grids.py``) compares this with a
+per-image loop: one call per grid and scored cell.
 
 Layer handling: a method is built on the setting's wrapper (:func:`attrlab.grids.settings.grid_model`) and asked for
 ``layer=<name>``; the wrappers keep the model's layer names and the grid layout of every layer, so the same name
@@ -20,6 +20,7 @@ from copy import deepcopy
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -145,14 +146,14 @@ def _evaluate(
     cell_index = torch.tensor(cells, device=device).expand(count, -1)
     classes = grids.labels.to(device).gather(1, cell_index)
     targets = wrapped.head_targets(cell_index, classes)
-    grid_column = torch.arange(count).repeat_interleave(len(cells)).numpy()
-    cell_column = cell_index.flatten().cpu().numpy()
+    grid_column = np.arange(count).repeat(len(cells))
+    cell_column = np.tile(np.asarray(cells), count)
 
     jobs = [(spec, key) for spec in methods for key in (spec.layer_keys or layers) if key in layers]
     unknown = sorted({key for spec in methods for key in (spec.layer_keys or ()) if key not in layers})
     if unknown:
         raise ValueError(f"methods ask for layers {unknown} that are not in layers {list(layers)}")
-    frames, maps, cell_scores = [], {}, {}
+    frames, device_scores, maps, cell_scores = [], [], {}, {}
     for spec, key in tqdm(jobs, desc=f"{setting} {n}x{n}", disable=not progress):
         method = spec.make(wrapped, key)
         raw = grid_maps(method, images, targets, layers[key], spec.batch_size or batch_size)
@@ -170,13 +171,15 @@ def _evaluate(
                         "layer": key,
                         "grid": grid_column,
                         "cell": cell_column,
-                        "score": score.cpu().numpy(),
                     }
                 )
             )
+            device_scores.append(score)
             if keep_maps:
                 first = slice(0, None, len(cells))  # every grid's first scored cell
                 maps[(label, key, kernel_size)] = smoothed[first]
                 cell_scores[(label, key, kernel_size)] = (score[first], mass[first])
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frames:  # every score reaches the host in one transfer, at the end
+        scores["score"] = torch.cat(device_scores).cpu().numpy()
     return GridResult(scores, maps, cell_scores)

@@ -328,7 +328,9 @@ class Gamma(_TwoBranch):
 # ------------------------------------------------------------------------------------------- input-space rules
 def _expand_bound(bound: float | Tensor, x: Tensor) -> Tensor:
     """A bound as one (1, C, H, W) image (broadcast over the batch), on ``x``'s device and dtype."""
-    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    if not isinstance(bound, Tensor):  # filled on the device: copying a host number there would wait for the device
+        return torch.full((1,) * x.dim(), float(bound), dtype=x.dtype, device=x.device).expand((1, *x.shape[1:]))
+    bound = bound.to(dtype=x.dtype, device=x.device)
     return bound.expand((bound.shape[0] if bound.dim() == x.dim() else 1, *x.shape[1:]))
 
 
