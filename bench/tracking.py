@@ -23,7 +23,7 @@ import torch
 
 from attrlab.data import load_dataset
 from attrlab.device import device_name, resolve_device, synchronize
-from attrlab.summaries import aggregate, summarise
+from attrlab.summaries import group_summary, summarise
 from attrlab.track import Tracker
 from attrlab.train import TrainConfig, Trainer, train
 
@@ -79,7 +79,7 @@ def one_step(repeats: int, data, device: torch.device, profile: bool = False) ->
             "  part: Grad-CAM alone (targets given)": median_ms(lambda: cam.explain(x, target=first.target), repeats,
                                                                 device),
             "  part: summaries and aggregates of both maps": median_ms(
-                lambda: [aggregate(summarise(m), tracker.groups) for m in maps], repeats, device),
+                lambda: [group_summary(summarise(m), tracker.groups) for m in maps], repeats, device),
         }
         if profile:
             from torch.profiler import ProfilerActivity
