@@ -148,3 +148,29 @@ def test_site_check_finds_error_outputs_broken_images_and_chapters():
     assert [image["loaded"] for image in scan.report] == [True, False] and scan.height == 900
     assert scan.errors == ["<div class='output stderr'>"]
     assert "Traceback (most recent call last)" in "".join(scan.text)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_papermill_reads_every_name_of_the_parameters_cell(chapter):
+    import ast
+
+    import papermill
+
+    notebook = nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    written = [node.target.id for node in ast.parse(cell.source).body if isinstance(node, ast.AnnAssign)]
+    inferred = list(papermill.inspect_notebook(str(BOOK / f"{chapter}.ipynb")))
+    assert inferred == written, f"papermill cannot parse {sorted(set(written) - set(inferred))} (an '=' in a comment?)"
+
+
+def test_a_parameter_papermill_cannot_read_is_an_error(tmp_path):
+    from attrlab.chapters import ParameterError
+
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    cell = nbformat.v4.new_code_cell('epochs: int = 3  # passes\nkernel: int = 15  # size (sigma = K/4)\n')
+    cell.metadata["tags"] = ["parameters"]
+    notebook.cells = [cell]
+    nbformat.write(notebook, tmp_path / "c.ipynb")
+    with pytest.raises(ParameterError, match=r"cannot read the parameters \['kernel'\] \(line 2 .*no '=' inside"):
+        chapter_parameters(tmp_path / "c.ipynb")
