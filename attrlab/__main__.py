@@ -18,6 +18,17 @@ from pathlib import Path
 from .train import TrainConfig, train
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train, or resume, one run directory")
     parser.add_argument("--run-dir", required=True, help="the run directory (created, resumed or left as it is)")
@@ -35,7 +46,7 @@ def _add_run(subparsers) -> None:
     parser = subparsers.add_parser("run", help="execute a chapter over a parameter grid (papermill on Dask)")
     parser.add_argument("sweep", help="the sweep's YAML file (keys: chapter, output, grid, fixed)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a new LocalCluster)")
-    parser.add_argument("--workers", type=int, help="LocalCluster workers (default: one per point, at most the cores)")
+    parser.add_argument("--workers", type=_positive_int, help="LocalCluster workers (default: one per point, at most the cores)")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the points, run nothing")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

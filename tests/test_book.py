@@ -174,3 +174,47 @@ def test_a_parameter_papermill_cannot_read_is_an_error(tmp_path):
     nbformat.write(notebook, tmp_path / "c.ipynb")
     with pytest.raises(ParameterError, match=r"cannot read the parameters \['kernel'\] \(line 2 .*no '=' inside"):
         chapter_parameters(tmp_path / "c.ipynb")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_first_hidden_cell_checks_the_parameters(chapter):
+    notebook = nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert "check_parameters(globals())" in code[1].source, f"{chapter}: call check_parameters in the first hidden cell"
+
+
+def test_check_parameters_names_unknown_ill_typed_and_invalid_values():
+    from attrlab.chapters import ParameterError, check_parameters
+
+    namespace = {"__annotations__": {"model": str, "lr": float, "methods": list, "subset": int | None},
+                 "model": "shallow", "lr": 1e-3, "methods": ["lrp"], "subset": None, "_ih": ["", "model: str = ..."]}
+    check_parameters(namespace)  # the defaults, run by hand: nothing injected
+    check_parameters({**namespace, "lr": 1})  # an int is a valid float
+    injected = {"_ih": ["", "...", '# Parameters\nmodle = "deep"\n']}
+    with pytest.raises(ParameterError, match=r"unknown parameter 'modle'.*Valid parameters: model: str, lr: float"):
+        check_parameters({**namespace, **injected, "modle": "deep"})
+    with pytest.raises(ParameterError, match=r"parameter 'lr' must be float, got 'abc' \(str\)"):
+        check_parameters({**namespace, "lr": "abc"})
+    with pytest.raises(ParameterError, match=r"parameter 'model' has invalid value 'resnet'; valid choices: .*shallow"):
+        check_parameters({**namespace, "model": "resnet"})
+    with pytest.raises(ParameterError, match=r"parameter 'methods' has invalid value \['lpr'\]; valid choices: .*lrp"):
+        check_parameters({**namespace, "methods": ["lrp", "lpr"]})
+    with pytest.raises(ParameterError, match=r"parameter 'subset' must be int \| None, got 2.5"):
+        check_parameters({**namespace, "subset": 2.5})
+
+
+@pytest.mark.slow
+def test_training_chapter_stops_on_bad_parameters_before_training(tmp_path):
+    output, run_dir = tmp_path / "out.ipynb", tmp_path / "run"
+    command = [
+        str(Path(sys.executable).with_name("papermill")), str(BOOK / "training.ipynb"), str(output),
+        "-p", "run_dir", str(run_dir), "-p", "modle", "deep", "-p", "lr", "abc", "-p", "dataset", "mnist",
+        "--no-progress-bar",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
+    assert completed.returncode != 0
+    for message in ("ParameterError", "unknown parameter 'modle'", "parameter 'lr' must be float, got 'abc'",
+                    "parameter 'dataset' has invalid value 'mnist'; valid choices: digits, fashionmnist, cifar10"):
+        assert message in completed.stderr, completed.stderr[-3000:]
+    assert not run_dir.exists()

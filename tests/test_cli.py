@@ -70,3 +70,19 @@ def test_book_subcommand_outside_a_book_says_so(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="no attrlab book"):
         cli.main(["book"])
+
+
+def test_run_dry_run_checks_values_against_their_choices(tmp_path, capsys):
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text(f"chapter: {ROOT / 'book' / 'training.md'}\noutput: out\ngrid: {{model: [resnet]}}\n")
+    assert cli.main(["run", str(sweep), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "parameter 'model' has invalid value 'resnet'; valid choices:" in error and "shallow" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_refuses_zero_workers(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", str(tmp_path / "sweep.yml"), "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers: must be a positive integer, got '0'" in capsys.readouterr().err
