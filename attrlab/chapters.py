@@ -26,6 +26,9 @@ RUNS_ENV = "ATTRLAB_RUNS"
 #: environment variable that overrides where chapters look for downloaded datasets
 DATA_ENV = "ATTRLAB_DATA"
 
+#: parameters that do not change a run's results, so not part of its identity (see :func:`run_dir_for`)
+OUTSIDE_IDENTITY = ("data_root", "device", "progress", "checkpoint_every", "checkpoint_seconds", "tensorboard")
+
 
 class ParameterError(ValueError):
     """Values given for a chapter do not match its ``parameters`` cell."""
@@ -97,10 +100,13 @@ def data_root() -> Path:
 def run_dir_for(chapter: str, prefix: str, **parameters: Any) -> Path:
     """``runs_root()/<chapter>/<prefix>-<hash>``: one directory per distinct set of ``parameters``.
 
-    The hash covers every parameter, so changing any of them starts a new run instead of clashing with the
-    configuration stored in an existing run directory, and rerunning with the same ones resumes or reuses it.
+    The hash covers every parameter that changes the results, so changing one of them starts a new run instead of
+    clashing with the configuration stored in an existing run directory, and rerunning with the same ones resumes
+    or reuses it. Settings that do not change the results (:data:`OUTSIDE_IDENTITY`: where the data lie, the device,
+    progress and checkpoint frequency) are left out, so moving the data or switching to a GPU reuses the run.
     """
-    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    identity = {name: value for name, value in parameters.items() if name not in OUTSIDE_IDENTITY}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return runs_root() / chapter / f"{prefix}-{digest}"
 
 

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +62,49 @@ class RunStore:
 
     # ----------------------------------------------------------------- config
     @classmethod
-    def create(cls, root: str | Path, config: dict[str, Any]) -> "RunStore":
-        """Open ``root`` for ``config``: a new or empty directory is initialised; an existing run must match."""
+    def create(cls, root: str | Path, config: dict[str, Any], ignore: tuple[str, ...] = ()) -> "RunStore":
+        """Open ``root`` for ``config``: a new or empty directory is initialised; an existing run must match.
+
+        Keys in ``ignore`` (settings that do not change the results, such as where the data lie or the device) are
+        not part of the run's identity: they may differ from those stored. A directory that holds a config but no
+        step yet (a run that failed before its first checkpoint) is taken over by the new config.
+        """
         store = cls(root)
         config = json.loads(json.dumps(config))  # normalise tuples etc. to what JSON gives back
+        if store.root.exists() and not store.root.is_dir():
+            raise RunStoreError(f"run directory {store.root} is a file, not a directory")
         if store.root.exists() and any(store.root.iterdir()):
             existing = store.config()
-            if existing != config:
-                changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
-                details = ", ".join(f"{k}: {existing.get(k)!r} there, {config.get(k)!r} now" for k in changed)
-                raise RunStoreError(
-                    f"run directory {store.root} holds a run with a different configuration ({details}); "
-                    "use another run directory, or delete this one to start over"
-                )
+            identity = {k: v for k, v in config.items() if k not in ignore}
+            stored = {k: v for k, v in existing.items() if k not in ignore}
+            if stored != identity:
+                if not store.has_steps():
+                    atomic_write_text(store.root / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+                else:
+                    changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+                    details = ", ".join(f"{k}: {stored.get(k)!r} there, {identity.get(k)!r} now" for k in changed)
+                    raise RunStoreError(
+                        f"run directory {store.root} holds a run with a different configuration ({details}); "
+                        "use another run directory, or delete this one to start over"
+                    )
         else:
             atomic_write_text(store.root / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         store._remove_temporaries()
         return store
+
+    def has_steps(self) -> bool:
+        """Whether the run has stored anything beyond its config (a table part or a checkpoint)."""
+        return bool(self._checkpoints()) or any(self._parts(name) for name in self.tables())
+
+    def remove_if_stub(self) -> bool:
+        """Delete the directory when it holds nothing but a config (a run that failed before its first step)."""
+        if not self.root.is_dir() or self.has_steps():
+            return False
+        leftovers = {p.name for p in self.root.iterdir()} - {CONFIG_FILE, "tables", "checkpoints", "snapshots"}
+        if any(not p.name.startswith(".") for p in self.root.iterdir() if p.name in leftovers):
+            return False  # something else lives there: leave it alone
+        shutil.rmtree(self.root)
+        return True
 
     def config(self) -> dict[str, Any]:
         path = self.root / CONFIG_FILE

@@ -37,7 +37,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .chapters import ParameterError, chapter_parameters, check_values
-from .runstore import atomic_write_text
+from .runstore import RunStore, atomic_write_text
 
 SPEC_KEYS = ("chapter", "output", "grid", "fixed", "description")  # description: free text
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
@@ -199,6 +199,9 @@ def execute_point(chapter: str, point: Point) -> dict[str, Any]:
         except Exception as err:  # papermill raises its own error for a failing cell, others for kernel trouble
             if temporary.is_file():
                 os.replace(temporary, point.failed_notebook)
+            run_dir = point.parameters.get("run_dir")
+            if isinstance(run_dir, str) and run_dir:
+                RunStore(run_dir).remove_if_stub()  # a point that failed before its first step leaves no directory
             return {"name": point.name, "status": "failed", "error": f"{type(err).__name__}: {err}"[:4000]}
         executed = nbformat.read(temporary, as_version=4)
         _prepare_for_book(executed, point.label)

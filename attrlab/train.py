@@ -29,6 +29,8 @@ from .models import build_model
 from .runstore import RunStore, RunStoreError
 
 OPTIMIZERS = ("adam", "sgd")
+#: config fields that do not change a run's results, so not part of its identity: a rerun may change them
+OUTSIDE_IDENTITY = ("device", "data_root", "checkpoint_every", "checkpoint_seconds", "tensorboard")
 
 
 @dataclass
@@ -144,9 +146,10 @@ class Trainer:
         dataset: ImageDataset | None = None,
         progress: bool = True,
     ):
+        # everything is checked (device, dataset, model) before the run directory is written to, so a run that
+        # cannot start leaves nothing behind that would clash with the corrected command
         self.config = config
         self.device = resolve_device(config.device)
-        self.store = RunStore.create(run_dir, config.to_dict())
         self.callbacks = list(callbacks)
         self.progress = progress
         if dataset is None:
@@ -164,6 +167,7 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.sampler = BatchSampler(len(self.data.train), config.batch_size, seed=config.seed, device=self.device)
+        self.store = RunStore.create(run_dir, config.to_dict(), ignore=OUTSIDE_IDENTITY)
         self.total_steps = config.epochs * self.sampler.steps_per_epoch
         self.columns = metric_columns(self.data.num_classes)
         self.step = 0

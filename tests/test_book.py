@@ -218,3 +218,9 @@ def test_training_chapter_stops_on_bad_parameters_before_training(tmp_path):
                     "parameter 'dataset' has invalid value 'mnist'; valid choices: digits, fashionmnist, cifar10"):
         assert message in completed.stderr, completed.stderr[-3000:]
     assert not run_dir.exists()
+
+
+def test_run_dirs_ignore_settings_that_do_not_change_results(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTRLAB_RUNS", str(tmp_path))
+    one = run_dir_for("training", "digits-shallow", epochs=1, data_root="/a", device="cpu")
+    assert one == run_dir_for("training", "digits-shallow", epochs=1, data_root="/b", device="cuda")

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from attrlab.data import DatasetUnavailableError, ImageDataset, Split
 from attrlab.runstore import RunStore, RunStoreError
 from attrlab.train import Callback, Run, TrainConfig, Trainer, train
 
@@ -202,3 +203,42 @@ def test_writes_are_atomic_and_leave_no_temporaries(finished_run):
     assert json.loads((finished_run / "config.json").read_text())["model"] == "shallow"
     loaded = torch.load(next((finished_run / "checkpoints").glob("*.pt")), weights_only=True)
     assert loaded["step"] == 15
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    """400 training and 200 test images of digits: the runs below test the run directory, not the learning."""
+    return ImageDataset("digits", Split(digits.train.x[:400], digits.train.y[:400]),
+                        Split(digits.test.x[:200], digits.test.y[:200]), digits.classes)
+
+
+TINY = dict(QUICK, attr_per_class=2)
+
+
+def test_a_run_that_cannot_start_writes_nothing(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        train(run_dir, TrainConfig(**{**TINY, "dataset": "mnist"}), progress=False)
+    with pytest.raises(DatasetUnavailableError, match="data_root .*missing.* does not exist"):
+        train(run_dir, TrainConfig(**{**TINY, "dataset": "fashionmnist"}, data_root=str(tmp_path / "missing")),
+              progress=False)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        train(run_dir, TrainConfig(**{**TINY, "model": "resnet"}), dataset=tiny, progress=False)
+    assert not run_dir.exists() and not (tmp_path / "missing").exists()
+    assert train(run_dir, TrainConfig(**TINY), dataset=tiny, progress=False).complete  # the corrected command
+
+
+def test_data_location_and_device_are_not_part_of_a_runs_identity(tmp_path, tiny):
+    finished = train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False)
+    moved = TrainConfig(**{**TINY, "device": "auto", "checkpoint_every": 7}, data_root=str(tmp_path / "elsewhere"))
+    again = train(tmp_path / "run", moved, dataset=tiny, progress=False)
+    pd.testing.assert_frame_equal(again.metrics, finished.metrics)
+
+
+def test_a_directory_with_a_config_and_no_step_is_taken_over(tmp_path, tiny):
+    RunStore.create(tmp_path / "run", TrainConfig(**{**TINY, "epochs": 5}).to_dict())  # failed before step 1
+    run = train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False)
+    assert run.complete and run.config.epochs == 1
+    assert RunStore(tmp_path / "run").remove_if_stub() is False  # it holds steps now
+    RunStore.create(tmp_path / "stub", {"a": 1})
+    assert RunStore(tmp_path / "stub").remove_if_stub() and not (tmp_path / "stub").exists()
