@@ -40,6 +40,8 @@ from .chapters import ParameterError, chapter_parameters, check_values
 from .runstore import RunStore, atomic_write_text
 
 SPEC_KEYS = ("chapter", "output", "grid", "fixed", "description")  # description: free text
+#: seconds to wait for the Dask scheduler given by its address before giving up
+SCHEDULER_TIMEOUT = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
 
 
@@ -137,11 +139,19 @@ class Sweep:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Sweep":
         path = Path(path)
+        if not path.is_file():
+            raise SweepError(f"sweep file {path} does not exist")
         try:
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise SweepError(f"{path} is not valid YAML: {err}") from err
-        return cls.from_dict(spec, base=path.parent)
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+            problem = getattr(err, "problem", None) or str(err)
+            raise SweepError(f"{where}: not valid YAML ({' '.join(str(problem).split())})") from err
+        try:
+            return cls.from_dict(spec, base=path.parent)
+        except SweepError as err:
+            raise SweepError(f"{path}: {err}") from err
 
     def points(self) -> list[Point]:
         """Every point, validated against the chapter's ``parameters`` cell (a :class:`ParameterError` if not)."""
@@ -247,7 +257,14 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as err:
+            raise SweepError(
+                f"cannot reach a Dask scheduler at {scheduler!r} within {SCHEDULER_TIMEOUT} s "
+                f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); is it running, and is the address right?"
+            ) from err
+        with client:
             yield client
         return
     workers = workers or os.cpu_count() or 1
