@@ -49,7 +49,7 @@ class _LayerGradient(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         activation, gradient, logits, target_index = layer_gradient(
-            self.model, check_batch(inputs), target, layer, self.substitutes
+            self.model, check_batch(inputs, self.model), target, layer, self.substitutes
         )
         return Explanation(self._combine(activation, gradient), logits, target_index)
 
@@ -170,7 +170,7 @@ class IntegratedGradients(Attribution):
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_batch(inputs)
+        x = check_batch(inputs, self.model)
         split = ModelSplit(self.model, layer)
         batch = x.shape[0]
         alphas = self._alphas.to(x)
@@ -228,7 +228,7 @@ class SmoothGrad(Attribution):
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_batch(inputs)
+        x = check_batch(inputs, self.model)
         split = ModelSplit(self.model, layer)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         noisy = x.repeat_interleave(self.n_samples, dim=0)

@@ -76,7 +76,7 @@ class _Perturbation(Attribution):
         """The (N, T, C or 1, h, w) map from sum_m value_m * mask_m (``weighted``, (N, T, h, w)) and the masks."""
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         split = ModelSplit(self.model, layer)
         with eval_semantics(self.model), torch.no_grad():
             activation = split.head(x)
