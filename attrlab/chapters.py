@@ -281,3 +281,27 @@ def check_parameters(
         if name not in declared:
             values[name] = namespace.get(name)
     check_values(declared, values, where=where, choices=choices)
+
+
+#: the text values glued so far in this kernel, by name (what :func:`key_numbers` shows)
+_GLUED: dict[str, Any] = {}
+
+
+def glue(name: str, variable: Any, display: bool = True) -> None:
+    """``myst_nb.glue``, remembering numbers and text for :func:`key_numbers`.
+
+    The prose's ``{glue:text}`` roles render only in the built book; a notebook run by papermill or opened in
+    JupyterLab shows the same values in the output of :func:`key_numbers`.
+    """
+    from myst_nb import glue as myst_glue
+
+    if isinstance(variable, (str, int, float, bool)) or type(variable).__module__ == "numpy":
+        _GLUED[name] = variable
+    myst_glue(name, variable, display)
+
+
+def key_numbers() -> "pandas.DataFrame":
+    """The numbers and texts :func:`glue` put into the prose so far, one row per name, in gluing order."""
+    import pandas
+
+    return pandas.DataFrame({"value": [str(v) for v in _GLUED.values()]}, index=pandas.Index(list(_GLUED), name="name"))

@@ -13,6 +13,7 @@ checkpoint; the finished metrics equal those of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,6 +50,7 @@ class TrainConfig:
     attr_per_class: int = 10
     attr_selection: str = "first"
     checkpoint_every: int = 100
+    checkpoint_seconds: float = 60.0  # and at least every this many seconds of training (0: by steps only)
     device: str = "auto"
     data_root: str = "data"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +60,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.checkpoint_seconds, bool) or not isinstance(self.checkpoint_seconds, (int, float)) or not (
+            0 <= self.checkpoint_seconds < float("inf")
+        ):
+            raise ValueError(f"checkpoint_seconds must be a number >= 0 (0: by steps only), got {self.checkpoint_seconds!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -171,6 +177,7 @@ class Trainer:
         self.total_steps = config.epochs * self.sampler.steps_per_epoch
         self.columns = metric_columns(self.data.num_classes)
         self.step = 0
+        self._last_checkpoint = time.monotonic()
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.loss: torch.Tensor | None = None
 
@@ -208,7 +215,7 @@ class Trainer:
         if not self.store.checkpoint_steps():
             self.store.truncate_tables(0)
             return 0
-        state = self.store.load_checkpoint(map_location=self.device)
+        state = self.store.load_newest_readable_checkpoint(map_location=self.device)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -225,6 +232,7 @@ class Trainer:
                 f"checkpoint of {self.store.root} does not fit this run ({type(err).__name__}: {err})"
             ) from err
         self.store.truncate_tables(step)
+        print(f"resuming {self.store.root} from step {step} of {self.total_steps}", flush=True)
         return step
 
     # ------------------------------------------------------------------- run
@@ -232,7 +240,12 @@ class Trainer:
         """Train to the end (resuming if the run directory holds a checkpoint) and return the run store."""
         if self.store.complete:
             return self.store
+        with self.store.lock():  # a second trainer on this directory stops here instead of interleaving
+            return self._fit()
+
+    def _fit(self) -> RunStore:
         start = self._resume()
+        self._last_checkpoint = time.monotonic()
         self.step = start
         for callback in self.callbacks:
             callback.on_start(self, start)
@@ -266,7 +279,7 @@ class Trainer:
             steps.append(step)
             for callback in self.callbacks:
                 callback.on_step(self, step)
-            if step % self.config.checkpoint_every == 0 or step == self.total_steps:
+            if step % self.config.checkpoint_every == 0 or step == self.total_steps or self._checkpoint_due():
                 self._flush(buffer, steps)
                 steps = []
                 buffer.fill_(float("nan"))
@@ -286,7 +299,13 @@ class Trainer:
         self.store.append_table("metrics", frame)
         for callback in self.callbacks:
             callback.on_flush(self, self.step)
-        self.store.save_checkpoint(self.step, self._state())
+        self.store.save_checkpoint(self.step, self._state(), keep=2)  # the previous one stays as a fallback
+        self._last_checkpoint = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_seconds`` of training have passed since the last checkpoint (a host clock, no sync)."""
+        seconds = self.config.checkpoint_seconds
+        return bool(seconds) and time.monotonic() - self._last_checkpoint >= seconds
 
 
 def train(

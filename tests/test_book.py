@@ -128,6 +128,11 @@ def test_training_chapter_runs_under_papermill(tmp_path):
     assert glued["final_test_acc"] == repr(f"{final['test_acc']:.1%}")
     assert glued["steps"] == str(int(run.metrics["step"].max()))
     assert json.loads((run_dir / "config.json").read_text())["dataset"] == "digits"
+    # papermill's notebook shows the prose's numbers in an output, and the training cell a progress bar
+    texts = [str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/html", ""))
+             + str(o.get("text", "")) for o in outputs]
+    assert any("final_test_acc" in text and f"{final['test_acc']:.1%}" in text for text in texts)
+    assert any("train shallow" in text for text in texts), f"no progress bar in the outputs {texts}"
 
 
 def test_site_check_finds_error_outputs_broken_images_and_chapters():

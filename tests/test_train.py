@@ -183,13 +183,22 @@ def test_corrupt_metrics_part(finished_run):
         Run(finished_run).metrics
 
 
-def test_corrupt_checkpoint(finished_run, digits):
-    (checkpoint,) = (finished_run / "checkpoints").glob("step-*.pt")
-    checkpoint.write_bytes(b"garbage")
+def test_corrupt_checkpoint(finished_run, digits, reference_metrics, capsys):
+    older, newest = sorted((finished_run / "checkpoints").glob("step-*.pt"))  # the previous one is kept
+    newest.write_bytes(b"garbage")
     with pytest.raises(RunStoreError, match="checkpoint .* is corrupt"):
         Run(finished_run).load_model()
-    (finished_run / "COMPLETE").unlink()  # an unfinished run with a damaged checkpoint cannot resume silently
-    with pytest.raises(RunStoreError, match="is corrupt"):
+    (finished_run / "COMPLETE").unlink()  # an unfinished run resumes from the previous checkpoint and says so
+    run = train(finished_run, TrainConfig(**QUICK), dataset=digits, progress=False)
+    out = capsys.readouterr().out
+    assert f"checkpoint of step {int(newest.stem[5:])} in {finished_run} is unreadable" in out
+    assert f"falling back to the previous one, of step {int(older.stem[5:])}" in out
+    assert f"resuming {finished_run} from step {int(older.stem[5:])} of 15" in out
+    pd.testing.assert_frame_equal(run.metrics, reference_metrics)  # still exact
+    (finished_run / "COMPLETE").unlink()
+    for checkpoint in (finished_run / "checkpoints").glob("step-*.pt"):
+        checkpoint.write_bytes(b"garbage")
+    with pytest.raises(RunStoreError, match="(?s)is corrupt.*no earlier checkpoint to fall back to"):
         train(finished_run, TrainConfig(**QUICK), dataset=digits, progress=False)
 
 
@@ -242,3 +251,50 @@ def test_a_directory_with_a_config_and_no_step_is_taken_over(tmp_path, tiny):
     assert RunStore(tmp_path / "run").remove_if_stub() is False  # it holds steps now
     RunStore.create(tmp_path / "stub", {"a": 1})
     assert RunStore(tmp_path / "stub").remove_if_stub() and not (tmp_path / "stub").exists()
+
+
+def test_time_based_checkpoints_keep_resume_exact(tmp_path, tiny):
+    config = TrainConfig(**{**TINY, "epochs": 2, "checkpoint_every": 100, "checkpoint_seconds": 1e-9})
+    run = train(tmp_path / "run", config, dataset=tiny, progress=False)
+    steps = run.metrics["step"].tolist()
+    parts = sorted((run.root / "tables" / "metrics").glob("part-*.parquet"))
+    assert len(parts) == len(steps) == 8  # a checkpoint after every step: more than 1e-9 s pass each
+    assert RunStore(run.root).checkpoint_steps() == [7, 8]  # the newest two
+    reference = train(tmp_path / "ref", TrainConfig(**{**TINY, "epochs": 2, "checkpoint_seconds": 0}), dataset=tiny,
+                      progress=False)
+    pd.testing.assert_frame_equal(run.metrics, reference.metrics)
+    with pytest.raises(ValueError, match="checkpoint_seconds must be a number >= 0"):
+        TrainConfig(checkpoint_seconds=-1)
+
+
+def test_resume_says_from_which_step(tmp_path, tiny, capsys):
+    class Stop(Callback):
+        def on_step(self, trainer, step):
+            if step == 5:
+                raise KeyboardInterrupt
+
+    config = TrainConfig(**{**TINY, "epochs": 2, "checkpoint_every": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "run", config, dataset=tiny, callbacks=[Stop()], progress=False)
+    assert not (tmp_path / "run" / "LOCK").exists()  # released on the way out
+    train(tmp_path / "run", config, dataset=tiny, progress=False)
+    assert f"resuming {tmp_path / 'run'} from step 4 of 8" in capsys.readouterr().out
+
+
+def test_a_second_trainer_stops_and_a_stale_lock_is_taken_over(tmp_path, tiny, capsys):
+    import socket
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "run" / "LOCK"
+        lock.parent.mkdir()
+        lock.write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+        with pytest.raises(RunStoreError, match=f"in use by process {owner.pid} on .*lock file .*LOCK"):
+            train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False).complete
+    assert f"taking over the stale lock of {tmp_path / 'run'} (process {owner.pid}" in capsys.readouterr().out
+    assert not lock.exists()
