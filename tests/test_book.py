@@ -229,3 +229,42 @@ def test_run_dirs_ignore_settings_that_do_not_change_results(monkeypatch, tmp_pa
     monkeypatch.setenv("ATTRLAB_RUNS", str(tmp_path))
     one = run_dir_for("training", "digits-shallow", epochs=1, data_root="/a", device="cpu")
     assert one == run_dir_for("training", "digits-shallow", epochs=1, data_root="/b", device="cuda")
+
+
+PAPER_AS_SEED = re.compile(
+    r"\bseed (code|papers?|models|setup|00\d|Fig|Tables?|reported|trained)\b|\bthe seed\b|\bseed's\b", re.IGNORECASE
+)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_papers_are_called_by_author_and_year_never_seed(page):
+    text = (BOOK / f"{page}.md").read_text()
+    assert not PAPER_AS_SEED.findall(text), f"book/{page}.md calls a paper 'seed': use its authors and year"
+    assert "REFERENCE.md" not in text, f"book/{page}.md cites a file that is not in the repository"
+
+
+def test_bibliography_labels_are_author_year_like_the_citations():
+    import importlib.util
+
+    from pybtex.database import parse_file
+    from pybtex.plugin import find_plugin
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    assert config["config"]["bibtex_reference_style"] == "author_year"
+    assert config["config"]["bibtex_default_style"] == "author_year"
+    assert "bib_style" in config["local_extensions"]
+    spec = importlib.util.spec_from_file_location("bib_style", BOOK / "_ext" / "bib_style.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.setup(None)
+    style = find_plugin("pybtex.style.formatting", "author_year")()
+    labels = [entry.label for entry in style.format_entries(parse_file(BOOK / "references.bib").entries.values())]
+    assert "Terzieva et al., 2025" in labels and "Böhle, 2024" in labels
+    assert all(re.fullmatch(r"[^\W\d]+( et al\.| and [^\W\d]+)?, \d{4}", label) for label in labels), labels
+
+
+def test_prose_says_what_the_reader_sees():
+    dynamics = " ".join((BOOK / "training_dynamics.md").read_text().split())
+    assert "Grad-CAM's maps pass a ReLU, so their negative part is zero everywhere" in dynamics
+    grids = " ".join((BOOK / "grid_evaluation.md").read_text().split())
+    assert "LRP and IxG curves coincide" in grids and "LRP is input x gradient" in grids
