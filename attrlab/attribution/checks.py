@@ -3,6 +3,7 @@ and how ``internal_batch_size`` sizes their forward passes."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import weakref
@@ -39,8 +40,27 @@ def check_image_batch(inputs: Any, model: nn.Module | None = None) -> torch.Tens
     return batch
 
 
-#: per model, the (shape without N, dtype) pairs a meta pass has accepted: the pass runs once per new shape
-_FITTING: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+#: per model, its hook-free twin on the meta device and the (shape without N, dtype) pairs the twin has accepted
+_FITTING: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _meta_copy(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` whose parameters and buffers live on the meta device (no data copied) and with no hooks.
+
+    The model itself never runs for a check: its hooks must not fire and its BatchNorm statistics must not move.
+    """
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        twin = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(twin, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else twin
+    try:
+        twin_model = copy.deepcopy(model, memo)
+    except Exception:  # a module that cannot be copied: its shapes are left to the real pass
+        return None
+    for module in twin_model.modules():
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            getattr(module, hooks, {}).clear()
+    return twin_model
 
 
 def check_fits_model(inputs: torch.Tensor, model: nn.Module) -> None:
@@ -76,14 +96,15 @@ def check_fits_model(inputs: torch.Tensor, model: nn.Module) -> None:
             f"{first.in_features} values; got shape {shape} ({math.prod(shape[1:])} values per input)"
         )
     key = (shape[1:], inputs.dtype)
-    known = _FITTING.setdefault(model, set())
-    if key in known:
+    entry = _FITTING.get(model)
+    if entry is None:
+        entry = _FITTING[model] = (_meta_copy(model), set())
+    twin, known = entry
+    if key in known or twin is None:
         return
-    state = {name: torch.empty_like(value, device="meta") for name, value in
-             itertools.chain(model.named_parameters(), model.named_buffers())}
     try:
         with torch.no_grad():
-            torch.func.functional_call(model, state, (torch.empty((1, *shape[1:]), dtype=inputs.dtype, device="meta"),))
+            twin(torch.empty((1, *shape[1:]), dtype=inputs.dtype, device="meta"))
     except RuntimeError as err:
         if "meta" in str(err).lower():  # an operation that needs real values (.item(), ...): cannot tell here
             return
