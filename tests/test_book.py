@@ -268,3 +268,101 @@ def test_prose_says_what_the_reader_sees():
     assert "Grad-CAM's maps pass a ReLU, so their negative part is zero everywhere" in dynamics
     grids = " ".join((BOOK / "grid_evaluation.md").read_text().split())
     assert "LRP and IxG curves coincide" in grids and "LRP is input x gradient" in grids
+
+
+def _check_site_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_site", BOOK / "tools" / "check_site.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_plot_function_draws_in_the_book_style():
+    import inspect
+
+    import matplotlib.pyplot as plt
+
+    import attrlab.explore
+    import attrlab.plots.dynamics
+    import attrlab.plots.grids
+    import attrlab.plots.training
+    from attrlab.plots.style import BOOK_DPI, MIN_FONT_PT, PAGE_WIDTH_IN, book_figure
+
+    for module in (attrlab.plots.dynamics, attrlab.plots.grids, attrlab.plots.training, attrlab.explore):
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if name.startswith("plot_") and function.__module__ == module.__name__:
+                assert hasattr(function, "__wrapped__"), f"{module.__name__}.{name} does not use @book_figure"
+
+    @book_figure
+    def wide():
+        figure, axes = plt.subplots(1, 3, figsize=(12.6, 3.4), layout="constrained")
+        axes[0].text(0, 0, "0.42", fontsize="x-small")
+        axes[1].legend(["a"], fontsize="xx-small")
+        return figure
+
+    figure = wide()
+    texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_fontsize")) if t.get_text()]
+    assert texts and min(t.get_fontsize() for t in texts) >= MIN_FONT_PT
+    assert figure.get_size_inches()[0] <= PAGE_WIDTH_IN and figure.dpi == BOOK_DPI
+    plt.close(figure)
+
+
+def test_site_check_measures_figure_text_and_cut_table_cells():
+    check_site = _check_site_module()
+    from attrlab.plots.style import BOOK_DPI, PAGE_WIDTH_IN
+
+    fits = {"src": "a.png", "drawn": int(PAGE_WIDTH_IN * BOOK_DPI), "shown": PAGE_WIDTH_IN * BOOK_DPI}
+    too_wide = {"src": "b.png", "drawn": 1500, "shown": 750}  # a 15-inch figure halves its 8.5 pt text: 5.9 px
+    assert check_site.figure_text_problems([fits]) == []
+    (problem,) = check_site.figure_text_problems([fits, too_wide])
+    assert "b.png" in problem and "shows at 5.9 CSS px" in problem
+    scan = check_site.PageScan()
+    report = json.dumps({"images": [], "height": 10, "figures": [too_wide], "cut_cells": ["Grad-CAM scores lo..."]})
+    scan.feed(f"<html><body data-site-check='{report}'></body></html>")
+    assert scan.figures == [too_wide] and scan.cut_cells == ["Grad-CAM scores lo..."]
+
+
+@pytest.mark.slow
+def test_site_check_in_chromium_flags_small_figure_text_and_cut_cells(tmp_path):
+    import base64
+    import shutil
+
+    import matplotlib.pyplot as plt
+
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium here (make site-check installs it)")
+    check_site = _check_site_module()
+    from attrlab.plots.training import plot_learning_curves
+
+    steps = pd_frame = __import__("pandas").DataFrame(
+        {"step": range(1, 11), "epoch": [1] * 10, **{c: [0.5] * 10 for c in
+         ("train_loss", "train_acc", "test_loss", "test_acc", "attr_loss", "attr_acc")}})
+    good = plot_learning_curves(pd_frame)
+    bad, _ = plt.subplots(figsize=(20, 3), dpi=100)
+    pngs = []
+    for figure in (good, bad):
+        buffer = __import__("io").BytesIO()
+        figure.savefig(buffer, format="png", dpi=figure.dpi)
+        pngs.append(base64.b64encode(buffer.getvalue()).decode())
+        plt.close(figure)
+    css = (BOOK / "_static" / "book.css").read_text()
+    page = ("<html><head><style>{css}</style></head><body><article>"
+            "<div class='cell_output'><img src='data:image/png;base64,{png}'></div>"
+            "<table><tr><td>{cell}</td></tr></table></article></body></html>")
+    (tmp_path / "good.html").write_text(page.format(css=css, png=pngs[0], cell="a long claim " * 20))
+    (tmp_path / "bad.html").write_text(page.format(css=css, png=pngs[1], cell="a claim cut o..."))
+    (tmp_path / "index.html").write_text("<html><body></body></html>")
+    server = check_site.ThreadingHTTPServer(
+        ("127.0.0.1", 0), check_site.functools.partial(check_site.ProbingHandler, directory=str(tmp_path)))
+    check_site.threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base, chromium = f"http://127.0.0.1:{server.server_address[1]}", check_site.find_chromium()
+        good_problems, _ = check_site.check_page(chromium, base, tmp_path, "good", False, tmp_path)
+        bad_problems, _ = check_site.check_page(chromium, base, tmp_path, "bad", False, tmp_path)
+    finally:
+        server.shutdown()
+    assert good_problems == []
+    assert any("smallest text shows at" in p for p in bad_problems), bad_problems
+    assert any("table cells are cut off" in p for p in bad_problems), bad_problems
