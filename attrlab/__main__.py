@@ -47,7 +47,6 @@ _TRAIN_HELP = {
     "checkpoint_seconds": "and at least every this many seconds of training (0: steps only)",
     "device": "auto (CUDA when available), cpu, cuda or cuda:N",
     "data_root": "folder holding the downloaded datasets (must exist; not used for digits)",
-    "tensorboard": "also log to TensorBoard in this folder (empty: off)",
 }
 
 
@@ -75,6 +74,8 @@ def _add_train(subparsers, common) -> None:
         text = _TRAIN_HELP.get(spec.name, spec.name.replace("_", " "))
         parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=default,
                             choices=choices.get(spec.name), help=f"{text} (default: {default})")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also log losses, accuracies and the config to TensorBoard event files in DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -173,7 +174,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "book":
         return build_book(args.root, incremental=args.incremental, strict=not args.no_strict, builder=args.builder)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
-    run = train(args.run_dir, TrainConfig(**values), progress=not args.no_progress)
+    run = train(args.run_dir, TrainConfig(**values), progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"{run}: {len(run.metrics)} steps")
     return 0
 

@@ -314,10 +314,19 @@ def train(
     callbacks: Sequence[Callback] = (),
     dataset: ImageDataset | None = None,
     progress: bool = True,
+    tensorboard: str | Path | bool | None = None,
     **overrides: Any,
 ) -> "Run":
-    """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields."""
+    """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields.
+
+    ``tensorboard``: also log to TensorBoard (:class:`attrlab.tensorboard.TensorBoardLogger`, after the other
+    callbacks) into this folder, or into ``<run_dir>/tensorboard`` for ``True``.
+    """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
+    if tensorboard:
+        from .tensorboard import TensorBoardLogger
+
+        callbacks = [*callbacks, TensorBoardLogger(None if tensorboard is True else tensorboard)]
     Trainer(config, run_dir, callbacks=callbacks, dataset=dataset, progress=progress).fit()
     return Run(run_dir)
 
