@@ -366,3 +366,31 @@ def test_site_check_in_chromium_flags_small_figure_text_and_cut_cells(tmp_path):
     assert good_problems == []
     assert any("smallest text shows at" in p for p in bad_problems), bad_problems
     assert any("table cells are cut off" in p for p in bad_problems), bad_problems
+
+
+LAB_SETTINGS = ROOT / ".jupyter" / "lab" / "user-settings"
+
+
+def test_make_lab_opens_chapters_as_jupytext_notebooks():
+    settings = LAB_SETTINGS / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    viewers = json.loads(settings.read_text())["defaultViewers"]
+    assert viewers["markdown"] == viewers["myst"] == "Jupytext Notebook"  # jupytext's JupyterLab factory
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    assert 'JUPYTERLAB_SETTINGS_DIR="$(CURDIR)/.jupyter/lab/user-settings"' in recipe and "jupyter lab book/" in recipe
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("jupyterlab") for d in extras["lab"]) and any(d.startswith("jupytext") for d in extras["lab"])
+    assert '".[book,test,lab]"' in makefile  # installed with the book's environment
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_opening_a_chapter_in_jupyterlab_does_not_modify_it(chapter):
+    """Jupytext reads the .md into a notebook and writes it back on save: the text must come back byte for byte."""
+    text = (BOOK / f"{chapter}.md").read_text()
+    notebook = jupytext.reads(text, fmt="md:myst")
+    assert jupytext.writes(notebook, fmt="md:myst") == text
+    paired = nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4)
+    paired.metadata["jupytext"] = notebook.metadata["jupytext"]
+    assert jupytext.writes(paired, fmt="md:myst") == text  # saving from the .ipynb side writes the same .md
