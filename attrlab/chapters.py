@@ -19,7 +19,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:
+    import pandas
 
 #: environment variable that overrides where chapters put their run directories
 RUNS_ENV = "ATTRLAB_RUNS"

@@ -336,7 +336,7 @@ def test_site_check_in_chromium_flags_small_figure_text_and_cut_cells(tmp_path):
     check_site = _check_site_module()
     from attrlab.plots.training import plot_learning_curves
 
-    steps = pd_frame = __import__("pandas").DataFrame(
+    pd_frame = __import__("pandas").DataFrame(
         {"step": range(1, 11), "epoch": [1] * 10, **{c: [0.5] * 10 for c in
          ("train_loss", "train_acc", "test_loss", "test_acc", "attr_loss", "attr_acc")}})
     good = plot_learning_curves(pd_frame)
