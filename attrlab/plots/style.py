@@ -69,8 +69,14 @@ def book_figure(function: F) -> F:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with mpl.rc_context(BOOK_STYLE):
+        # only the style's own keys are set and restored: rc_context would also restore "interactive", which
+        # IPython switches on when a kernel's first figure sets up the inline backend, and no later figure would show
+        saved = {key: mpl.rcParams[key] for key in BOOK_STYLE}
+        mpl.rcParams.update(BOOK_STYLE)
+        try:
             result = function(*args, **kwargs)
+        finally:
+            mpl.rcParams.update(saved)
         figure = result if isinstance(result, Figure) else getattr(result, "figure", None)
         if isinstance(figure, Figure):
             fit_to_page(figure)
