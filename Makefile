@@ -3,12 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv test book site-check sync bench gpu-check clean
+.PHONY: venv test book site-check sync bench gpu-check lab clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[book,test]"
+	$(PY) -m pip install --quiet -e ".[book,test,lab]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -29,6 +29,10 @@ site-check: venv
 ## bring each chapter's jupytext pair (book/<chapter>.md <-> book/<chapter>.ipynb) in step; the newer file wins
 sync: venv
 	$(VENV)/bin/jupytext --sync $$(grep -l '^jupytext:' book/*.md)
+
+## JupyterLab on the book folder, with the project's settings: a chapter's .md opens as a Jupytext notebook
+lab: venv
+	JUPYTERLAB_SETTINGS_DIR="$(CURDIR)/.jupyter/lab/user-settings" $(VENV)/bin/jupyter lab book/
 
 ## the speed benchmarks: each prints ratios measured side by side in one run
 bench: venv

@@ -1,9 +1,11 @@
-"""Command line of attrlab (also ``python -m attrlab``): ``train`` one run, ``run`` a chapter sweep, build the ``book``.
+"""Command line of attrlab (also python -m attrlab): train one run, run a chapter sweep, build the book.
 
-- ``attrlab train --run-dir DIR [--epochs N ...]`` trains or resumes one run directory.
-- ``attrlab run SWEEP.yml [--scheduler ADDRESS] [--workers N | --gpus] [--dry-run]`` executes a chapter over a parameter grid
-  with papermill on Dask (see :mod:`attrlab.sweep`).
-- ``attrlab book [--incremental] [--no-strict]`` builds the Jupyter Book into ``_build/html``, warnings as errors.
+  attrlab train --run-dir DIR [--epochs N ...]   train, or resume, one run directory
+  attrlab run SWEEP.yml [--workers N | --gpus] [--dry-run]
+                                                  execute a chapter over a parameter grid (papermill on Dask)
+  attrlab book [--incremental] [--no-strict]      build the Jupyter Book into _build/html, warnings as errors
+
+Errors are reported in one line (exit status 2); add --debug for the full traceback.
 """
 
 from __future__ import annotations
@@ -18,45 +20,115 @@ from pathlib import Path
 from .train import TrainConfig, train
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _flag(text: str) -> bool:
-    """A boolean option's value: true/false (also 1/0, yes/no)."""
+    """argparse type: a boolean option's value, true/false (also 1/0, yes/no)."""
     choices = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
     if text.lower() not in choices:
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return choices[text.lower()]
 
 
-def _add_train(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train, or resume, one run directory")
-    parser.add_argument("--run-dir", required=True, help="the run directory (created, resumed or left as it is)")
+#: TrainConfig fields that are not options: ``extra`` (free-form) and ``objective`` (the name of a callable that
+#: only Python code can pass to :func:`attrlab.train.train`)
+_NOT_OPTIONS = ("extra", "objective")
+
+#: help texts of the TrainConfig fields on the command line (choices and defaults are appended)
+_TRAIN_HELP = {
+    "dataset": "the dataset; digits is embedded, the others need their files in --data-root",
+    "model": "the architecture",
+    "epochs": "passes over the training split",
+    "batch_size": "images per optimiser step",
+    "lr": "learning rate of the optimiser",
+    "optimizer": "adam, or sgd with momentum 0.9",
+    "seed": "seeds the initial weights, the minibatch order and a random attribution set",
+    "eval_every": "evaluate the test and attribution sets every this many steps",
+    "eval_subset": "evaluate on a fixed random subset of this many test images (default: the whole test set)",
+    "attr_per_class": "attribution-set images per class and split",
+    "attr_selection": "how the attribution set is chosen",
+    "checkpoint_every": "write a checkpoint at least every this many steps",
+    "checkpoint_seconds": "and at least every this many seconds of training (0: steps only)",
+    "device": "auto (CUDA when available), cpu, cuda or cuda:N",
+    "data_root": "folder holding the downloaded datasets (must exist; not used for digits)",
+    "deterministic": "true: deterministic kernels (CUDA included) for the run, false: the fastest ones",
+    "loss": "the training loss (bce: binary cross-entropy on sigmoid(logit / temperature + b), as B-cos networks)",
+    "temperature": "the logits' temperature T of the loss (divides the logits)",
+    "weight_decay": "decoupled weight decay of the optimiser (0: none)",
+    "lr_schedule": "learning-rate schedule over the run",
+    "warmup_epochs": "epochs of linear warm-up of the cosine schedule",
+    "lr_min": "the cosine schedule's final learning rate",
+    "lr_step_epochs": "epochs between two learning-rate drops of the step schedule",
+    "lr_gamma": "factor of each learning-rate drop of the step schedule",
+    "augment": "on-device augmentation of each training batch (crop: random shifts in a padded frame)",
+    "augment_pad": "pixels of padding for the random crops",
+}
+
+
+def _train_choices() -> dict[str, list[str]]:
+    from .data import DATASETS, SELECTIONS
+    from .models import available_models
+    from .objectives import AUGMENTATIONS, LOSSES, SCHEDULES
+    from .train import OPTIMIZERS
+
+    return {"dataset": list(DATASETS), "model": available_models(), "optimizer": list(OPTIMIZERS),
+            "attr_selection": list(SELECTIONS), "loss": list(LOSSES), "lr_schedule": list(SCHEDULES),
+            "augment": list(AUGMENTATIONS)}
+
+
+def _add_train(subparsers, common) -> None:
+    parser = subparsers.add_parser("train", parents=[common], help="train, or resume, one run directory",
+                                   description="Train, or resume, one run directory with the seed code's setup.")
+    parser.add_argument("--run-dir", required=True, metavar="DIR",
+                        help="the run directory: created, resumed from its newest checkpoint, or reopened if finished")
     defaults = TrainConfig()
+    choices = _train_choices()
     for spec in dataclasses.fields(TrainConfig):
-        if spec.name == "extra":
+        if spec.name in _NOT_OPTIONS:
             continue
         default = getattr(defaults, spec.name)
         kind = {"int": int, "float": float, "str": str, "bool": _flag}.get(type(default).__name__, int)
-        parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=default, help=f"default {default}")
+        text = _TRAIN_HELP.get(spec.name, spec.name.replace("_", " "))
+        parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=default,
+                            choices=choices.get(spec.name), help=f"{text} (default: {default})")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also log losses, accuracies and the config to TensorBoard event files in DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _add_run(subparsers) -> None:
-    parser = subparsers.add_parser("run", help="execute a chapter over a parameter grid (papermill on Dask)")
-    parser.add_argument("sweep", help="the sweep's YAML file (keys: chapter, output, grid, fixed)")
-    parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a new LocalCluster)")
-    parser.add_argument("--workers", type=int, help="LocalCluster workers (default: one per point, at most the cores)")
+def _add_run(subparsers, common) -> None:
+    parser = subparsers.add_parser("run", parents=[common], help="execute a chapter over a parameter grid (papermill on Dask)",
+                                   description="Execute a chapter for every point of a parameter grid, in parallel.")
+    parser.add_argument("sweep", help="the sweep's YAML file (keys: chapter, output, grid, fixed, description)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a new LocalCluster)")
+    parser.add_argument("--workers", type=_positive_int, metavar="N",
+                        help="LocalCluster workers, a positive integer (default: one per point, at most the CPU cores)")
     parser.add_argument("--gpus", action="store_true",
                         help="one worker per visible GPU, each pinned to its GPU by CUDA_VISIBLE_DEVICES")
-    parser.add_argument("--dry-run", action="store_true", help="validate and list the points, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="validate every point's parameters and list them, run nothing")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _add_book(subparsers) -> None:
-    parser = subparsers.add_parser("book", help="build the Jupyter Book into _build/html (warnings are errors)")
-    parser.add_argument("--root", help="the repository root (default: the folder above the cwd holding _config.yml)")
+def _add_book(subparsers, common) -> None:
+    parser = subparsers.add_parser("book", parents=[common], help="build the Jupyter Book into _build/html (warnings are errors)",
+                                   description="Build the Jupyter Book of the repository, executing the chapters.")
+    parser.add_argument("--root", metavar="DIR",
+                        help="the repository root (default: the cwd or the folder above it holding _config.yml)")
     parser.add_argument("--incremental", action="store_true",
                         help="re-read only changed pages (faster, but warnings of unchanged pages are not repeated)")
     parser.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
-    parser.add_argument("--builder", default="html", help="a jupyter-book builder (default html)")
+    parser.add_argument("--builder", default="html", metavar="NAME",
+                        help="a jupyter-book builder: html, singlehtml, pdfhtml, latex, ... (default: html)")
 
 
 def _jupyter_book() -> str:
@@ -109,34 +181,47 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``attrlab`` command (its subcommands train, run and book)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error instead of its one-line message")
     parser = argparse.ArgumentParser(prog="attrlab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_train(subparsers)
-    _add_run(subparsers)
-    _add_book(subparsers)
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        from .sweep import SweepError
-        from .chapters import ParameterError
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,run,book}")
+    _add_train(subparsers, common)
+    _add_run(subparsers, common)
+    _add_book(subparsers, common)
+    return parser
 
-        try:
-            return _run(args)
-        except (SweepError, ParameterError, FileNotFoundError) as err:
-            print(f"attrlab run: {err}", file=sys.stderr)
-            return 2
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
     if args.command == "book":
         return build_book(args.root, incremental=args.incremental, strict=not args.no_strict, builder=args.builder)
-    if args.command == "train":
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
-        try:
-            config = TrainConfig(**values)
-        except ValueError as err:
-            parser.error(str(err))
-        run = train(args.run_dir, config, progress=not args.no_progress)
-        print(f"{run}: {len(run.metrics)} steps")
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_OPTIONS}
+    run = train(args.run_dir, TrainConfig(**values), progress=not args.no_progress, tensorboard=args.tensorboard)
+    print(f"{run}: {len(run.metrics)} steps")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``attrlab`` command line; return its exit status (2 after an error, reported in one line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _command(args)
+    except KeyboardInterrupt:
+        print(f"attrlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # every error becomes one line; --debug shows where it came from
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"attrlab {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from matplotlib import animation
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .plots.style import book_figure
+
 SCALES = ("shared", "step")
 #: the layer name used for maps given under a plain method name
 INPUT_LAYER = "input"
@@ -153,6 +155,7 @@ def _row_name(key: tuple[str, str]) -> str:
     return method if layer == INPUT_LAYER else f"{method}\n@{layer}"
 
 
+@book_figure
 def plot_attribution_grid(
     history: AttributionHistory,
     image: int = 0,

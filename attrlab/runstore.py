@@ -4,29 +4,35 @@ Layout of a run directory::
 
     config.json                      the run's configuration (written once)
     tables/<name>/part-<first>-<last>.parquet   step-indexed rows (metrics, tracked summaries, ...)
-    checkpoints/step-<step>.pt       model/optimiser/RNG state; only the newest few are kept
+    checkpoints/step-<step>.pt       model/optimiser/RNG state; the newest two are kept
+    LOCK                             the pid and host of the process training into the directory, while it runs
     snapshots/                       room for full attribution maps
     COMPLETE                         written when the run has finished
 
 Every file is written to a temporary name in the same directory and then renamed, so a reader (or a resumed run)
 never sees half a file. Table parts are written only right before a checkpoint; on resume, parts of steps after the
-newest checkpoint are dropped, so no step row is lost or duplicated.
+checkpoint resumed from are dropped, so no step row is lost or duplicated. The previous checkpoint is deleted only
+after the next one is complete, so a corrupt newest checkpoint falls back to the one before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
 
 CONFIG_FILE = "config.json"
 COMPLETE_FILE = "COMPLETE"
+LOCK_FILE = "LOCK"
 _PART = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 _CHECKPOINT = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -61,23 +67,50 @@ class RunStore:
 
     # ----------------------------------------------------------------- config
     @classmethod
-    def create(cls, root: str | Path, config: dict[str, Any]) -> "RunStore":
-        """Open ``root`` for ``config``: a new or empty directory is initialised; an existing run must match."""
+    def create(cls, root: str | Path, config: dict[str, Any], ignore: tuple[str, ...] = ()) -> "RunStore":
+        """Open ``root`` for ``config``: a new or empty directory is initialised; an existing run must match.
+
+        Keys in ``ignore`` (settings that do not change the results, such as where the data lie or the device) are
+        not part of the run's identity: they may differ from those stored. A directory that holds a config but no
+        step yet (a run that failed before its first checkpoint) is taken over by the new config.
+        """
         store = cls(root)
         config = json.loads(json.dumps(config))  # normalise tuples etc. to what JSON gives back
-        if store.root.exists() and any(store.root.iterdir()):
+        store._check_lock()  # never rewrite a directory another live process trains into
+        if store.root.exists() and not store.root.is_dir():
+            raise RunStoreError(f"run directory {store.root} is a file, not a directory")
+        if store.root.exists() and any(p.name != LOCK_FILE and not p.name.startswith(".") for p in store.root.iterdir()):
             existing = store.config()
-            if existing != config:
-                changed = sorted(k for k in set(existing) | set(config) if existing.get(k) != config.get(k))
-                details = ", ".join(f"{k}: {existing.get(k)!r} there, {config.get(k)!r} now" for k in changed)
-                raise RunStoreError(
-                    f"run directory {store.root} holds a run with a different configuration ({details}); "
-                    "use another run directory, or delete this one to start over"
-                )
+            identity = {k: v for k, v in config.items() if k not in ignore}
+            stored = {k: v for k, v in existing.items() if k not in ignore}
+            if stored != identity:
+                if not store.has_steps():
+                    atomic_write_text(store.root / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+                else:
+                    changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+                    details = ", ".join(f"{k}: {stored.get(k)!r} there, {identity.get(k)!r} now" for k in changed)
+                    raise RunStoreError(
+                        f"run directory {store.root} holds a run with a different configuration ({details}); "
+                        "use another run directory, or delete this one to start over"
+                    )
         else:
             atomic_write_text(store.root / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         store._remove_temporaries()
         return store
+
+    def has_steps(self) -> bool:
+        """Whether the run has stored anything beyond its config (a table part or a checkpoint)."""
+        return bool(self._checkpoints()) or any(self._parts(name) for name in self.tables())
+
+    def remove_if_stub(self) -> bool:
+        """Delete the directory when it holds nothing but a config (a run that failed before its first step)."""
+        if not self.root.is_dir() or self.has_steps():
+            return False
+        leftovers = {p.name for p in self.root.iterdir()} - {CONFIG_FILE, LOCK_FILE, "tables", "checkpoints", "snapshots"}
+        if any(not p.name.startswith(".") for p in self.root.iterdir() if p.name in leftovers):
+            return False  # something else lives there: leave it alone
+        shutil.rmtree(self.root)
+        return True
 
     def config(self) -> dict[str, Any]:
         path = self.root / CONFIG_FILE
@@ -189,12 +222,98 @@ class RunStore:
         try:
             return torch.load(checkpoints[step], map_location=map_location, weights_only=True)
         except Exception as err:  # a truncated or foreign file: pickle, zip and runtime errors alike
-            raise RunStoreError(f"checkpoint {checkpoints[step]} is corrupt ({type(err).__name__}: {err})") from err
+            reason = " ".join(str(err).split())[:160]  # torch's unpickling errors run over many lines
+            raise RunStoreError(f"checkpoint {checkpoints[step]} is corrupt ({type(err).__name__}: {reason})") from err
+
+    def load_newest_readable_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The newest checkpoint that loads; a corrupt newer one is renamed ``*.corrupt`` and the fallback announced."""
+        steps = self.checkpoint_steps()
+        for position, step in enumerate(reversed(steps)):
+            try:
+                return self.load_checkpoint(step, map_location=map_location)
+            except RunStoreError as err:
+                older = steps[: len(steps) - position - 1]
+                if not older:
+                    raise RunStoreError(f"{err}; no earlier checkpoint to fall back to: delete {self.root} to start over") from err
+                path = self.root / "checkpoints" / f"step-{step:08d}.pt"
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+                print(f"checkpoint of step {step} in {self.root} is unreadable ({err}); falling back to the previous "
+                      f"one, of step {older[-1]} (the damaged file is kept as {path.name}.corrupt)", flush=True)
+        raise RunStoreError(f"run {self.root} has no checkpoint yet")
+
+    # ------------------------------------------------------------------ lock
+    def _lock_owner(self) -> tuple[int, str] | None:
+        """(pid, host) written in the lock file, or None without a (readable) lock."""
+        try:
+            owner = json.loads((self.root / LOCK_FILE).read_text(encoding="utf-8"))
+            return int(owner["pid"]), str(owner["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _check_lock(self) -> None:
+        """Raise a :class:`RunStoreError` when another live process holds the lock of this directory."""
+        owner = self._lock_owner()
+        if owner is not None and _alive(*owner) and owner[0] != os.getpid():
+            pid, host = owner
+            raise RunStoreError(
+                f"run directory {self.root} is in use by process {pid} on {host} (lock file {self.root / LOCK_FILE}); "
+                "wait for it to finish or stop it; two trainers never share a run directory"
+            )
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's lock file (pid and host) while the block runs; a stale lock of a dead process is taken over."""
+        path = self.root / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(2):
+            try:
+                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._lock_owner()
+                if owner is not None and (_alive(*owner) or owner[0] == os.getpid()):
+                    pid, host = owner
+                    raise RunStoreError(
+                        f"run directory {self.root} is in use by process {pid} on {host} (lock file {path}); wait for "
+                        "it to finish or stop it; two trainers never share a run directory"
+                    ) from None
+                described = f"process {owner[0]} on {owner[1]}, no longer running" if owner else "unreadable"
+                print(f"taking over the stale lock of {self.root} ({described})", flush=True)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(record)
+            break
+        else:
+            raise RunStoreError(f"could not take the lock file {path}: another process keeps creating it")
+        try:
+            yield
+        finally:
+            if self._lock_owner() == (os.getpid(), socket.gethostname()):
+                path.unlink(missing_ok=True)
 
     @property
     def snapshot_dir(self) -> Path:
         return self.root / "snapshots"
 
     def _remove_temporaries(self) -> None:
+        """Delete temporary files of dead processes (a live trainer's half-written file is left alone)."""
+        host = socket.gethostname()
         for path in self.root.rglob(".*.tmp-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid), host):
+                continue
             path.unlink(missing_ok=True)
+
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` runs (on another host we cannot tell, so it counts as running)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True

@@ -43,9 +43,11 @@ import yaml
 from tqdm.auto import tqdm
 
 from .chapters import ParameterError, chapter_parameters, check_values
-from .runstore import atomic_write_text
+from .runstore import RunStore, atomic_write_text
 
 SPEC_KEYS = ("chapter", "output", "grid", "fixed", "description")  # description: free text
+#: seconds to wait for the Dask scheduler given by its address before giving up
+SCHEDULER_TIMEOUT = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
 
 
@@ -143,11 +145,19 @@ class Sweep:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Sweep":
         path = Path(path)
+        if not path.is_file():
+            raise SweepError(f"sweep file {path} does not exist")
         try:
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise SweepError(f"{path} is not valid YAML: {err}") from err
-        return cls.from_dict(spec, base=path.parent)
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+            problem = getattr(err, "problem", None) or str(err)
+            raise SweepError(f"{where}: not valid YAML ({' '.join(str(problem).split())})") from err
+        try:
+            return cls.from_dict(spec, base=path.parent)
+        except SweepError as err:
+            raise SweepError(f"{path}: {err}") from err
 
     def points(self) -> list[Point]:
         """Every point, validated against the chapter's ``parameters`` cell (a :class:`ParameterError` if not)."""
@@ -205,6 +215,9 @@ def execute_point(chapter: str, point: Point) -> dict[str, Any]:
         except Exception as err:  # papermill raises its own error for a failing cell, others for kernel trouble
             if temporary.is_file():
                 os.replace(temporary, point.failed_notebook)
+            run_dir = point.parameters.get("run_dir")
+            if isinstance(run_dir, str) and run_dir:
+                RunStore(run_dir).remove_if_stub()  # a point that failed before its first step leaves no directory
             return {"name": point.name, "status": "failed", "error": f"{type(err).__name__}: {err}"[:4000]}
         executed = nbformat.read(temporary, as_version=4)
         _prepare_for_book(executed, point.label)
@@ -282,7 +295,14 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as err:
+            raise SweepError(
+                f"cannot reach a Dask scheduler at {scheduler!r} within {SCHEDULER_TIMEOUT} s "
+                f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); is it running, and is the address right?"
+            ) from err
+        with client:
             yield client
         return
     if gpus:

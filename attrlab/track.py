@@ -84,7 +84,7 @@ class Schedule:
         return [s for s in spec if s <= total_steps]
 
 
-#: the seed's protocol: LRP with seed 000's rules, Grad-CAM at the last convolution
+#: the seed's protocol: LRP with seed 000's rules, Grad-CAM at the output of the last convolution block (after its ReLU)
 DEFAULT_METHODS = tuple(method_specs(["lrp", "gradcam"]))
 
 

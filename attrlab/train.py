@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ OBJECTIVE_DEFAULTS: dict[str, Any] = {
     "loss": "cross_entropy", "temperature": 1.0, "objective": None, "weight_decay": 0.0, "lr_schedule": "constant",
     "warmup_epochs": 0.0, "lr_min": 0.0, "lr_step_epochs": 30, "lr_gamma": 0.5, "augment": "none", "augment_pad": 2,
 }
+#: config fields that do not change a run's results, so not part of its identity: a rerun may change them
+OUTSIDE_IDENTITY = ("device", "data_root", "checkpoint_every", "checkpoint_seconds", "tensorboard")
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainConfig:
     attr_per_class: int = 10
     attr_selection: str = "first"
     checkpoint_every: int = 100
+    checkpoint_seconds: float = 60.0  # and at least every this many seconds of training (0: by steps only)
     device: str = "auto"
     #: deterministic CUDA kernels and cuBLAS workspace for the run (:func:`attrlab.device.set_deterministic`)
     deterministic: bool = False
@@ -101,6 +105,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.checkpoint_seconds, bool) or not isinstance(self.checkpoint_seconds, (int, float)) or not (
+            0 <= self.checkpoint_seconds < float("inf")
+        ):
+            raise ValueError(f"checkpoint_seconds must be a number >= 0 (0: by steps only), got {self.checkpoint_seconds!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -233,6 +241,8 @@ class Trainer:
         progress: bool = True,
         objective: Objective | None = None,
     ):
+        # everything is checked (device, dataset, model) before the run directory is written to, so a run that
+        # cannot start leaves nothing behind that would clash with the corrected command
         if (config.objective is None) != (objective is None) or (
             objective is not None and objective_name(objective) != config.objective
         ):
@@ -244,7 +254,6 @@ class Trainer:
         self.config = config
         self.objective = objective
         self.device = resolve_device(config.device)
-        self.store = RunStore.create(run_dir, config.to_dict())
         self.callbacks = list(callbacks)
         self.progress = progress
         if dataset is None:
@@ -262,9 +271,11 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
         self.sampler = BatchSampler(len(self.data.train), config.batch_size, seed=config.seed, device=self.device)
+        self.store = RunStore.create(run_dir, config.to_dict(), ignore=OUTSIDE_IDENTITY)
         self.total_steps = config.epochs * self.sampler.steps_per_epoch
         self.columns = metric_columns(self.data.num_classes)
         self.step = 0
+        self._last_checkpoint = time.monotonic()
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.loss: torch.Tensor | None = None
 
@@ -323,7 +334,7 @@ class Trainer:
         if not self.store.checkpoint_steps():
             self.store.truncate_tables(0)
             return 0
-        state = self.store.load_checkpoint(map_location=self.device)
+        state = self.store.load_newest_readable_checkpoint(map_location=self.device)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -340,6 +351,7 @@ class Trainer:
                 f"checkpoint of {self.store.root} does not fit this run ({type(err).__name__}: {err})"
             ) from err
         self.store.truncate_tables(step)
+        print(f"resuming {self.store.root} from step {step} of {self.total_steps}", flush=True)
         return step
 
     # ------------------------------------------------------------------- run
@@ -347,13 +359,15 @@ class Trainer:
         """Train to the end (resuming if the run directory holds a checkpoint) and return the run store."""
         if self.store.complete:
             return self.store
-        if self.config.deterministic:  # callbacks too run under it; settings are restored afterwards
-            with deterministic_mode(True):
-                return self._fit()
-        return self._fit()
+        with self.store.lock():  # a second trainer on this directory stops here instead of interleaving
+            if self.config.deterministic:  # callbacks too run under it; settings are restored afterwards
+                with deterministic_mode(True):
+                    return self._fit()
+            return self._fit()
 
     def _fit(self) -> RunStore:
         start = self._resume()
+        self._last_checkpoint = time.monotonic()
         self.step = start
         for callback in self.callbacks:
             callback.on_start(self, start)
@@ -386,7 +400,7 @@ class Trainer:
             buffer.append({"step": step, "epoch": epoch}, **metrics)
             for callback in self.callbacks:
                 callback.on_step(self, step)
-            if step % self.config.checkpoint_every == 0 or step == self.total_steps:
+            if step % self.config.checkpoint_every == 0 or step == self.total_steps or self._checkpoint_due():
                 self._flush(buffer)
             bar.update(1)
         bar.close()
@@ -399,7 +413,13 @@ class Trainer:
         self.store.append_table("metrics", buffer.flush())
         for callback in self.callbacks:
             callback.on_flush(self, self.step)
-        self.store.save_checkpoint(self.step, self._state())
+        self.store.save_checkpoint(self.step, self._state(), keep=2)  # the previous one stays as a fallback
+        self._last_checkpoint = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_seconds`` of training have passed since the last checkpoint (a host clock, no sync)."""
+        seconds = self.config.checkpoint_seconds
+        return bool(seconds) and time.monotonic() - self._last_checkpoint >= seconds
 
 
 def train(
@@ -409,16 +429,23 @@ def train(
     dataset: ImageDataset | None = None,
     progress: bool = True,
     objective: Objective | None = None,
+    tensorboard: str | Path | bool | None = None,
     **overrides: Any,
 ) -> Run:
     """Train (or resume, or just open if finished) the run in ``run_dir``; keyword overrides set config fields.
 
     ``objective(model, x, y, logits) -> scalar`` is added to the configured loss at every step (see
     :mod:`attrlab.objectives`); the config records its name, and resuming needs the same callable again.
+    ``tensorboard``: also log to TensorBoard (:class:`attrlab.tensorboard.TensorBoardLogger`, after the other
+    callbacks) into this folder, or into ``<run_dir>/tensorboard`` for ``True``.
     """
     if objective is not None:
         overrides.setdefault("objective", objective_name(objective))
     config = dataclasses.replace(config or TrainConfig(), **overrides)
+    if tensorboard:
+        from .tensorboard import TensorBoardLogger
+
+        callbacks = [*callbacks, TensorBoardLogger(None if tensorboard is True else tensorboard)]
     Trainer(config, run_dir, callbacks=callbacks, dataset=dataset, progress=progress, objective=objective).fit()
     return Run(run_dir)
 

@@ -135,3 +135,15 @@ def test_failing_point_is_kept_and_the_others_finish_on_an_existing_cluster(tmp_
     again = run_sweep(Sweep(chapter, tmp_path / "out", grid={"x": [1]}), workers=1, progress=False)
     assert again.done == ["x-1"] and (tmp_path / "out" / "x-1.done.json").is_file()
     assert not list((tmp_path / "out").glob(".*running*"))
+
+
+def test_a_point_failing_before_its_first_step_leaves_no_run_directory(tmp_path):
+    from attrlab.sweep import execute_point
+
+    body = "from attrlab.runstore import RunStore\nRunStore.create(run_dir, {'x': x})\nassert x != 2, 'x is 2'"
+    chapter = _notebook(tmp_path / "tiny.ipynb", 'x: int = 1  # a number\nrun_dir: str = ""  # the run', body)
+    points = Sweep(chapter, tmp_path / "out", grid={"x": [1, 2]}).points()
+    assert execute_point(str(chapter), points[0])["status"] == "done"
+    assert execute_point(str(chapter), points[1])["status"] == "failed"
+    assert (tmp_path / "out" / "x-1" / "config.json").is_file()
+    assert not (tmp_path / "out" / "x-2").exists() and (tmp_path / "out" / "x-2.failed.ipynb").is_file()

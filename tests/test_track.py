@@ -9,7 +9,7 @@ import torch
 from attrlab.runstore import RunStore
 from attrlab.summaries import summarise
 from attrlab.attribution.spec import MethodSpec
-from attrlab.track import Schedule, Tracker, load_snapshots, tracked_frame
+from attrlab.track import Schedule, Tracker, load_snapshots, method_specs, tracked_frame
 from attrlab.train import Callback, Run, TrainConfig, Trainer, train
 
 CONFIG = dict(dataset="digits", model="shallow", epochs=1, checkpoint_every=4, device="cpu", eval_every=3)
@@ -106,3 +106,26 @@ def test_seed_code_gradcam_is_fed_the_training_batch(tmp_path, digits):
     frame = tracked_frame(tmp_path / "run", "seed")
     assert frame.index.tolist() == [2, 3] and frame["norm_pos"].notna().all()
     assert load_snapshots(tmp_path / "run", "seed")[0] == [1]
+
+
+def test_tensorboard_logs_what_the_run_store_holds(tmp_path, digits):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from attrlab.data import ImageDataset, Split
+    from attrlab.train import TrainConfig, train
+
+    tiny = ImageDataset("digits", Split(digits.train.x[:400], digits.train.y[:400]),
+                        Split(digits.test.x[:200], digits.test.y[:200]), digits.classes)
+    tracker = Tracker(method_specs(["gradient"]), schedule="every", snapshots=[2, 4])
+    config = TrainConfig(epochs=1, attr_per_class=2, checkpoint_every=2, device="cpu")
+    run = train(tmp_path / "run", config, callbacks=[tracker], dataset=tiny, progress=False, tensorboard=True)
+    events = EventAccumulator(str(run.root / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    logged = events.Scalars("metrics/train_loss")
+    assert [e.step for e in logged] == run.metrics["step"].tolist() == [1, 2, 3, 4]
+    assert [e.value for e in logged] == pytest.approx(run.metrics["train_loss"].tolist(), rel=1e-6)
+    summaries = tracked_frame(run.root, "gradient")
+    norms = events.Scalars("attributions/gradient/norm_pos")
+    assert [e.value for e in norms] == pytest.approx(summaries["norm_pos"].tolist(), rel=1e-6)
+    assert [e.step for e in events.Images("snapshots/gradient")] == [2, 4]
+    assert "config" in tags["tensors"] or "config/text_summary" in tags["tensors"]

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from attrlab.data import DatasetUnavailableError, ImageDataset, Split
 from attrlab.runstore import RunStore, RunStoreError
 from attrlab.train import Callback, Run, TrainConfig, Trainer, train
 
@@ -182,13 +183,22 @@ def test_corrupt_metrics_part(finished_run):
         Run(finished_run).metrics
 
 
-def test_corrupt_checkpoint(finished_run, digits):
-    (checkpoint,) = (finished_run / "checkpoints").glob("step-*.pt")
-    checkpoint.write_bytes(b"garbage")
+def test_corrupt_checkpoint(finished_run, digits, reference_metrics, capsys):
+    older, newest = sorted((finished_run / "checkpoints").glob("step-*.pt"))  # the previous one is kept
+    newest.write_bytes(b"garbage")
     with pytest.raises(RunStoreError, match="checkpoint .* is corrupt"):
         Run(finished_run).load_model()
-    (finished_run / "COMPLETE").unlink()  # an unfinished run with a damaged checkpoint cannot resume silently
-    with pytest.raises(RunStoreError, match="is corrupt"):
+    (finished_run / "COMPLETE").unlink()  # an unfinished run resumes from the previous checkpoint and says so
+    run = train(finished_run, TrainConfig(**QUICK), dataset=digits, progress=False)
+    out = capsys.readouterr().out
+    assert f"checkpoint of step {int(newest.stem[5:])} in {finished_run} is unreadable" in out
+    assert f"falling back to the previous one, of step {int(older.stem[5:])}" in out
+    assert f"resuming {finished_run} from step {int(older.stem[5:])} of 15" in out
+    pd.testing.assert_frame_equal(run.metrics, reference_metrics)  # still exact
+    (finished_run / "COMPLETE").unlink()
+    for checkpoint in (finished_run / "checkpoints").glob("step-*.pt"):
+        checkpoint.write_bytes(b"garbage")
+    with pytest.raises(RunStoreError, match="(?s)is corrupt.*no earlier checkpoint to fall back to"):
         train(finished_run, TrainConfig(**QUICK), dataset=digits, progress=False)
 
 
@@ -220,3 +230,89 @@ def test_evaluations_keep_each_modules_own_train_flag():
     with pytest.raises(ValueError, match="too few confident images"):
         confident_images(model, x, y, threshold=0.99)
     assert [module.training for module in model.modules()] == flags and not model.bn2.training
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    """400 training and 200 test images of digits: the runs below test the run directory, not the learning."""
+    return ImageDataset("digits", Split(digits.train.x[:400], digits.train.y[:400]),
+                        Split(digits.test.x[:200], digits.test.y[:200]), digits.classes)
+
+
+TINY = dict(QUICK, attr_per_class=2)
+
+
+def test_a_run_that_cannot_start_writes_nothing(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        train(run_dir, TrainConfig(**{**TINY, "dataset": "mnist"}), progress=False)
+    with pytest.raises(DatasetUnavailableError, match="data_root .*missing.* does not exist"):
+        train(run_dir, TrainConfig(**{**TINY, "dataset": "fashionmnist"}, data_root=str(tmp_path / "missing")),
+              progress=False)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        train(run_dir, TrainConfig(**{**TINY, "model": "resnet"}), dataset=tiny, progress=False)
+    assert not run_dir.exists() and not (tmp_path / "missing").exists()
+    assert train(run_dir, TrainConfig(**TINY), dataset=tiny, progress=False).complete  # the corrected command
+
+
+def test_data_location_and_device_are_not_part_of_a_runs_identity(tmp_path, tiny):
+    finished = train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False)
+    moved = TrainConfig(**{**TINY, "device": "auto", "checkpoint_every": 7}, data_root=str(tmp_path / "elsewhere"))
+    again = train(tmp_path / "run", moved, dataset=tiny, progress=False)
+    pd.testing.assert_frame_equal(again.metrics, finished.metrics)
+
+
+def test_a_directory_with_a_config_and_no_step_is_taken_over(tmp_path, tiny):
+    RunStore.create(tmp_path / "run", TrainConfig(**{**TINY, "epochs": 5}).to_dict())  # failed before step 1
+    run = train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False)
+    assert run.complete and run.config.epochs == 1
+    assert RunStore(tmp_path / "run").remove_if_stub() is False  # it holds steps now
+    RunStore.create(tmp_path / "stub", {"a": 1})
+    assert RunStore(tmp_path / "stub").remove_if_stub() and not (tmp_path / "stub").exists()
+
+
+def test_time_based_checkpoints_keep_resume_exact(tmp_path, tiny):
+    config = TrainConfig(**{**TINY, "epochs": 2, "checkpoint_every": 100, "checkpoint_seconds": 1e-9})
+    run = train(tmp_path / "run", config, dataset=tiny, progress=False)
+    steps = run.metrics["step"].tolist()
+    parts = sorted((run.root / "tables" / "metrics").glob("part-*.parquet"))
+    assert len(parts) == len(steps) == 8  # a checkpoint after every step: more than 1e-9 s pass each
+    assert RunStore(run.root).checkpoint_steps() == [7, 8]  # the newest two
+    reference = train(tmp_path / "ref", TrainConfig(**{**TINY, "epochs": 2, "checkpoint_seconds": 0}), dataset=tiny,
+                      progress=False)
+    pd.testing.assert_frame_equal(run.metrics, reference.metrics)
+    with pytest.raises(ValueError, match="checkpoint_seconds must be a number >= 0"):
+        TrainConfig(checkpoint_seconds=-1)
+
+
+def test_resume_says_from_which_step(tmp_path, tiny, capsys):
+    class Stop(Callback):
+        def on_step(self, trainer, step):
+            if step == 5:
+                raise KeyboardInterrupt
+
+    config = TrainConfig(**{**TINY, "epochs": 2, "checkpoint_every": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "run", config, dataset=tiny, callbacks=[Stop()], progress=False)
+    assert not (tmp_path / "run" / "LOCK").exists()  # released on the way out
+    train(tmp_path / "run", config, dataset=tiny, progress=False)
+    assert f"resuming {tmp_path / 'run'} from step 4 of 8" in capsys.readouterr().out
+
+
+def test_a_second_trainer_stops_and_a_stale_lock_is_taken_over(tmp_path, tiny, capsys):
+    import socket
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "run" / "LOCK"
+        lock.parent.mkdir()
+        lock.write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+        with pytest.raises(RunStoreError, match=f"in use by process {owner.pid} on .*lock file .*LOCK"):
+            train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert train(tmp_path / "run", TrainConfig(**TINY), dataset=tiny, progress=False).complete
+    assert f"taking over the stale lock of {tmp_path / 'run'} (process {owner.pid}" in capsys.readouterr().out
+    assert not lock.exists()

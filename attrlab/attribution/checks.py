@@ -3,28 +3,118 @@ and how ``internal_batch_size`` sizes their forward passes."""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
+import weakref
 from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 
-def check_batch(inputs: Any) -> torch.Tensor:
-    """A floating-point batch (N, ...) with N >= 1, returned detached (methods never write into the caller's graph)."""
+def check_batch(inputs: Any, model: nn.Module | None = None) -> torch.Tensor:
+    """A floating-point batch (N, ...) with N >= 1, returned detached (methods never write into the caller's graph).
+
+    With ``model``, the batch must also fit it (see :func:`check_fits_model`): its dtype and device, the channels or
+    features of its first layer and, where a shape-only (meta) pass can tell, its image size.
+    """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor batch (N, C, H, W), not {type(inputs).__name__}")
     if inputs.ndim < 2 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
     if not inputs.dtype.is_floating_point:
         raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+    if model is not None:
+        check_fits_model(inputs, model)
     return inputs.detach()
 
 
-def check_image_batch(inputs: Any) -> torch.Tensor:
+def check_image_batch(inputs: Any, model: nn.Module | None = None) -> torch.Tensor:
     """:func:`check_batch` for methods that need images (N, C, H, W)."""
     batch = check_batch(inputs)
     if batch.ndim != 4:
         raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(batch.shape)}")
+    if model is not None:
+        check_fits_model(batch, model)
     return batch
+
+
+#: per model, its hook-free twin on the meta device and the (shape without N, dtype) pairs the twin has accepted
+_FITTING: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _meta_copy(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` whose parameters and buffers live on the meta device (no data copied) and with no hooks.
+
+    The model itself never runs for a check: its hooks must not fire and its BatchNorm statistics must not move.
+    """
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        twin = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = nn.Parameter(twin, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else twin
+    try:
+        twin_model = copy.deepcopy(model, memo)
+    except Exception:  # a module that cannot be copied: its shapes are left to the real pass
+        return None
+    for module in twin_model.modules():
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            getattr(module, hooks, {}).clear()
+    return twin_model
+
+
+def check_fits_model(inputs: torch.Tensor, model: nn.Module) -> None:
+    """Raise a clear error when ``inputs`` cannot go through ``model``, before the model runs.
+
+    Checked: the dtype and the device against the model's parameters, the channels of a first ``Conv2d`` or the
+    features of a first ``Linear``, and, by one forward pass on the meta device (shapes only, no arithmetic; once per
+    model and input shape), every later shape: a 32x32 image in a model built for 28x28 fails there, and the error
+    names the shapes instead of torch's ``mat1 and mat2 shapes cannot be multiplied``.
+    """
+    parameter = next(model.parameters(), None)
+    shape = tuple(inputs.shape)
+    if parameter is not None:
+        if parameter.dtype.is_floating_point and inputs.dtype != parameter.dtype:
+            raise TypeError(
+                f"inputs have dtype {inputs.dtype} but the model's parameters are {parameter.dtype}; "
+                f"convert them with inputs.to({parameter.dtype})"
+            )
+        if inputs.device != parameter.device:
+            raise ValueError(
+                f"inputs are on {inputs.device} but the model is on {parameter.device}; move them with "
+                f"inputs.to('{parameter.device}')"
+            )
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if isinstance(first, nn.Conv2d) and (inputs.ndim != 4 or shape[1] != first.in_channels):
+        raise ValueError(
+            f"inputs must be images (N, C, H, W) with C = {first.in_channels}, the channels of the model's first "
+            f"convolution; got shape {shape}"
+        )
+    if isinstance(first, nn.Linear) and math.prod(shape[1:]) != first.in_features:
+        raise ValueError(
+            f"the model's first layer is Linear({first.in_features}, ...), so each input must hold "
+            f"{first.in_features} values; got shape {shape} ({math.prod(shape[1:])} values per input)"
+        )
+    key = (shape[1:], inputs.dtype)
+    entry = _FITTING.get(model)
+    if entry is None:
+        entry = _FITTING[model] = (_meta_copy(model), set())
+    twin, known = entry
+    if key in known or twin is None:
+        return
+    try:
+        with torch.no_grad():
+            twin(torch.empty((1, *shape[1:]), dtype=inputs.dtype, device="meta"))
+    except RuntimeError as err:
+        if "meta" in str(err).lower():  # an operation that needs real values (.item(), ...): cannot tell here
+            return
+        raise ValueError(
+            f"inputs of shape {shape} do not fit the model ({' '.join(str(err).split())[:300]}); "
+            "pass images of the size the model was built for"
+        ) from err
+    except Exception:  # an operation without a meta kernel: the shapes cannot be told here, the real pass will
+        return
+    known.add(key)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:

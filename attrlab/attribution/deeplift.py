@@ -210,7 +210,7 @@ class DeepLift(Attribution):
         Explanation
             Attribution shaped like the inputs (or the layer's output), (N, T, ...) for (N, T) targets.
         """
-        x = check_batch(inputs)
+        x = check_batch(inputs, self.model)
         reference = reference_batch(baselines, x)
         tape = _ReferenceTape()
         split = ModelSplit(self.model, layer, module_substitutes={nn.ReLU: tape.relu, nn.MaxPool2d: tape.max_pool})

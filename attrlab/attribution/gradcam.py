@@ -83,7 +83,7 @@ class GradCAM(Attribution):
         return (gradient.mean((-2, -1), keepdim=True) * activation).sum(-3, keepdim=True)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         layer = feature_layer(self.model) if layer is None else layer
         activation, gradient, logits, target_index = layer_gradient(self.model, x, target, layer)
         if gradient.dim() != 3 + target_index.dim():  # (N, C, h, w), or (N, T, C, h, w) for several targets

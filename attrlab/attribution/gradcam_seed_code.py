@@ -116,7 +116,7 @@ class SeedCodeGradCAM(Attribution):
             next call, as the seed code kept the gradient of the step's ``loss.backward()``; an explicit other
             ``layer=`` recomputes them from the stored batch with the parameters of that moment.
         """
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (x.shape[0],):
             raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},), got {labels!r:.80}")
         self._batch = (x, labels.detach())
@@ -143,7 +143,7 @@ class SeedCodeGradCAM(Attribution):
         return gradient.mean((0, 2, 3), keepdim=True)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         module = resolve_layer(self.model, seed_code_layer(self.model) if layer is None else layer)
         if self._weights is not None and self._weights[0] is module:
             weights = self._weights[1]

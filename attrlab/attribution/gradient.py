@@ -52,7 +52,7 @@ class _LayerGradient(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         activation, gradient, logits, target_index = layer_gradient(
-            self.model, check_batch(inputs), target, layer, self.substitutes
+            self.model, check_batch(inputs, self.model), target, layer, self.substitutes
         )
         return Explanation(self._combine(activation, gradient), logits, target_index)
 
@@ -264,7 +264,7 @@ class IntegratedGradients(Attribution):
             The attribution (shaped like the input or the layer's activation; (N, T, ...) for (N, T) targets), the
             logits and the resolved targets.
         """
-        x = check_batch(inputs)
+        x = check_batch(inputs, self.model)
         start_inputs = check_baselines(baselines, self.baseline, x)
         split = ModelSplit(self.model, layer)
         batch = x.shape[0]
@@ -339,7 +339,7 @@ class SmoothGrad(Attribution):
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_batch(inputs)
+        x = check_batch(inputs, self.model)
         split = ModelSplit(self.model, layer)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         noisy = x.repeat_interleave(self.n_samples, dim=0)

@@ -191,7 +191,7 @@ class Lime(Attribution):
         Explanation
             Per-pixel superpixel coefficients (N, C, H, W), or (N, T, C, H, W).
         """
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         if resolve_layer(self.model, layer) is not None:
             raise ValueError(f"LIME explains the input only: layer must be None, got {layer!r}")
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]

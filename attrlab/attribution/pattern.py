@@ -261,7 +261,7 @@ class _PatternMethod(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         substitutes = {nn.Linear: self._layer, nn.Conv2d: self._layer}
-        _, gradient, logits, target_index = _module_gradient(self.model, check_batch(inputs), target, layer, substitutes)
+        _, gradient, logits, target_index = _module_gradient(self.model, check_batch(inputs, self.model), target, layer, substitutes)
         return Explanation(gradient, logits, target_index)
 
 

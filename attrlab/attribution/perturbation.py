@@ -101,7 +101,7 @@ class _Perturbation(Attribution):
         Explanation
             The attribution (see the class), the unperturbed logits and the resolved targets.
         """
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         split = ModelSplit(self.model, layer)
         with eval_semantics(self.model), torch.no_grad():
             activation = split.head(x)

@@ -65,7 +65,7 @@ class _ChannelCAM(Attribution):
         raise NotImplementedError
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        x = check_image_batch(inputs)
+        x = check_image_batch(inputs, self.model)
         layer = feature_layer(self.model) if layer is None else layer
         split = ModelSplit(self.model, layer)
         with eval_semantics(self.model), torch.no_grad():

@@ -82,7 +82,7 @@ class InherentContributions(Attribution):
         Explanation
             Contributions shaped like the input (or the layer's output), (N, T, ...) for (N, T) targets.
         """
-        inputs = check_batch(inputs)
+        inputs = check_batch(inputs, self.model)
         encoding = _encoding_layer(self.model, layer)
         with dynamic_linear(self.model):
             activation, gradient, logits, target_index = layer_gradient(

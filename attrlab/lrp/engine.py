@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.autograd import target_gradient
+from ..attribution.checks import check_batch
 from ..canonize import canonize_layers
 from .composites import Composite, make_composite
 from .autograd import reusable_backward
@@ -234,8 +235,7 @@ class LRP(Attribution):
         self._plans.steps(model, self.composite)  # fail early on unsupported layers or misplaced rules
 
     def explain(self, inputs: Tensor, target: Target = None, layer: Layer = None) -> Explanation:
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor batch, not {type(inputs).__name__}")
+        inputs = check_batch(inputs, self.model)  # dtype, device, channels and size before any rule runs
         capture = _capture_name(self.model, resolve_layer(self.model, layer))
         steps = self._plans.steps(self.model, self.composite)  # rebuilt when the parameters changed (training)
         several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2

@@ -12,11 +12,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .style import book_figure
+
 from ..analysis import PERFORMANCE, SUMMARY_LABELS, trend
 
 _HALF_COLORS = {"": "black", "_train": "tab:green", "_test": "tab:purple"}
 
 
+@book_figure
 def plot_summary_curves(
     tracked: pd.DataFrame, methods: Sequence[str], summaries: Mapping[str, str] = SUMMARY_LABELS
 ) -> Figure:
@@ -45,10 +48,11 @@ def plot_summary_curves(
                 ax.set_ylabel(method)
             if row == len(methods) - 1:
                 ax.set_xlabel("optimiser step")
-    axes[0, -1].legend(fontsize="x-small")
+    axes[0, -1].legend(fontsize="small")
     return figure
 
 
+@book_figure
 def plot_trends(
     metrics: pd.DataFrame,
     tracked_method: pd.DataFrame,
@@ -74,12 +78,13 @@ def plot_trends(
             if col == 0:
                 ax.set_ylabel(performance_label, fontsize="small")
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize="x-small")
+    axes[0, 0].legend(fontsize="small")
     figure.suptitle(title, fontsize="medium")
     figure.supxlabel("optimiser step (curves: expanding mean, min-max normalised)", fontsize="small")
     return figure
 
 
+@book_figure
 def plot_correlation_heatmap(tables: Mapping[str, pd.DataFrame], value_range: float = 1.0) -> Figure:
     """Side-by-side heatmaps of Tables 2-9 style rho tables, one per method, annotated with the coefficients."""
     figure, axes = plt.subplots(
@@ -93,7 +98,7 @@ def plot_correlation_heatmap(tables: Mapping[str, pd.DataFrame], value_range: fl
         ax.set_yticks(range(table.shape[0]), table.index, fontsize="small")
         for (i, j), rho in np.ndenumerate(values):
             text = "n/a" if np.isnan(rho) else f"{rho:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
+            ax.text(j, i, text, ha="center", va="center", fontsize="small",
                     fontweight="bold" if abs(rho) > 0.5 else "normal")
         ax.set_title(name, fontsize="medium")
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="Spearman's rho")

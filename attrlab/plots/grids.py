@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+
+from .style import book_figure
 from matplotlib.patches import Patch
 
 from ..grids.aggatt import BINS
@@ -39,6 +41,7 @@ def _ordered(values: Sequence[str], preferred: Sequence[str] | None) -> list[str
     return list(preferred)
 
 
+@book_figure
 def plot_grid_examples(grids: Mapping[str, GridSet], classes: Sequence[str], count: int = 6) -> Figure:
     """The first ``count`` grids of each grid set, one row per set, titled with their classes row by row.
 
@@ -79,6 +82,7 @@ def plot_grid_examples(grids: Mapping[str, GridSet], classes: Sequence[str], cou
     return fig
 
 
+@book_figure
 def plot_localisation_boxes(
     scores: pd.DataFrame,
     methods: Sequence[str] | None = None,
@@ -122,6 +126,7 @@ def plot_localisation_boxes(
     return fig
 
 
+@book_figure
 def plot_aggatt(
     bins: Mapping[tuple[str, str], torch.Tensor],
     n: int,
@@ -156,7 +161,7 @@ def plot_aggatt(
             ax.set_xticks([])
             ax.set_yticks([])
             if bin_scores is not None:
-                ax.set_xlabel(f"L={float(bin_scores[key][col]):.2f}", fontsize="x-small", labelpad=1)
+                ax.set_xlabel(f"L={float(bin_scores[key][col]):.2f}", fontsize="small", labelpad=1)
             if row == 0:
                 low, high = bin_ranges[col]
                 ax.set_title(f"{low:g}-{high:g} %", fontsize="small")
@@ -166,6 +171,7 @@ def plot_aggatt(
     return fig
 
 
+@book_figure
 def plot_smoothing(scores: pd.DataFrame, by: str = "model", statistic: str = "median") -> Figure:
     """Localisation (``statistic`` over grids) against the Gaussian kernel size: one panel per setting and method,
     one line per value of ``by`` (for example the model with and without BatchNorm)."""
@@ -190,6 +196,7 @@ def plot_smoothing(scores: pd.DataFrame, by: str = "model", statistic: str = "me
     return fig
 
 
+@book_figure
 def plot_localisation_over_training(table: pd.DataFrame, statistic: str = "median") -> Figure:
     """Localisation over optimiser steps from the ``grid_localisation`` table of a run trained with
     :class:`attrlab.grids.callback.GridLocalisation`: one panel per setting, one colour per method, one line style per
@@ -211,5 +218,5 @@ def plot_localisation_over_training(table: pd.DataFrame, statistic: str = "media
     axes[0, 0].set_ylabel(f"{statistic} localisation")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.legend(handles, labels, fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.legend(handles, labels, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .style import book_figure
+
 #: the three curves of a run: column prefix -> legend label
 SERIES = {"train": "train minibatch", "test": "test set", "attr": "attribution set"}
 _COLORS = {"train": "0.55", "test": "tab:blue", "attr": "tab:orange"}
@@ -27,6 +29,7 @@ def _require(metrics: pd.DataFrame, columns: Sequence[str]) -> None:
         )
 
 
+@book_figure
 def plot_learning_curves(metrics: pd.DataFrame, smooth: int | None = None) -> Figure:
     """Loss (left) and accuracy (right) over steps for the train minibatches, the test set and the attribution set.
 
@@ -57,6 +60,7 @@ def plot_learning_curves(metrics: pd.DataFrame, smooth: int | None = None) -> Fi
     return figure
 
 
+@book_figure
 def plot_per_class_accuracy(
     metrics: pd.DataFrame, class_names: Sequence[str] | None = None, columns: int = 5
 ) -> Figure:
@@ -90,5 +94,5 @@ def plot_per_class_accuracy(
         ax.set_xlabel("step")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
-    axes.flat[0].legend(fontsize="x-small", loc="lower right")
+    axes.flat[0].legend(fontsize="small", loc="lower right")
     return figure

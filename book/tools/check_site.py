@@ -9,6 +9,8 @@ that, once the page has loaded, records in ``<body data-site-check>`` which ``<i
 a natural width); Chromium's ``--dump-dom`` then returns that DOM. A page fails when
 
 - an image did not load, or a chapter (a notebook page in ``book/_toc.yml``) shows no image at all,
+- a figure's smallest text shows below ``MIN_TEXT_CSS_PX`` CSS pixels at the page width (a 1280 px window), or
+  a table cell's text is cut off (clipped, or truncated with "..."),
 - a cell output is an error, a traceback or stderr (myst-nb's ``output error`` / ``traceback`` / ``stderr``
   classes, or a "Traceback (most recent call last)" anywhere), or Sphinx left a ``system-message`` in the page.
 
@@ -41,17 +43,31 @@ CHROMIUM_FLAGS = [
     "--mute-audio",
 ]
 # appended to every served page: report which images loaded, once everything has loaded
-PROBE = b"""<script>
+PROBE = rb"""<script>
 window.addEventListener("load", function () {
   var images = Array.from(document.querySelectorAll("article img, main img"));
   var report = images.map(function (img) {
     return {src: img.getAttribute("src").slice(0, 120), loaded: img.complete && img.naturalWidth > 0};
   });
   var height = document.documentElement.scrollHeight;
-  document.body.setAttribute("data-site-check", JSON.stringify({images: report, height: height}));
+  // figures in cell outputs: drawn width (PNG pixels) and shown width (CSS pixels) give the scale of their text
+  var figures = Array.from(document.querySelectorAll(".cell_output img, figure img")).map(function (img) {
+    return {src: img.getAttribute("src").slice(0, 120), drawn: img.naturalWidth,
+            shown: img.getBoundingClientRect().width};
+  });
+  // table cells whose text is cut off: clipped by CSS, or truncated by pandas with an ellipsis
+  var cut = [];
+  document.querySelectorAll("article table td, article table th").forEach(function (cell) {
+    var text = cell.textContent.trim();
+    var ellipsis = text.length > 3 && /(\.\.\.|\u2026)$/.test(text);  // a bare "..." stands for pandas' skipped rows
+    if (cell.scrollWidth > cell.clientWidth + 1 || ellipsis) cut.push(text.slice(0, 80));
+  });
+  document.body.setAttribute("data-site-check",
+    JSON.stringify({images: report, height: height, figures: figures, cut_cells: cut}));
 });
 </script>"""
 MAX_SCREENSHOT_HEIGHT = 16000
+PAGE_WINDOW = "1280,900"  # a desktop browser: the text column is the page width the figures are checked at
 ERROR_CLASSES = ({"output", "error"}, {"output", "traceback"}, {"output", "stderr"}, {"system-message"})
 
 
@@ -81,6 +97,8 @@ class PageScan(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.report: list[dict] | None = None  # per <img>: src and whether it loaded
+        self.figures: list[dict] = []  # per figure: src, drawn (PNG) and shown (CSS px) width
+        self.cut_cells: list[str] = []  # table cells whose text is cut off
         self.height = 0  # of the whole page, in CSS pixels
         self.errors: list[str] = []
         self.text: list[str] = []
@@ -90,6 +108,7 @@ class PageScan(html.parser.HTMLParser):
         if tag == "body" and attributes.get("data-site-check") is not None:
             probe = json.loads(attributes["data-site-check"] or "{}")
             self.report, self.height = probe.get("images", []), int(probe.get("height", 0))
+            self.figures, self.cut_cells = probe.get("figures", []), probe.get("cut_cells", [])
         classes = set((attributes.get("class") or "").split())
         for error_classes in ERROR_CLASSES:
             if error_classes <= classes:
@@ -97,6 +116,28 @@ class PageScan(html.parser.HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+
+
+def figure_text_problems(figures: list[dict], min_css_px: float | None = None) -> list[str]:
+    """Figures whose smallest text shows below ``min_css_px`` CSS pixels (default: the book style's minimum).
+
+    The book style (:mod:`attrlab.plots.style`) draws every text at least ``MIN_FONT_PT`` points at ``BOOK_DPI``;
+    a figure shown narrower than it was drawn scales its text down by shown / drawn width.
+    """
+    from attrlab.plots.style import BOOK_DPI, MIN_FONT_PT, MIN_TEXT_CSS_PX, smallest_text_css_px
+
+    limit = MIN_TEXT_CSS_PX if min_css_px is None else min_css_px
+    problems = []
+    for figure in figures:
+        if not figure.get("drawn") or figure["drawn"] < 50:  # icons, not figures
+            continue
+        size = smallest_text_css_px(MIN_FONT_PT, BOOK_DPI, figure["drawn"], figure["shown"])
+        if size < limit:
+            problems.append(
+                f"figure {figure['src'][:60]} is drawn {figure['drawn']} px wide and shown {figure['shown']:.0f} px: "
+                f"its smallest text shows at {size:.1f} CSS px (< {limit})"
+            )
+    return problems
 
 
 def chapters_of(toc: Path) -> tuple[list[str], list[str]]:
@@ -143,7 +184,7 @@ def check_page(
         return [f"{page}.html is missing from the built site {site} (rebuild the book)"], 0
     problems = []
     with tempfile.TemporaryDirectory(prefix="site-check-") as profile:
-        dumped = browse(chromium, profile, f"{base}/{page}.html", "--dump-dom")
+        dumped = browse(chromium, profile, f"{base}/{page}.html", "--dump-dom", f"--window-size={PAGE_WINDOW}")
         if dumped.returncode != 0 or "<body" not in dumped.stdout:
             return [f"Chromium could not render the page (exit {dumped.returncode}): {dumped.stderr[-500:]}"], 0
         scan = PageScan()
@@ -156,6 +197,9 @@ def check_page(
                 problems.append(f"{len(broken)} of {len(scan.report)} images did not load: {broken[:5]}")
             if chapter and not scan.report:
                 problems.append("a chapter without any figure")
+        problems += figure_text_problems(scan.figures)
+        if scan.cut_cells:
+            problems.append(f"{len(scan.cut_cells)} table cells are cut off: {scan.cut_cells[:3]}")
         if scan.errors:
             problems.append(f"error outputs: {scan.errors[:5]}")
         if "Traceback (most recent call last)" in "".join(scan.text):
