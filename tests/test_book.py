@@ -220,7 +220,7 @@ def test_training_chapter_stops_on_bad_parameters_before_training(tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
     assert completed.returncode != 0
     for message in ("ParameterError", "unknown parameter 'modle'", "parameter 'lr' must be float, got 'abc'",
-                    "parameter 'dataset' has invalid value 'mnist'; valid choices: digits, fashionmnist, cifar10"):
+                    "parameter 'dataset' has invalid value 'mnist'; valid choices: digits, canvas, fashionmnist, cifar10"):
         assert message in completed.stderr, completed.stderr[-3000:]
     assert not run_dir.exists()
 
