@@ -51,7 +51,8 @@ class ChapterParameter:
         checks = {
             "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "str": lambda v: isinstance(v, str),
+            # papermill's -p turns a bare number into an int (``-p schedule 5``); a chapter reads it as its text
+            "str": lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)),
             "bool": lambda v: isinstance(v, bool),
             "None": lambda v: v is None,
             "list": lambda v: isinstance(v, list),
