@@ -35,6 +35,7 @@ FAST_SETTINGS = {
     "lime": {"n_samples": 20},
     "pattern_net": {},  # patterns are fitted per test, on the model under test
     "pattern_attribution": {},
+    "bcos": {},  # on a conventional network its contributions are the layer-wise linear ones (detached scales)
 }
 SHAPE = (1, 28, 28)
 
