@@ -151,4 +151,4 @@ def test_help_is_plain_text_and_every_option_is_explained(capsys):
         for action in sub._actions:
             assert action.help and len(action.help) > 12, f"attrlab {name} {action.option_strings}: no help text"
     train_help = subparsers.choices["train"].format_help()
-    assert "{digits,fashionmnist,cifar10}" in train_help and "images per optimiser step" in train_help
+    assert "{digits,canvas,fashionmnist,cifar10}" in train_help and "images per optimiser step" in train_help

@@ -98,7 +98,7 @@ def test_deeplift_shares_one_reference_row_and_checks_its_arguments():
     )
     with pytest.raises(ValueError, match="baselines of shape \\(2, 1, 28, 28\\) must be one input"):
         method.attribute(x, baselines=torch.zeros(2, 1, 28, 28))
-    with pytest.raises(ValueError, match="finite number or a tensor"):
+    with pytest.raises(ValueError, match="finite number"):
         method.attribute(x, baselines="zero")
     with pytest.raises(ValueError, match="ReLU, MaxPool2d and linear layers only; the model has Tanh"):
         make_method("deeplift", nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2)))

@@ -40,9 +40,9 @@ def _encoding_layer(model: nn.Module, layer: Layer) -> nn.Module | None:
     encodings = [module for module in model.modules() if isinstance(module, PairEncoding)]
     if not encodings:
         return None
-    if layer is None:
-        return encodings[0]
     module = resolve_layer(model, layer)
+    if module is None:  # the input (None or "input"): its contributions are the encoding's, folded onto the pixels
+        return encodings[0]
     if not isinstance(module, nn.Identity):
         return None
     order = list(named_layers(model).values())
