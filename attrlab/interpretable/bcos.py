@@ -31,7 +31,7 @@ from torch import nn
 from ..cells import Cellwise
 from .dynamic import DynamicLinear
 
-#: added to |cos| before the power: the gradient of |c|^(B-1) at c = 0 is infinite for B < 2 (as in the authors' code)
+#: added to ``|cos|`` before the power: the gradient of ``|c|^(B-1)`` at c = 0 is infinite for B < 2 (as in the authors' code)
 COS_EPS = 1e-6
 #: added to the squared patch norm: an all-zero patch would otherwise divide by zero
 NORM_EPS = 1e-6
