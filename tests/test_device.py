@@ -153,7 +153,7 @@ def test_cli_takes_deterministic_as_true_or_false(tmp_path, monkeypatch):
     class _Finished:
         metrics: list = []
 
-    monkeypatch.setattr(cli, "train", lambda run_dir, config, progress: seen.append(config) or _Finished())
+    monkeypatch.setattr(cli, "train", lambda run_dir, config, **options: seen.append(config) or _Finished())
     assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--deterministic", "true", "--no-progress"]) == 0
     assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
     assert [config.deterministic for config in seen] == [True, False]

@@ -27,7 +27,12 @@ def model():
     (torch.zeros(2, 1, 28, 28, dtype=torch.int64), TypeError, r"floating point"),
 ])
 def test_every_method_names_a_batch_that_does_not_fit(model, name, inputs, error, message):
-    method = make_method(name, model, **SETTINGS.get(name, {}))
+    settings = dict(SETTINGS.get(name, {}))
+    if name.startswith("pattern_"):  # the pattern methods need signal patterns fitted on data that fits the model
+        from attrlab.attribution.pattern import fit_patterns
+
+        settings["patterns"] = fit_patterns(model, torch.rand(32, 1, 28, 28) * 2 - 1, progress=False)
+    method = make_method(name, model, **settings)
     with pytest.raises(error, match=message):
         method.attribute(inputs, target=0)
 
