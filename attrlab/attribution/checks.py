@@ -63,6 +63,10 @@ def _meta_copy(model: nn.Module) -> nn.Module | None:
     return twin_model
 
 
+#: layers that pass the input on reshaped at most, skipped when looking for the layer that receives the input
+_RESHAPES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Unflatten)
+
+
 def check_fits_model(inputs: torch.Tensor, model: nn.Module) -> None:
     """Raise a clear error when ``inputs`` cannot go through ``model``, before the model runs.
 
@@ -84,7 +88,10 @@ def check_fits_model(inputs: torch.Tensor, model: nn.Module) -> None:
                 f"inputs are on {inputs.device} but the model is on {parameter.device}; move them with "
                 f"inputs.to('{parameter.device}')"
             )
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    # the first computing layer, when the input reaches it directly (reshapes aside); a model that transforms its input
+    # first (B-cos' [x, 1 - x] encoding doubles the channels) is left to the shape-only pass below
+    leaves = (m for m in model.modules() if next(m.children(), None) is None)
+    first = next((m for m in leaves if not isinstance(m, _RESHAPES)), None)
     if isinstance(first, nn.Conv2d) and (inputs.ndim != 4 or shape[1] != first.in_channels):
         raise ValueError(
             f"inputs must be images (N, C, H, W) with C = {first.in_channels}, the channels of the model's first "
