@@ -127,7 +127,7 @@ def parameter_choices() -> dict[str, tuple[str, ...]]:
     return {
         "dataset": tuple(DATASETS),
         "model": tuple(available_models()),
-        "methods": tuple(available_methods()),
+        "methods": tuple(available_methods(include_reproductions=True)),
         "optimizer": tuple(OPTIMIZERS),
         "attr_selection": tuple(SELECTIONS),
         "device": ("auto", "cpu", "cuda"),  # "cuda:N" is accepted as well, see _valid_choice
