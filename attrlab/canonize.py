@@ -91,13 +91,23 @@ def _rebuild(layer: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
     """A new Conv2d/Linear like ``layer`` holding (weight, bias); no random initialisation (the RNG is untouched)."""
     if isinstance(layer, nn.Conv2d):
         new = skip_init(
-            nn.Conv2d, layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, groups=layer.groups, bias=True,
-            padding_mode=layer.padding_mode, device=weight.device, dtype=weight.dtype,
+            nn.Conv2d,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=True,
+            padding_mode=layer.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
         )
     else:
-        new = skip_init(nn.Linear, layer.in_features, layer.out_features, bias=True, device=weight.device,
-                        dtype=weight.dtype)
+        new = skip_init(
+            nn.Linear, layer.in_features, layer.out_features, bias=True, device=weight.device, dtype=weight.dtype
+        )
     with torch.no_grad():
         new.weight.copy_(weight)
         new.bias.copy_(bias)

@@ -60,9 +60,17 @@ class CellwiseConv2d(Cellwise, nn.Conv2d):
 
     def __init__(self, conv: nn.Conv2d, n: int):
         super().__init__(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-            device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
         # share the trained parameters (no copy)
         self.weight = conv.weight

@@ -24,14 +24,15 @@ Conventions shared by all methods (captum's, with attrlab's additions):
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 from torch import nn
 
-Target = Union[None, int, Sequence[int], torch.Tensor]
-Layer = Union[None, str, nn.Module]
+Target = None | int | Sequence[int] | torch.Tensor
+Layer = None | str | nn.Module
 
 #: the layer name that means the model input, accepted by every method and by :func:`resolve_layer`
 INPUT = "input"

@@ -7,7 +7,8 @@ import copy
 import itertools
 import math
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def check_image_batch(inputs: Any, model: nn.Module | None = None) -> torch.Tens
 
 
 #: per model, its hook-free twin on the meta device and the (shape without N, dtype) pairs the twin has accepted
-_FITTING: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FITTING: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def _meta_copy(model: nn.Module) -> nn.Module | None:

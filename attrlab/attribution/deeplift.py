@@ -39,9 +39,24 @@ from .model_state import eval_semantics
 EPS = 1e-10
 #: module types DeepLIFT passes through with their gradient (they are linear, or affine in eval mode)
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Flatten,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Dropout, nn.Dropout2d, nn.Identity, nn.Sequential,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.Flatten,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Sequential,
 )
 
 
@@ -82,8 +97,9 @@ class _RescaleMaxPool2d(torch.autograd.Function):
         cross_max = torch.max(output, reference_out)
         reference_indices = reference_indices.expand_as(indices)
         routed = F.max_unpool2d(grad_output * (cross_max - reference_out), indices, kernel, stride, padding, size)
-        routed = routed + F.max_unpool2d(grad_output * (output - cross_max), reference_indices, kernel, stride,
-                                         padding, size)
+        routed = routed + F.max_unpool2d(
+            grad_output * (output - cross_max), reference_indices, kernel, stride, padding, size
+        )
         local = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_output, value, _pair(kernel), _pair(stride), _pair(padding), _pair(dilation), ceil_mode, indices
         )
@@ -143,11 +159,13 @@ class _ReferenceTape:
 
 def check_deeplift_model(model: nn.Module) -> None:
     """Raise for module types whose DeepLIFT rule is not implemented (they would silently fall back to gradients)."""
-    unknown = sorted({
-        type(m).__name__ for m in model.modules()
-        if m is not model and not list(m.children())
-        and not isinstance(m, (nn.ReLU, nn.MaxPool2d) + LINEAR_TYPES)
-    })
+    unknown = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if m is not model and not list(m.children()) and not isinstance(m, (nn.ReLU, nn.MaxPool2d) + LINEAR_TYPES)
+        }
+    )
     if unknown:
         raise ValueError(
             f"DeepLIFT has rules for ReLU, MaxPool2d and linear layers only; the model has {', '.join(unknown)}"
@@ -162,8 +180,10 @@ def reference_batch(baselines: Any, inputs: torch.Tensor) -> torch.Tensor:
         reference = baselines.detach().to(inputs)
         if reference.shape == inputs.shape[1:]:
             reference = reference[None]
-        if reference.ndim != inputs.ndim or reference.shape[1:] != inputs.shape[1:] or reference.shape[0] not in (
-            1, inputs.shape[0]
+        if (
+            reference.ndim != inputs.ndim
+            or reference.shape[1:] != inputs.shape[1:]
+            or reference.shape[0] not in (1, inputs.shape[0])
         ):
             raise ValueError(
                 f"baselines of shape {tuple(baselines.shape)} must be one input {tuple(inputs.shape[1:])}, "

@@ -50,6 +50,7 @@ from .gradcam import finish_map
 from .layer_split import ModelSplit
 from .model_state import eval_semantics
 
+
 def seed_code_layer(model: nn.Module) -> str:
     """The layer whose output the seed code hooked: the last ``nn.Conv2d`` and the element-wise modules after it.
 

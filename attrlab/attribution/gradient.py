@@ -17,10 +17,12 @@ so no parameter's ``.grad`` is touched and a pending training backward is unaffe
 from __future__ import annotations
 
 import abc
+
 import numpy as np
 import torch
 from torch import nn
 
+from .autograd import layer_gradient, split_gradient
 from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, target_columns
 from .checks import (
     check_baseline,
@@ -33,7 +35,6 @@ from .checks import (
     check_positive_int,
     pass_rows,
 )
-from .autograd import layer_gradient, split_gradient
 from .layer_split import ModelSplit, Substitutes
 from .model_state import eval_semantics
 

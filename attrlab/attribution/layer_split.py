@@ -21,7 +21,7 @@ occlusion build) are block-major: copy ``j`` of image ``i`` is row ``j * N + i``
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn

@@ -68,8 +68,14 @@ def quickshift_segments(
         channels = image.shape[0]
         pixels = np.repeat(image, 3, 0) if channels == 1 else image
         labels.append(
-            quickshift(pixels.transpose(1, 2, 0), kernel_size=kernel_size, max_dist=max_dist, ratio=ratio,
-                       convert2lab=pixels.shape[0] == 3, rng=0)
+            quickshift(
+                pixels.transpose(1, 2, 0),
+                kernel_size=kernel_size,
+                max_dist=max_dist,
+                ratio=ratio,
+                convert2lab=pixels.shape[0] == 3,
+                rng=0,
+            )
         )
     return torch.as_tensor(np.stack(labels), dtype=torch.long, device=inputs.device)
 
@@ -199,7 +205,11 @@ class Lime(Attribution):
             segments = quickshift_segments(x, self.kernel_size, self.max_dist, self.ratio)
         else:
             segments = torch.as_tensor(segments, device=x.device)
-            if segments.dtype.is_floating_point or segments.shape[-2:] != (height, width) or segments.ndim not in (2, 3):
+            if (
+                segments.dtype.is_floating_point
+                or segments.shape[-2:] != (height, width)
+                or segments.ndim not in (2, 3)
+            ):
                 raise ValueError(
                     f"segments must be integer labels (N, H, W) or (H, W) for images {tuple(x.shape)}, got "
                     f"{segments.dtype} {tuple(segments.shape)}"

@@ -218,7 +218,9 @@ class _PatternBackward(torch.autograd.Function):
             return grad_output @ weight, None, None
         padding = module.padding
         if isinstance(padding, str):
-            padding = [d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation)] if padding == "same" else 0
+            padding = (
+                [d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation)] if padding == "same" else 0
+            )
             if any(k % 2 == 0 for k in module.kernel_size) and module.padding == "same":
                 raise ValueError("PatternNet's backward does not support padding='same' with even kernels")
         grad = torch.nn.grad.conv2d_input(ctx.shape, weight, grad_output, module.stride, padding, module.dilation)
@@ -261,7 +263,9 @@ class _PatternMethod(Attribution):
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         substitutes = {nn.Linear: self._layer, nn.Conv2d: self._layer}
-        _, gradient, logits, target_index = _module_gradient(self.model, check_batch(inputs, self.model), target, layer, substitutes)
+        _, gradient, logits, target_index = _module_gradient(
+            self.model, check_batch(inputs, self.model), target, layer, substitutes
+        )
         return Explanation(gradient, logits, target_index)
 
 

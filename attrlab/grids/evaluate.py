@@ -16,9 +16,9 @@ the sentinel ``"input"`` (not ``None``: for Grad-CAM ``None`` means its default 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -61,7 +61,11 @@ def _split_at_global_pool(model: nn.Module) -> tuple[list[tuple[str, nn.Module]]
     children = list(model.named_children())
     pools = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.AdaptiveAvgPool2d)]
     tail = children[pools[-1] + 1 :] if pools else []
-    if not pools or model[pools[-1]].output_size not in (1, (1, 1)) or any(not isinstance(m, nn.Flatten) for _, m in tail):
+    if (
+        not pools
+        or model[pools[-1]].output_size not in (1, (1, 1))
+        or any(not isinstance(m, nn.Flatten) for _, m in tail)
+    ):
         raise ValueError(
             "grid settings need a fully convolutional model ending in nn.AdaptiveAvgPool2d(1) (+ nn.Flatten), "
             "like build_model('vgg_small')"

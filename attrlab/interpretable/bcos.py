@@ -174,8 +174,15 @@ class CellwiseBcosConv2d(Cellwise, BcosConv2d):
 
     def __init__(self, layer: BcosConv2d, n: int):
         BcosConv2d.__init__(
-            self, layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.b,
-            layer.max_out, layer.scale,
+            self,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.b,
+            layer.max_out,
+            layer.scale,
         )
         self.weight = layer.weight
         self.n = n
@@ -251,5 +258,11 @@ def bias_free_norm(kind: str, channels: int) -> BiasFreeNorm:
 
 
 __all__ = [
-    "NORMS", "BcosConv2d", "BcosLinear", "BiasFreeNorm", "CellwiseBcosConv2d", "bias_free_norm", "thesis_scale",
+    "NORMS",
+    "BcosConv2d",
+    "BcosLinear",
+    "BiasFreeNorm",
+    "CellwiseBcosConv2d",
+    "bias_free_norm",
+    "thesis_scale",
 ]

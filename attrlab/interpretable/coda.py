@@ -70,11 +70,13 @@ class DAUConv2d(DynamicLinear, nn.Module):
         d = in_channels * kernel_size * kernel_size
         shared = rescaling != "wb"
         # B: (r, C, k, k) shared by the layer's units, or (out * r, C, k, k), one per unit (weight bounding)
-        self.b_weight = nn.Parameter(torch.randn(rank if shared else out_channels * rank, in_channels, kernel_size,
-                                                 kernel_size) / math.sqrt(d))
+        self.b_weight = nn.Parameter(
+            torch.randn(rank if shared else out_channels * rank, in_channels, kernel_size, kernel_size) / math.sqrt(d)
+        )
         # A^T of every unit stacked: (out * r, C, k, k); row j * r + s is column s of unit j's A
-        self.a_weight = nn.Parameter(torch.randn(out_channels * rank, in_channels, kernel_size, kernel_size)
-                                     / math.sqrt(rank))
+        self.a_weight = nn.Parameter(
+            torch.randn(out_channels * rank, in_channels, kernel_size, kernel_size) / math.sqrt(rank)
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels, in_channels, kernel_size, kernel_size)) if shared else None
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

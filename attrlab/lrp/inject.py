@@ -17,7 +17,7 @@ All vectors of all images go through one backward pass: stack them along the bat
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

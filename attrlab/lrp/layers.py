@@ -10,8 +10,9 @@ Conv2d or Linear through :class:`Affine`, with its own or modified weights, and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -156,11 +157,22 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
     if isinstance(layer, nn.ReLU):
         return F.relu
     if isinstance(layer, nn.MaxPool2d):
-        return per_cell(layer, lambda x: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding,
-                                                      layer.dilation, ceil_mode=layer.ceil_mode))
+        return per_cell(
+            layer,
+            lambda x: F.max_pool2d(
+                x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode
+            ),
+        )
     if isinstance(layer, nn.AvgPool2d):
-        return lambda x: F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                                      layer.count_include_pad, layer.divisor_override)
+        return lambda x: F.avg_pool2d(
+            x,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.ceil_mode,
+            layer.count_include_pad,
+            layer.divisor_override,
+        )
     if isinstance(layer, nn.AdaptiveAvgPool2d):
         return lambda x: F.adaptive_avg_pool2d(x, layer.output_size)
     if isinstance(layer, nn.Flatten):

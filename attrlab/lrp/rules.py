@@ -205,7 +205,8 @@ class _TwoBranch(Rule):
             def backward(grad: Tensor) -> Tensor:
                 g = _repeat(grad, second) * scale
                 return (x > 0) * layer.transpose(g, prepared.backward, x.shape) + (x < 0) * layer.transpose(
-                    g, prepared.swapped, x.shape)
+                    g, prepared.swapped, x.shape
+                )
 
             return z, backward
 
@@ -366,8 +367,9 @@ class _InputSpace(Rule):
         return propagation(x, propagate)
 
 
-def _input_relevance(layer: Affine, grad: Tensor, weights: Tensor, multipliers: list[Tensor | float],
-                     input_shape: torch.Size) -> Tensor:
+def _input_relevance(
+    layer: Affine, grad: Tensor, weights: Tensor, multipliers: list[Tensor | float], input_shape: torch.Size
+) -> Tensor:
     """``sum_k m_k * W_k^T grad`` in one call (the weight blocks W_k stacked along the input channels)."""
     if grad.shape[1] != weights.shape[0]:  # one-output-channel weights (Flat): sum the output channels first
         grad = grad.sum(1, keepdim=True)
@@ -431,8 +433,9 @@ class ZBox(_InputSpace):
         Added to each denominator with its sign (``sign(0) = +1``).
     """
 
-    def __init__(self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1],
-                 stabilizer: float = 1e-6):
+    def __init__(
+        self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1], stabilizer: float = 1e-6
+    ):
         self.low, self.high, self.stabilizer = low, high, float(stabilizer)
 
     def constants(self, layer: Affine, x: Tensor):
@@ -502,8 +505,12 @@ class MaxAsAvg(Rule):
     def __call__(self, layer: nn.MaxPool2d, x: Tensor, info: LayerInfo) -> Tensor:
         if layer.dilation not in (1, (1, 1)):
             raise ValueError(f"MaxAsAvg needs an undilated max pooling, got dilation={layer.dilation}")
-        average = per_cell(layer, lambda v: F.avg_pool2d(v, layer.kernel_size, layer.stride, layer.padding,
-                                                          layer.ceil_mode, count_include_pad=True))(x)
+        average = per_cell(
+            layer,
+            lambda v: F.avg_pool2d(
+                v, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, count_include_pad=True
+            ),
+        )(x)
         with torch.no_grad():
             y = functional(layer)(x)
             scale = y / stabilize(average, self.stabilizer)

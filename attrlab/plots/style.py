@@ -9,7 +9,8 @@ text falls below :data:`MIN_TEXT_CSS_PX` at the page width. ``book/tools/check_s
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import matplotlib as mpl
 from matplotlib.figure import Figure
@@ -90,5 +91,14 @@ def smallest_text_css_px(font_pt: float, dpi: float, drawn_px: float, shown_px: 
     return font_pt / 72.0 * dpi * min(1.0, shown_px / drawn_px) if drawn_px else 0.0
 
 
-__all__ = ["BOOK_DPI", "BOOK_STYLE", "MIN_FONT_PT", "MIN_TEXT_CSS_PX", "PAGE_WIDTH_IN", "book_figure", "fit_to_page",
-           "smallest_text_css_px", "use_book_style"]
+__all__ = [
+    "BOOK_DPI",
+    "BOOK_STYLE",
+    "MIN_FONT_PT",
+    "MIN_TEXT_CSS_PX",
+    "PAGE_WIDTH_IN",
+    "book_figure",
+    "fit_to_page",
+    "smallest_text_css_px",
+    "use_book_style",
+]
