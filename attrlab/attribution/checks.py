@@ -8,7 +8,7 @@ import itertools
 import math
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -150,7 +150,7 @@ def pass_rows(internal_batch_size: int | str | None, inputs: torch.Tensor, total
         if inputs.device.type == "cpu":
             return max(1, AUTO_VALUES_CPU // max(1, inputs[0].numel()))
         return AUTO_ROWS_GPU
-    return internal_batch_size or total
+    return cast("int | None", internal_batch_size) or total  # "auto" is the only string (check_internal_batch_size)
 
 
 def check_non_negative_float(name: str, value: Any) -> float:

@@ -23,7 +23,7 @@ passes), so (N, T) targets share both forward passes and cost one backward pass 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,13 +64,13 @@ class _RescaleReLU(torch.autograd.Function):
     """ReLU whose backward multiplies by (ReLU(z) - ReLU(z')) / (z - z') (its derivative where z ~ z')."""
 
     @staticmethod
-    def forward(ctx, value, reference_in, reference_out):  # type: ignore[override]
+    def forward(ctx, value, reference_in, reference_out):
         output = value.clamp(min=0)
         ctx.save_for_backward(value, output, reference_in, reference_out)
         return output
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         value, output, reference_in, reference_out = ctx.saved_tensors
         delta_in = value - reference_in
         rescaled = grad_output * (output - reference_out) / delta_in
@@ -82,7 +82,7 @@ class _RescaleMaxPool2d(torch.autograd.Function):
     """2-D max-pool with captum's DeepLIFT backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, value, settings, reference_in, reference_out, reference_indices):  # type: ignore[override]
+    def forward(ctx, value, settings, reference_in, reference_out, reference_indices):
         kernel, stride, padding, dilation, ceil_mode = settings
         output, indices = F.max_pool2d(value, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
         ctx.settings = settings
@@ -90,7 +90,7 @@ class _RescaleMaxPool2d(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         value, output, indices, reference_in, reference_out, reference_indices = ctx.saved_tensors
         kernel, stride, padding, dilation, ceil_mode = ctx.settings
         size = list(value.shape[-2:])
@@ -116,7 +116,7 @@ class _ReferenceTape:
 
     def __init__(self) -> None:
         self.mode = "plain"
-        self.entries: list[tuple[torch.Tensor, ...]] = []
+        self.entries: list[tuple[str, torch.Tensor, *tuple[torch.Tensor, ...]]] = []  # (kind, input, output, ...)
         self.position = 0
 
     def start(self, mode: str) -> None:
@@ -144,9 +144,10 @@ class _ReferenceTape:
         return _RescaleReLU.apply(value, reference_in, reference_out)
 
     def max_pool(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor:
-        if module.return_indices:
+        pool = cast(nn.MaxPool2d, module)  # the substitute of nn.MaxPool2d only
+        if pool.return_indices:
             raise ValueError("DeepLIFT does not support MaxPool2d(return_indices=True)")
-        settings = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+        settings = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
         if self.mode == "plain":
             return module(value)
         if self.mode == "record":
@@ -209,7 +210,7 @@ class DeepLift(Attribution):
         super().__init__(model)
         check_deeplift_model(model)
 
-    def explain(  # type: ignore[override]
+    def explain(
         self, inputs: torch.Tensor, target: Target = None, layer: Layer = None, baselines: float | torch.Tensor = 0.0
     ) -> Explanation:
         """Attribute ``inputs`` relative to ``baselines``.

@@ -98,13 +98,13 @@ class _GuidedReLU(torch.autograd.Function):
     """ReLU whose backward passes only positive gradients through active units (Springenberg et al. 2015)."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, value: torch.Tensor) -> torch.Tensor:
         output = value.clamp(min=0)
         ctx.save_for_backward(output)
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (output,) = ctx.saved_tensors
         return grad_output.clamp(min=0) * (output > 0)
 
@@ -133,11 +133,11 @@ class _DeconvReLU(torch.autograd.Function):
     """ReLU whose backward rectifies the incoming signal without the forward mask (Zeiler & Fergus 2014)."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, value: torch.Tensor) -> torch.Tensor:
         return value.clamp(min=0)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         return grad_output.clamp(min=0)
 
 

@@ -129,6 +129,7 @@ class ModelSplit:
         handles = self._substitution_hooks()
         try:
             if layer_hook is not None:
+                assert self.layer is not None  # head and tail give a hook only when there is a layer
                 handles.append(self.layer.register_forward_hook(layer_hook))
             return self.model(inputs)
         finally:
