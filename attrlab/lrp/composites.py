@@ -92,7 +92,7 @@ class Composite:
                 raise TypeError(f"composite entries must be attrlab.lrp.rules.Rule objects, got {rule!r}")
         self.name_map = dict(name_map or {})
         self.first_map = list(first_map)
-        base: TypeMap = [
+        base: list[tuple[type | tuple[type, ...], Rule]] = [
             ((nn.ReLU, ThreshReLU), Pass()),
             (nn.MaxPool2d, Gradient() if max_pool == "gradient" else MaxAsAvg(stabilizer)),
             ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), Norm(stabilizer)),
