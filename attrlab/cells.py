@@ -12,6 +12,8 @@ parameters (attrlab's LRP rules) can find out that it must apply the layer per c
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -62,10 +64,11 @@ class CellwiseConv2d(Cellwise, nn.Conv2d):
         super().__init__(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            # Conv2d's attributes are typed tuple[int, ...] in torch's stubs; a Conv2d's are pairs
+            cast("tuple[int, int]", conv.kernel_size),
+            stride=cast("tuple[int, int]", conv.stride),
+            padding=cast("str | tuple[int, int]", conv.padding),
+            dilation=cast("tuple[int, int]", conv.dilation),
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,

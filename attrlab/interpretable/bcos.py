@@ -222,6 +222,8 @@ class BiasFreeNorm(DynamicLinear, nn.Module):
         Update rate of the running variance (batch norms only).
     """
 
+    running_var: torch.Tensor  # a buffer, registered in __init__ for the batch norms only
+
     def __init__(self, kind: str, channels: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         if kind not in NORMS:

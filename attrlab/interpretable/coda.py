@@ -91,6 +91,7 @@ class DAUConv2d(DynamicLinear, nn.Module):
             z = self._conv(x, self.b_weight).unflatten(1, (out, r))  # B_j x
             direction = self.dynamic(z / (z.pow(2).sum(2, keepdim=True) + EPS).sqrt())
             return (direction * ax).sum(2)
+        assert self.bias is not None  # only the "wb" rescaling (returned above) has no bias
         z = self._conv(x, self.b_weight)  # (N, r, H, W)
         ax = self._conv(x, self.a_weight).unflatten(1, (out, r))  # (N, out, r, H, W): A_j^T x
         bx = self._conv(x, self.bias)  # (N, out, H, W): b_j^T x
@@ -123,6 +124,7 @@ class DAUConv2d(DynamicLinear, nn.Module):
             direction = z / (z.pow(2).sum(2, keepdim=True) + EPS).sqrt()
             w = torch.einsum("jrd,njr->njd", a_unit, direction)
         else:
+            assert self.bias is not None  # only the "wb" rescaling has no bias
             z = flat @ self.b_weight.flatten(1).T  # (N, r)
             u = torch.einsum("jrd,nr->njd", self.a_weight.flatten(1).unflatten(0, (out, r)), z)
             u = u + self.bias.flatten(1)[None]

@@ -39,6 +39,8 @@ class BiasFreeBatchNorm(nn.Module):
     a fixed per-channel scale.
     """
 
+    running_var: torch.Tensor  # a buffer (register_buffer in __init__)
+
     def __init__(self, source: nn.modules.batchnorm._BatchNorm):
         super().__init__()
         self.num_features, self.eps = source.num_features, source.eps
