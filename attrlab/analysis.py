@@ -139,7 +139,7 @@ def loss_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFram
 
     Rows (method, test loss / train loss); columns (run, norm / entropy) with the positive-part summaries.
     """
-    pieces = {}
+    pieces: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
     for run_label, by_method in results.items():
         for method, long in by_method.items():
             chosen = long[long["performance"].isin(["test loss", "train loss"])]

@@ -16,6 +16,7 @@ added, so ``load_dataset("canvas")``, the trainer and the models use the data se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -239,7 +240,7 @@ def canvas_dataset(
     from .data import load_dataset
 
     source = load_dataset("digits", device="cpu")
-    settings = dict(size=size, digits=digits, scale=scale, background=background)
+    settings: dict[str, Any] = dict(size=size, digits=digits, scale=scale, background=background)
     train = make_canvases(source.train.x, source.train.y, train_count, seed=seed, **settings)
     test = make_canvases(source.test.x, source.test.y, test_count, seed=seed + 1, **settings)
     return ImageDataset("canvas", train, test, list(source.classes))

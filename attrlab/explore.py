@@ -136,6 +136,7 @@ def _label(history: AttributionHistory, image: int) -> str:
 
 
 def _show_input(ax, history: AttributionHistory, image: int) -> None:
+    assert history.inputs is not None  # every caller checks it first
     ax.imshow(history.inputs[image], cmap="gray", vmin=0, vmax=1)
     ax.set_title(_label(history, image), fontsize="small")
 

@@ -132,6 +132,7 @@ class Tracker(Callback):
         if step in self.tracked or step in self.snapshot_steps:
             for method in self.methods:
                 if method.wants_training_batch:
+                    assert trainer.batch is not None  # the trainer sets it before calling before_step
                     method.set_training_batch(*trainer.batch, compute_now=True)
 
     # ------------------------------------------------------------------ step

@@ -119,5 +119,6 @@ def plot_correlation_heatmap(tables: Mapping[str, pd.DataFrame], value_range: fl
                 fontweight="bold" if abs(rho) > 0.5 else "normal",
             )
         ax.set_title(name, fontsize="medium")
+    assert image is not None  # plt.subplots refuses zero columns, so the loop ran at least once
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="Spearman's rho")
     return figure

@@ -22,6 +22,8 @@ diagonal, a constant upward bias of its metric).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import torch
@@ -151,9 +153,10 @@ def simulate(
     result = np.empty((chains, len(shapes)))
     for index, shape in enumerate(shapes):
         if setting == "learned":
+            assert matrices is not None  # the 'learned' setting checked them above
             w = np.broadcast_to(matrices[index], (chains, *shape))
         else:
-            w = _random_matrix(setting, tuple(shape), chains, rng, alpha)
+            w = _random_matrix(setting, cast("tuple[int, int]", tuple(shape)), chains, rng, alpha)
         current = current @ w
         if setting in ("relu", "learned") and index > 0:
             current = np.maximum(current, 0)
