@@ -3,15 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv test book site-check sync bench gpu-check lab clean
+.PHONY: venv test lint book site-check sync bench gpu-check lab clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[book,test,lab]"
+	$(PY) -m pip install --quiet -e ".[book,test,lab,lint]"
 	touch $@
 
 venv: $(VENV)/.installed
+
+## the linter, the formatter's check and the type checker (configured in pyproject.toml; also run by pre-commit)
+lint: venv
+	$(VENV)/bin/ruff check attrlab tests bench book/tools book/_ext
+	$(VENV)/bin/ruff format --check attrlab tests bench book/tools book/_ext
+	$(VENV)/bin/mypy
 
 ## the test suite (what CI runs)
 test: venv

@@ -80,16 +80,30 @@ def _train_choices() -> dict[str, list[str]]:
     from .objectives import AUGMENTATIONS, LOSSES, SCHEDULES
     from .train import OPTIMIZERS
 
-    return {"dataset": list(DATASETS), "model": available_models(), "optimizer": list(OPTIMIZERS),
-            "attr_selection": list(SELECTIONS), "loss": list(LOSSES), "lr_schedule": list(SCHEDULES),
-            "augment": list(AUGMENTATIONS)}
+    return {
+        "dataset": list(DATASETS),
+        "model": available_models(),
+        "optimizer": list(OPTIMIZERS),
+        "attr_selection": list(SELECTIONS),
+        "loss": list(LOSSES),
+        "lr_schedule": list(SCHEDULES),
+        "augment": list(AUGMENTATIONS),
+    }
 
 
 def _add_train(subparsers, common) -> None:
-    parser = subparsers.add_parser("train", parents=[common], help="train, or resume, one run directory",
-                                   description="Train, or resume, one run directory with the seed code's setup.")
-    parser.add_argument("--run-dir", required=True, metavar="DIR",
-                        help="the run directory: created, resumed from its newest checkpoint, or reopened if finished")
+    parser = subparsers.add_parser(
+        "train",
+        parents=[common],
+        help="train, or resume, one run directory",
+        description="Train, or resume, one run directory with the seed code's setup.",
+    )
+    parser.add_argument(
+        "--run-dir",
+        required=True,
+        metavar="DIR",
+        help="the run directory: created, resumed from its newest checkpoint, or reopened if finished",
+    )
     defaults = TrainConfig()
     choices = _train_choices()
     for spec in dataclasses.fields(TrainConfig):
@@ -98,37 +112,73 @@ def _add_train(subparsers, common) -> None:
         default = getattr(defaults, spec.name)
         kind = {"int": int, "float": float, "str": str, "bool": _flag}.get(type(default).__name__, int)
         text = _TRAIN_HELP.get(spec.name, spec.name.replace("_", " "))
-        parser.add_argument(f"--{spec.name.replace('_', '-')}", type=kind, default=default,
-                            choices=choices.get(spec.name), help=f"{text} (default: {default})")
-    parser.add_argument("--tensorboard", metavar="DIR",
-                        help="also log losses, accuracies and the config to TensorBoard event files in DIR")
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            type=kind,
+            default=default,
+            choices=choices.get(spec.name),
+            help=f"{text} (default: {default})",
+        )
+    parser.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also log losses, accuracies and the config to TensorBoard event files in DIR",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_run(subparsers, common) -> None:
-    parser = subparsers.add_parser("run", parents=[common], help="execute a chapter over a parameter grid (papermill on Dask)",
-                                   description="Execute a chapter for every point of a parameter grid, in parallel.")
+    parser = subparsers.add_parser(
+        "run",
+        parents=[common],
+        help="execute a chapter over a parameter grid (papermill on Dask)",
+        description="Execute a chapter for every point of a parameter grid, in parallel.",
+    )
     parser.add_argument("sweep", help="the sweep's YAML file (keys: chapter, output, grid, fixed, description)")
-    parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a new LocalCluster)")
-    parser.add_argument("--workers", type=_positive_int, metavar="N",
-                        help="LocalCluster workers, a positive integer (default: one per point, at most the CPU cores)")
-    parser.add_argument("--gpus", action="store_true",
-                        help="one worker per visible GPU, each pinned to its GPU by CUDA_VISIBLE_DEVICES")
-    parser.add_argument("--dry-run", action="store_true", help="validate every point's parameters and list them, run nothing")
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a new LocalCluster)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="LocalCluster workers, a positive integer (default: one per point, at most the CPU cores)",
+    )
+    parser.add_argument(
+        "--gpus", action="store_true", help="one worker per visible GPU, each pinned to its GPU by CUDA_VISIBLE_DEVICES"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate every point's parameters and list them, run nothing"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_book(subparsers, common) -> None:
-    parser = subparsers.add_parser("book", parents=[common], help="build the Jupyter Book into _build/html (warnings are errors)",
-                                   description="Build the Jupyter Book of the repository, executing the chapters.")
-    parser.add_argument("--root", metavar="DIR",
-                        help="the repository root (default: the cwd or the folder above it holding _config.yml)")
-    parser.add_argument("--incremental", action="store_true",
-                        help="re-read only changed pages (faster, but warnings of unchanged pages are not repeated)")
+    parser = subparsers.add_parser(
+        "book",
+        parents=[common],
+        help="build the Jupyter Book into _build/html (warnings are errors)",
+        description="Build the Jupyter Book of the repository, executing the chapters.",
+    )
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="the repository root (default: the cwd or the folder above it holding _config.yml)",
+    )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="re-read only changed pages (faster, but warnings of unchanged pages are not repeated)",
+    )
     parser.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
-    parser.add_argument("--builder", default="html", metavar="NAME",
-                        help="a jupyter-book builder: html, singlehtml, pdfhtml, latex, ... (default: html)")
+    parser.add_argument(
+        "--builder",
+        default="html",
+        metavar="NAME",
+        help="a jupyter-book builder: html, singlehtml, pdfhtml, latex, ... (default: html)",
+    )
 
 
 def _jupyter_book() -> str:
@@ -139,8 +189,9 @@ def _jupyter_book() -> str:
     return found
 
 
-def build_book(root: str | Path | None = None, incremental: bool = False, strict: bool = True,
-               builder: str = "html") -> int:
+def build_book(
+    root: str | Path | None = None, incremental: bool = False, strict: bool = True, builder: str = "html"
+) -> int:
     """Build the book of the repository at ``root`` into ``<root>/_build/<builder>``; return the exit code.
 
     By default every page is read again (executed chapters still come from the cache), so a warning fails every
@@ -150,8 +201,17 @@ def build_book(root: str | Path | None = None, incremental: bool = False, strict
 
     root = Path(root).resolve() if root else book_root()
     command = [
-        _jupyter_book(), "build", str(root / "book"), "--config", str(root / "_config.yml"),
-        "--toc", str(root / "book" / "_toc.yml"), "--path-output", str(root), "--builder", builder,
+        _jupyter_book(),
+        "build",
+        str(root / "book"),
+        "--config",
+        str(root / "_config.yml"),
+        "--toc",
+        str(root / "book" / "_toc.yml"),
+        "--path-output",
+        str(root),
+        "--builder",
+        builder,
     ]
     if strict:
         command += ["-W", "--keep-going"]
@@ -172,10 +232,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{point.name}: {status} -> {point.notebook}")
         print(f"{len(points)} points, {sum(not p.done for p in points)} to run; parameters valid")
         return 0
-    result = run_sweep(sweep, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
-                       gpus=args.gpus)
-    print(f"{len(result.done)} executed, {len(result.skipped)} already finished, {len(result.failed)} failed; "
-          f"notebooks in {sweep.output}")
+    result = run_sweep(
+        sweep, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress, gpus=args.gpus
+    )
+    print(
+        f"{len(result.done)} executed, {len(result.skipped)} already finished, {len(result.failed)} failed; "
+        f"notebooks in {sweep.output}"
+    )
     for name, error in result.failed.items():
         print(f"FAILED {name} (see {sweep.output / (name + '.failed.ipynb')}):\n  {error}", file=sys.stderr)
     return 1 if result.failed else 0
@@ -184,12 +247,18 @@ def _run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attrlab`` command (its subcommands train, run and book)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback of an error instead of its one-line message")
-    parser = argparse.ArgumentParser(prog="attrlab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of its one-line message")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error instead of its one-line message",
+    )
+    parser = argparse.ArgumentParser(
+        prog="attrlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error instead of its one-line message"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,run,book}")
     _add_train(subparsers, common)
     _add_run(subparsers, common)

@@ -15,7 +15,7 @@ summary moved between the first and the last tenth of the tracked steps.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,9 @@ SUMMARY_LABELS = {
 }
 
 
-def aligned(metrics: pd.DataFrame, tracked: pd.DataFrame, performance: str, summary: str) -> tuple[np.ndarray, np.ndarray]:
+def aligned(
+    metrics: pd.DataFrame, tracked: pd.DataFrame, performance: str, summary: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The two series on the steps where both are defined (``tracked`` holds one method, indexed or keyed by step)."""
     left = metrics.set_index("step")[performance] if "step" in metrics.columns else metrics[performance]
     right = tracked.set_index("step")[summary] if "step" in tracked.columns else tracked[summary]
@@ -111,8 +113,15 @@ def correlations(
                 rho, p = math.nan, math.nan
             low, high = block_bootstrap_ci(x, y, **bootstrap_options) if bootstrap else (math.nan, math.nan)
             rows.append(
-                {"performance": performance_label, "summary": summary_label, "rho": rho, "p": p,
-                 "ci_low": low, "ci_high": high, "steps": len(x)}
+                {
+                    "performance": performance_label,
+                    "summary": summary_label,
+                    "rho": rho,
+                    "p": p,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "steps": len(x),
+                }
             )
     return pd.DataFrame(rows)
 
@@ -130,7 +139,7 @@ def loss_table(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> pd.DataFram
 
     Rows (method, test loss / train loss); columns (run, norm / entropy) with the positive-part summaries.
     """
-    pieces = {}
+    pieces: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
     for run_label, by_method in results.items():
         for method, long in by_method.items():
             chosen = long[long["performance"].isin(["test loss", "train loss"])]

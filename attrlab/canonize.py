@@ -16,6 +16,7 @@ option in the order above. BatchNorms become ``nn.Identity`` so every layer name
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d)
 AffineLayer = (nn.Conv2d, nn.Linear)
 
 
-def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     """The per-channel (scale, shift) of ``bn`` in eval mode: ``bn(x) = scale * x + shift``."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"cannot canonize {type(bn).__name__} without running statistics (track_running_stats=False)")
@@ -75,6 +76,9 @@ def fold_into_next(layer: nn.Module, weight: Tensor, bias: Tensor | None, scale:
 class ThreshReLU(nn.Module):
     """``ReLU(BN(x))`` rewritten as ``BN(ThreshReLU(x))``: ``x`` where ``scale * x + shift > 0``, else the BN's zero."""
 
+    scale: Tensor  # buffers (register_buffer in __init__)
+    shift: Tensor
+
     def __init__(self, scale: Tensor, shift: Tensor):
         super().__init__()
         if bool((scale == 0).any()):
@@ -91,13 +95,23 @@ def _rebuild(layer: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
     """A new Conv2d/Linear like ``layer`` holding (weight, bias); no random initialisation (the RNG is untouched)."""
     if isinstance(layer, nn.Conv2d):
         new = skip_init(
-            nn.Conv2d, layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, groups=layer.groups, bias=True,
-            padding_mode=layer.padding_mode, device=weight.device, dtype=weight.dtype,
+            nn.Conv2d,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=True,
+            padding_mode=layer.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
         )
     else:
-        new = skip_init(nn.Linear, layer.in_features, layer.out_features, bias=True, device=weight.device,
-                        dtype=weight.dtype)
+        new = skip_init(
+            nn.Linear, layer.in_features, layer.out_features, bias=True, device=weight.device, dtype=weight.dtype
+        )
     with torch.no_grad():
         new.weight.copy_(weight)
         new.bias.copy_(bias)
@@ -125,7 +139,7 @@ def canonize_layers(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.M
             nxt = layers[index + 1][1] if index + 1 < len(layers) else None
             after = layers[index + 2][1] if index + 2 < len(layers) else None
             if out and isinstance(out[-1][1], AffineLayer):
-                previous_name, previous = out[-1]
+                previous_name, previous = out[-1][0], out[-1][1]  # (the isinstance check above narrows out[-1][1])
                 weight, bias = fold_into_previous(previous, previous.weight.detach(), _bias(previous), scale, shift)
                 out[-1] = (previous_name, _rebuild(previous, weight, bias))
             elif isinstance(nxt, AffineLayer):
@@ -145,6 +159,7 @@ def canonize_layers(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.M
             out.append((name, relu))
         elif index in pending:
             scale, shift = pending[index]
+            module = cast("nn.Conv2d | nn.Linear", module)  # pending holds only the indices of Conv2d/Linear layers
             weight, bias = fold_into_next(module, module.weight.detach(), _bias(module), scale, shift, name)
             out.append((name, _rebuild(module, weight, bias)))
         else:
@@ -152,7 +167,7 @@ def canonize_layers(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.M
     return out
 
 
-def _bias(module: nn.Module) -> Tensor | None:
+def _bias(module: nn.Conv2d | nn.Linear) -> Tensor | None:
     return None if module.bias is None else module.bias.detach()
 
 

@@ -16,6 +16,7 @@ added, so ``load_dataset("canvas")``, the trainer and the models use the data se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,12 @@ class CanvasSplit(Split):
 
     def to(self, device: torch.device | str) -> CanvasSplit:
         return CanvasSplit(
-            self.x.to(device), self.y.to(device), self.labels.to(device), self.boxes.to(device),
-            self.masks.to(device), self.num_classes,
+            self.x.to(device),
+            self.y.to(device),
+            self.labels.to(device),
+            self.boxes.to(device),
+            self.masks.to(device),
+            self.num_classes,
         )
 
     def subset(self, size: int, seed: int = 0) -> CanvasSplit:
@@ -98,7 +103,7 @@ def _smooth_texture(n: int, size: int, generator: torch.Generator, strength: flo
     coarse = torch.rand((n, 1, 8, 8), generator=generator)
     smooth = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
     grain = torch.rand((n, 1, size, size), generator=generator)
-    return ((0.8 * smooth + 0.2 * grain).clamp(0.0, 1.0) * strength)
+    return (0.8 * smooth + 0.2 * grain).clamp(0.0, 1.0) * strength
 
 
 def make_canvases(
@@ -161,7 +166,9 @@ def make_canvases(
     device = images.device
     per_class = torch.bincount(labels.cpu(), minlength=num_classes)
     if bool((per_class == 0).any()):
-        raise ValueError(f"every class needs a source image; missing: {torch.nonzero(per_class == 0).flatten().tolist()}")
+        raise ValueError(
+            f"every class needs a source image; missing: {torch.nonzero(per_class == 0).flatten().tolist()}"
+        )
     generator = torch.Generator().manual_seed(seed)
     slots = high
     n_digits = torch.randint(low, high + 1, (count,), generator=generator)
@@ -233,7 +240,7 @@ def canvas_dataset(
     from .data import load_dataset
 
     source = load_dataset("digits", device="cpu")
-    settings = dict(size=size, digits=digits, scale=scale, background=background)
+    settings: dict[str, Any] = dict(size=size, digits=digits, scale=scale, background=background)
     train = make_canvases(source.train.x, source.train.y, train_count, seed=seed, **settings)
     test = make_canvases(source.test.x, source.test.y, test_count, seed=seed + 1, **settings)
     return ImageDataset("canvas", train, test, list(source.classes))

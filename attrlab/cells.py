@@ -12,6 +12,8 @@ parameters (attrlab's LRP rules) can find out that it must apply the layer per c
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -60,9 +62,18 @@ class CellwiseConv2d(Cellwise, nn.Conv2d):
 
     def __init__(self, conv: nn.Conv2d, n: int):
         super().__init__(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-            device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            # Conv2d's attributes are typed tuple[int, ...] in torch's stubs; a Conv2d's are pairs
+            cast("tuple[int, int]", conv.kernel_size),
+            stride=cast("tuple[int, int]", conv.stride),
+            padding=cast("str | tuple[int, int]", conv.padding),
+            dilation=cast("tuple[int, int]", conv.dilation),
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
         # share the trained parameters (no copy)
         self.weight = conv.weight

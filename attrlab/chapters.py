@@ -17,9 +17,10 @@ import ast
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas
@@ -173,8 +174,7 @@ def chapter_parameters(notebook: str | Path) -> dict[str, ChapterParameter]:
     found = papermill.inspect_notebook(str(path))
     cells = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
     if cells:
-        missing = [(name, number, line) for name, number, line in _declared_names(cells[0].source)
-                   if name not in found]
+        missing = [(name, number, line) for name, number, line in _declared_names(cells[0].source) if name not in found]
         if missing:
             listing = "; ".join(f"line {number} {line.strip()!r}" for _, number, line in missing)
             raise ParameterError(
@@ -215,7 +215,9 @@ def check_values(
             bad = [item for item in items if not _valid_choice(name, item, valid)]
             if bad:
                 shown = bad[0] if not isinstance(value, list) else bad
-                problems.append(f"parameter {name!r} has invalid value {shown!r}; valid choices: {', '.join(map(str, valid))}")
+                problems.append(
+                    f"parameter {name!r} has invalid value {shown!r}; valid choices: {', '.join(map(str, valid))}"
+                )
     if problems:
         listing = ", ".join(f"{p.name}: {p.type_name}" for p in declared.values())
         raise ParameterError(f"{where}: {'; '.join(problems)}. Valid parameters: {listing}")
@@ -304,7 +306,7 @@ def glue(name: str, variable: Any, display: bool = True) -> None:
     myst_glue(name, variable, display)
 
 
-def key_numbers() -> "pandas.DataFrame":
+def key_numbers() -> pandas.DataFrame:
     """The numbers and texts :func:`glue` put into the prose so far, one row per name, in gluing order."""
     import pandas
 

@@ -30,7 +30,16 @@ DATASET_SHAPES = {
 SELECTIONS = ("first", "random")
 
 FASHIONMNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -49,10 +58,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
-    def subset(self, size: int, seed: int = 0) -> "Split":
+    def subset(self, size: int, seed: int = 0) -> Split:
         """A fixed, seeded random subset of ``size`` samples (in increasing index order)."""
         if not 0 < size <= len(self):
             raise ValueError(f"subset size must be between 1 and {len(self)}, got {size}")
@@ -82,7 +91,7 @@ class ImageDataset:
     def device(self) -> torch.device:
         return self.train.x.device
 
-    def to(self, device: torch.device | str) -> "ImageDataset":
+    def to(self, device: torch.device | str) -> ImageDataset:
         return ImageDataset(self.name, self.train.to(device), self.test.to(device), self.classes)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -69,8 +69,11 @@ def set_deterministic(enabled: bool = True) -> None:
 @contextlib.contextmanager
 def deterministic(enabled: bool = True) -> Iterator[None]:
     """:func:`set_deterministic` inside a ``with`` block, the previous settings restored afterwards."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-              torch.backends.cudnn.deterministic)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     set_deterministic(enabled)
     try:
         yield

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib import animation
@@ -60,7 +61,7 @@ class AttributionHistory:
         steps: Sequence[int] | np.ndarray,
         inputs: Any | None = None,
         labels: Sequence[str] | None = None,
-    ) -> "AttributionHistory":
+    ) -> AttributionHistory:
         """Check and normalise the plain structure described in the module docstring."""
         steps = np.asarray(steps).astype(int).reshape(-1)
         if not maps:
@@ -135,6 +136,7 @@ def _label(history: AttributionHistory, image: int) -> str:
 
 
 def _show_input(ax, history: AttributionHistory, image: int) -> None:
+    assert history.inputs is not None  # every caller checks it first
     ax.imshow(history.inputs[image], cmap="gray", vmin=0, vmax=1)
     ax.set_title(_label(history, image), fontsize="small")
 
@@ -275,8 +277,12 @@ def explore(history: AttributionHistory, scale: str = "shared") -> Any:
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}")
-    step = widgets.SelectionSlider(options=[int(s) for s in history.steps], description="step",
-                                   continuous_update=False, layout=widgets.Layout(width="60%"))
+    step = widgets.SelectionSlider(
+        options=[int(s) for s in history.steps],
+        description="step",
+        continuous_update=False,
+        layout=widgets.Layout(width="60%"),
+    )
     play = widgets.Play(min=0, max=len(history.steps) - 1, interval=300, description="play")
     method = widgets.Dropdown(options=history.methods, description="method")
     layer = widgets.Dropdown(options=history.layers(history.methods[0]), description="layer")

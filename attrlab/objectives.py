@@ -143,9 +143,7 @@ def learning_rate(
     raise ValueError(f"unknown lr_schedule {schedule!r}; valid choices: {', '.join(SCHEDULES)}")
 
 
-def augment(
-    x: torch.Tensor, kind: str, pad: int, seed: int, step: int, fill: float = -1.0
-) -> torch.Tensor:
+def augment(x: torch.Tensor, kind: str, pad: int, seed: int, step: int, fill: float = -1.0) -> torch.Tensor:
     """A padded random crop of every image (and a random horizontal flip for ``"crop_flip"``), batched on x's device.
 
     Each image is padded by ``pad`` pixels of ``fill`` on every side and cropped back to its size at a random offset,

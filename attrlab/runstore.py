@@ -24,8 +24,9 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import torch
@@ -67,7 +68,7 @@ class RunStore:
 
     # ----------------------------------------------------------------- config
     @classmethod
-    def create(cls, root: str | Path, config: dict[str, Any], ignore: tuple[str, ...] = ()) -> "RunStore":
+    def create(cls, root: str | Path, config: dict[str, Any], ignore: tuple[str, ...] = ()) -> RunStore:
         """Open ``root`` for ``config``: a new or empty directory is initialised; an existing run must match.
 
         Keys in ``ignore`` (settings that do not change the results, such as where the data lie or the device) are
@@ -79,7 +80,9 @@ class RunStore:
         store._check_lock()  # never rewrite a directory another live process trains into
         if store.root.exists() and not store.root.is_dir():
             raise RunStoreError(f"run directory {store.root} is a file, not a directory")
-        if store.root.exists() and any(p.name != LOCK_FILE and not p.name.startswith(".") for p in store.root.iterdir()):
+        if store.root.exists() and any(
+            p.name != LOCK_FILE and not p.name.startswith(".") for p in store.root.iterdir()
+        ):
             existing = store.config()
             identity = {k: v for k, v in config.items() if k not in ignore}
             stored = {k: v for k, v in existing.items() if k not in ignore}
@@ -106,7 +109,13 @@ class RunStore:
         """Delete the directory when it holds nothing but a config (a run that failed before its first step)."""
         if not self.root.is_dir() or self.has_steps():
             return False
-        leftovers = {p.name for p in self.root.iterdir()} - {CONFIG_FILE, LOCK_FILE, "tables", "checkpoints", "snapshots"}
+        leftovers = {p.name for p in self.root.iterdir()} - {
+            CONFIG_FILE,
+            LOCK_FILE,
+            "tables",
+            "checkpoints",
+            "snapshots",
+        }
         if any(not p.name.startswith(".") for p in self.root.iterdir() if p.name in leftovers):
             return False  # something else lives there: leave it alone
         shutil.rmtree(self.root)
@@ -234,11 +243,16 @@ class RunStore:
             except RunStoreError as err:
                 older = steps[: len(steps) - position - 1]
                 if not older:
-                    raise RunStoreError(f"{err}; no earlier checkpoint to fall back to: delete {self.root} to start over") from err
+                    raise RunStoreError(
+                        f"{err}; no earlier checkpoint to fall back to: delete {self.root} to start over"
+                    ) from err
                 path = self.root / "checkpoints" / f"step-{step:08d}.pt"
                 os.replace(path, path.with_name(path.name + ".corrupt"))
-                print(f"checkpoint of step {step} in {self.root} is unreadable ({err}); falling back to the previous "
-                      f"one, of step {older[-1]} (the damaged file is kept as {path.name}.corrupt)", flush=True)
+                print(
+                    f"checkpoint of step {step} in {self.root} is unreadable ({err}); falling back to the previous "
+                    f"one, of step {older[-1]} (the damaged file is kept as {path.name}.corrupt)",
+                    flush=True,
+                )
         raise RunStoreError(f"run {self.root} has no checkpoint yet")
 
     # ------------------------------------------------------------------ lock

@@ -13,7 +13,8 @@ columns of a test-set evaluation. Writers name their slots instead of computing 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch

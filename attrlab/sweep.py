@@ -35,9 +35,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
@@ -125,7 +126,7 @@ class Sweep:
             raise SweepError(f"chapter notebook {self.chapter} does not exist")
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], base: str | Path = ".") -> "Sweep":
+    def from_dict(cls, spec: Mapping[str, Any], base: str | Path = ".") -> Sweep:
         """A sweep from its YAML mapping; relative ``chapter`` and ``output`` paths are taken from ``base``."""
         if not isinstance(spec, Mapping):
             raise SweepError(f"a sweep description is a mapping with keys {', '.join(SPEC_KEYS)}; got {spec!r}")
@@ -139,11 +140,12 @@ class Sweep:
             if not isinstance(spec.get(key) or {}, Mapping):
                 raise SweepError(f"'{key}' maps parameter names to values; got {spec[key]!r}")
         base = Path(base)
-        return cls(base / spec["chapter"], base / spec["output"], dict(spec.get("grid") or {}),
-                   dict(spec.get("fixed") or {}))
+        return cls(
+            base / spec["chapter"], base / spec["output"], dict(spec.get("grid") or {}), dict(spec.get("fixed") or {})
+        )
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Sweep":
+    def from_yaml(cls, path: str | Path) -> Sweep:
         path = Path(path)
         if not path.is_file():
             raise SweepError(f"sweep file {path} does not exist")
@@ -209,8 +211,12 @@ def execute_point(chapter: str, point: Point) -> dict[str, Any]:
     try:
         try:
             papermill.execute_notebook(
-                chapter, str(temporary), parameters=point.parameters, cwd=str(Path(chapter).parent),
-                progress_bar=False, log_output=False,
+                chapter,
+                str(temporary),
+                parameters=point.parameters,
+                cwd=str(Path(chapter).parent),
+                progress_bar=False,
+                log_output=False,
             )
         except Exception as err:  # papermill raises its own error for a failing cell, others for kernel trouble
             if temporary.is_file():
@@ -319,14 +325,19 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise SweepError(f"workers must be a positive number, got {workers}")
-    with _kernel_threads(workers), LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None
-    ) as cluster, Client(cluster) as client:
+    with (
+        _kernel_threads(workers),
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
 def run_sweep(
-    sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True,
+    sweep: Sweep,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
     gpus: bool = False,
 ) -> SweepResult:
     """Validate every point, skip the finished ones and execute the rest on Dask; failures do not stop the others.
@@ -349,8 +360,14 @@ def run_sweep(
 
         resources = {"GPU": 1} if gpus else None
         futures = [
-            client.submit(execute_point, chapter, point, key=f"attrlab-{point.name}-{uuid.uuid4().hex[:8]}", pure=False,
-                          resources=resources)
+            client.submit(
+                execute_point,
+                chapter,
+                point,
+                key=f"attrlab-{point.name}-{uuid.uuid4().hex[:8]}",
+                pure=False,
+                resources=resources,
+            )
             for point in todo
         ]
         bar = tqdm(total=len(futures), desc=f"sweep {sweep.output.name}", disable=not progress)

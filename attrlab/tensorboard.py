@@ -69,7 +69,9 @@ class TensorBoardLogger(Callback):
         for row in tracked.to_dict("records"):
             for column in summaries:
                 if pd.notna(row[column]):
-                    self.writer.add_scalar(f"attributions/{row['method']}/{column}", float(row[column]), int(row["step"]))
+                    self.writer.add_scalar(
+                        f"attributions/{row['method']}/{column}", float(row[column]), int(row["step"])
+                    )
         self._log_snapshots(trainer, step)
         self.logged = step
         self.writer.flush()

@@ -17,8 +17,9 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -131,6 +132,7 @@ class Tracker(Callback):
         if step in self.tracked or step in self.snapshot_steps:
             for method in self.methods:
                 if method.wants_training_batch:
+                    assert trainer.batch is not None  # the trainer sets it before calling before_step
                     method.set_training_batch(*trainer.batch, compute_now=True)
 
     # ------------------------------------------------------------------ step

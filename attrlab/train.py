@@ -13,8 +13,8 @@ checkpoint; the finished metrics equal those of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,17 @@ OPTIMIZERS = ("adam", "sgd")
 #: the objective fields (see attrlab.objectives) and their defaults: left out of ``config.json`` while at the default,
 #: so the run directories written before these fields existed still match their configuration
 OBJECTIVE_DEFAULTS: dict[str, Any] = {
-    "loss": "cross_entropy", "temperature": 1.0, "objective": None, "weight_decay": 0.0, "lr_schedule": "constant",
-    "warmup_epochs": 0.0, "lr_min": 0.0, "lr_step_epochs": 30, "lr_gamma": 0.5, "augment": "none", "augment_pad": 2,
+    "loss": "cross_entropy",
+    "temperature": 1.0,
+    "objective": None,
+    "weight_decay": 0.0,
+    "lr_schedule": "constant",
+    "warmup_epochs": 0.0,
+    "lr_min": 0.0,
+    "lr_step_epochs": 30,
+    "lr_gamma": 0.5,
+    "augment": "none",
+    "augment_pad": 2,
 }
 #: config fields that do not change a run's results, so not part of its identity: a rerun may change them
 OUTSIDE_IDENTITY = ("device", "data_root", "checkpoint_every", "checkpoint_seconds", "tensorboard")
@@ -105,10 +114,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.checkpoint_seconds, bool) or not isinstance(self.checkpoint_seconds, (int, float)) or not (
-            0 <= self.checkpoint_seconds < float("inf")
+        if (
+            isinstance(self.checkpoint_seconds, bool)
+            or not isinstance(self.checkpoint_seconds, (int, float))
+            or not (0 <= self.checkpoint_seconds < float("inf"))
         ):
-            raise ValueError(f"checkpoint_seconds must be a number >= 0 (0: by steps only), got {self.checkpoint_seconds!r}")
+            raise ValueError(
+                f"checkpoint_seconds must be a number >= 0 (0: by steps only), got {self.checkpoint_seconds!r}"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -118,7 +131,9 @@ class TrainConfig:
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"deterministic must be True or False, got {self.deterministic!r}")
         if self.eval_subset is not None and (not isinstance(self.eval_subset, int) or self.eval_subset <= 0):
-            raise ValueError(f"eval_subset must be a positive integer or None (full test set), got {self.eval_subset!r}")
+            raise ValueError(
+                f"eval_subset must be a positive integer or None (full test set), got {self.eval_subset!r}"
+            )
         self._check_objective()
 
     def _check_objective(self) -> None:
@@ -135,7 +150,9 @@ class TrainConfig:
                 f"{self.lr_min!r}, {self.lr_gamma!r}"
             )
         if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be shorter than the run ({self.epochs} epochs)"
+            )
         for name in ("lr_step_epochs",):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -206,7 +223,9 @@ def _grouped_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 1000) -> torch.Tensor:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 1000
+) -> torch.Tensor:
     """Loss, accuracy and their per-class values of ``model`` on (x, y), in eval mode; returns a device tensor."""
     with eval_semantics(model):  # restores each module's own flag (a frozen BatchNorm stays in eval)
         logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -291,8 +310,14 @@ class Trainer:
         if config.lr_schedule == "constant":
             return
         lr = learning_rate(
-            config.lr_schedule, config.lr, step, self.total_steps, self.sampler.steps_per_epoch,
-            warmup_epochs=config.warmup_epochs, lr_min=config.lr_min, step_epochs=config.lr_step_epochs,
+            config.lr_schedule,
+            config.lr,
+            step,
+            self.total_steps,
+            self.sampler.steps_per_epoch,
+            warmup_epochs=config.warmup_epochs,
+            lr_min=config.lr_min,
+            step_epochs=config.lr_step_epochs,
             gamma=config.lr_gamma,
         )
         for group in self.optimizer.param_groups:

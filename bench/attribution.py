@@ -14,12 +14,12 @@ rows are skipped (with the reason) where those packages are not installed.
 from __future__ import annotations
 
 import argparse
-import re
 import copy
+import re
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -72,10 +72,12 @@ def methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callable[[torch
     except ImportError as err:
         table["zennit EpsilonPlusFlat"] = table["zennit EpsilonGammaBox"] = f"skipped: {err}"
     else:
+
         def zennit(composite):
             def run(inputs):
                 with ZennitGradient(model, composite) as attributor:
                     return attributor(inputs, lambda out: out * onehot)[1]
+
             return run
 
         table["zennit EpsilonPlusFlat"] = zennit(EpsilonPlusFlat())
@@ -119,8 +121,9 @@ def issue12_methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callabl
     from attrlab.attribution.pattern import fit_patterns
 
     blocks = (torch.arange(28) // 4)[:, None] * 7 + (torch.arange(28) // 4)[None, :]
-    patterns = fit_patterns(model, torch.rand((256, 1, 28, 28), generator=torch.Generator().manual_seed(1)) * 2 - 1,
-                            progress=False)
+    patterns = fit_patterns(
+        model, torch.rand((256, 1, 28, 28), generator=torch.Generator().manual_seed(1)) * 2 - 1, progress=False
+    )
     ours = {
         "attrlab Deconvolution": make_method("deconvolution", model),
         "attrlab DeepLIFT": make_method("deeplift", model),
@@ -143,6 +146,7 @@ def issue12_methods(model: nn.Module, target: torch.Tensor) -> dict[str, Callabl
             k = min(PER_IMAGE_SAMPLE, x.shape[0])
             for i in range(k):
                 run(x[i : i + 1], int(target[i]))
+
         return timed
 
     def captum_lime(x, t):

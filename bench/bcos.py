@@ -70,7 +70,8 @@ def main() -> None:
                 pair.append(time.perf_counter() - start)
             times.append(pair)
         return (
-            1000 * statistics.median(t[0] for t in times), 1000 * statistics.median(t[1] for t in times),
+            1000 * statistics.median(t[0] for t in times),
+            1000 * statistics.median(t[1] for t in times),
             statistics.median(t[0] / t[1] for t in times),
         )
 

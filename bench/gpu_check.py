@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,29 +49,79 @@ def steps(device: str, quick_cpu: bool, results: Path) -> list[Step]:
     python = sys.executable
     if quick_cpu:  # --allow-cpu: the same commands at the smallest sizes, to test the script itself
         return [
-            Step("tests (device helpers)", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                            "tests/test_device.py", "-k", "device_helpers"], 600),
-            Step("attribution benchmark", [python, "bench/attribution.py", "--quick", "--device", device,
-                                           "--batch", "8", "--repeats", "1"], 600),
-            Step("grid benchmark, 2x2 GridPG", [python, "bench/grids.py", "--quick", "--device", device,
-                                                "--methods", "gradient", "--layers", "input", "--grids", "4",
-                                                "--loop-grids", "2", "--batch-sizes", "4",
-                                                "--out", str(results / "grids.csv")], 600),
+            Step(
+                "tests (device helpers)",
+                [
+                    python,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "tests/test_device.py",
+                    "-k",
+                    "device_helpers",
+                ],
+                600,
+            ),
+            Step(
+                "attribution benchmark",
+                [python, "bench/attribution.py", "--quick", "--device", device, "--batch", "8", "--repeats", "1"],
+                600,
+            ),
+            Step(
+                "grid benchmark, 2x2 GridPG",
+                [
+                    python,
+                    "bench/grids.py",
+                    "--quick",
+                    "--device",
+                    device,
+                    "--methods",
+                    "gradient",
+                    "--layers",
+                    "input",
+                    "--grids",
+                    "4",
+                    "--loop-grids",
+                    "2",
+                    "--batch-sizes",
+                    "4",
+                    "--out",
+                    str(results / "grids.csv"),
+                ],
+                600,
+            ),
         ]
     return [
         # exit code 5: no CUDA-marked test was collected, which cannot happen on a GPU machine but is not a failure
         Step("CUDA-marked tests", [python, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "-x"], 120),
-        Step("attribution benchmark, batch 200", [python, "bench/attribution.py", "--quick", "--device", device,
-                                                  "--batch", "200"], 30),
-        Step("attribution benchmark, batch 4096", [python, "bench/attribution.py", "--quick", "--device", device,
-                                                   "--batch", "4096"], 45),
+        Step(
+            "attribution benchmark, batch 200",
+            [python, "bench/attribution.py", "--quick", "--device", device, "--batch", "200"],
+            30,
+        ),
+        Step(
+            "attribution benchmark, batch 4096",
+            [python, "bench/attribution.py", "--quick", "--device", device, "--batch", "4096"],
+            45,
+        ),
         Step("tracking benchmark, GPU", [python, "bench/tracking.py", "--quick", "--device", device], 30),
-        Step("tracking benchmark, CPU (the run's wall time to compare)",
-             [python, "bench/tracking.py", "--quick", "--device", "cpu"], 60),
-        Step("grid benchmark, 2x2 GridPG", [python, "bench/grids.py", "--quick", "--device", device, "--n", "2",
-                                            "--out", str(results / "grids.csv")], 60),
-        Step("grid benchmark, 3x3 GridPG", [python, "bench/grids.py", "--quick", "--device", device, "--n", "3",
-                                            "--out", str(results / "grids.csv")], 75),
+        Step(
+            "tracking benchmark, CPU (the run's wall time to compare)",
+            [python, "bench/tracking.py", "--quick", "--device", "cpu"],
+            60,
+        ),
+        Step(
+            "grid benchmark, 2x2 GridPG",
+            [python, "bench/grids.py", "--quick", "--device", device, "--n", "2", "--out", str(results / "grids.csv")],
+            60,
+        ),
+        Step(
+            "grid benchmark, 3x3 GridPG",
+            [python, "bench/grids.py", "--quick", "--device", device, "--n", "3", "--out", str(results / "grids.csv")],
+            75,
+        ),
     ]
 
 
@@ -92,17 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     elif args.allow_cpu:
         device, name = "cpu", f"cpu-{platform.machine()}"
     else:
-        print(f"gpu-check: no CUDA GPU is visible here (torch {torch.__version__}, built for CUDA "
-              f"{torch.version.cuda or 'none'}; torch.cuda.is_available() is False). Run it on a machine with an "
-              "NVIDIA GPU and a CUDA build of PyTorch; nothing was run.", file=sys.stderr)
+        print(
+            f"gpu-check: no CUDA GPU is visible here (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none'}; torch.cuda.is_available() is False). Run it on a machine with an "
+            "NVIDIA GPU and a CUDA build of PyTorch; nothing was run.",
+            file=sys.stderr,
+        )
         return NO_GPU
 
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = [f"# gpu-check on {name}", "",
-              f"{stamp}; torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); python "
-              f"{platform.python_version()}; {'TEST RUN ON THE CPU (--allow-cpu), no figures' if device == 'cpu' else ''}",
-              ""]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report = [
+        f"# gpu-check on {name}",
+        "",
+        f"{stamp}; torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); python "
+        f"{platform.python_version()}; {'TEST RUN ON THE CPU (--allow-cpu), no figures' if device == 'cpu' else ''}",
+        "",
+    ]
     results = Path(args.results).resolve()
     results.mkdir(parents=True, exist_ok=True)
     failed, started = [], time.perf_counter()
@@ -116,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {step.title}: {' '.join(step.command[1:])}", flush=True)
         begin = time.perf_counter()
         try:
-            done = subprocess.run(step.command, cwd=ROOT, env=environment, capture_output=True, text=True,
-                                  timeout=limit)
+            done = subprocess.run(
+                step.command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=limit
+            )
             code, output = done.returncode, done.stdout + done.stderr
         except subprocess.TimeoutExpired as err:
             code = "timeout"
@@ -130,8 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if ok else f"FAILED (exit {code})"
         print(output.rstrip()[-4000:], flush=True)
         print(f"-- {step.title}: {status}, {seconds:.0f} s", flush=True)
-        report += [f"## {step.title}: {status}, {seconds:.0f} s", "", f"`{' '.join(step.command[1:])}`", "", "```",
-                   output.rstrip(), "```", ""]
+        report += [
+            f"## {step.title}: {status}, {seconds:.0f} s",
+            "",
+            f"`{' '.join(step.command[1:])}`",
+            "",
+            "```",
+            output.rstrip(),
+            "```",
+            "",
+        ]
     total = time.perf_counter() - started
     verdict = "all steps passed" if not failed else f"FAILED: {', '.join(failed)}"
     report.insert(3, f"{verdict}; {total:.0f} s in all")
@@ -139,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     temporary = target.with_name(f".{target.name}.tmp")
     temporary.write_text("\n".join(report) + "\n", encoding="utf-8")
     temporary.replace(target)
-    print(f"gpu-check: {verdict} in {total:.0f} s; report in {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
+    print(
+        f"gpu-check: {verdict} in {total:.0f} s; report in {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}"
+    )
     return 0 if not failed else 1
 
 

@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     parser.add_argument("--quick", action="store_true", help="fewer grids, one repeat")
-    parser.add_argument("--out", default=str(RESULTS), help="the CSV the rows are merged into (bench/results/grids.csv)")
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="the CSV the rows are merged into (bench/results/grids.csv)"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -147,14 +149,24 @@ def main() -> None:
             row = {"method": name, "layer": key}
             seconds, looped = best_time(
                 lambda: per_image_loop(spec.make(wrapped, key), loop_grids, loop_targets, cells, LAYERS[key]),
-                args.repeats, device,
+                args.repeats,
+                device,
             )
             row["loop grids/s"] = len(loop_grids) / seconds
             for size in sizes:
                 seconds, result = best_time(
-                    lambda: evaluate_setting(model, batched_grids, args.setting, [spec], layers={key: LAYERS[key]},
-                                             batch_size=size, keep_maps=False, progress=False),
-                    args.repeats, device,
+                    lambda: evaluate_setting(
+                        model,
+                        batched_grids,
+                        args.setting,
+                        [spec],
+                        layers={key: LAYERS[key]},
+                        batch_size=size,
+                        keep_maps=False,
+                        progress=False,
+                    ),
+                    args.repeats,
+                    device,
                 )
                 batched = torch.tensor(result.scores["score"].to_numpy()[: len(looped)])
                 looped = looped.cpu()
@@ -170,15 +182,19 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table.insert(0, "grid", f"{args.setting} {args.n}x{args.n}")
     table.insert(1, "device", device_name(device))
-    print(f"\n{args.setting}, {args.n}x{args.n} grids of {28 * args.n}x{28 * args.n}, {len(cells)} scored cells per "
-          f"grid, vgg_small, device {device_name(device)}; batched: {args.grids} grids, loop: one call per grid and "
-          f"cell over {args.loop_grids} grids")
+    print(
+        f"\n{args.setting}, {args.n}x{args.n} grids of {28 * args.n}x{28 * args.n}, {len(cells)} scored cells per "
+        f"grid, vgg_small, device {device_name(device)}; batched: {args.grids} grids, loop: one call per grid and "
+        f"cell over {args.loop_grids} grids"
+    )
     print(table.drop(columns=["grid", "device"]).to_string(index=False, float_format=lambda v: f"{v:8.1f}"))
     best = table[[f"ratio {size}" for size in sizes]].max(axis=1)
     label = table["method"] + " at " + table["layer"]
-    print(f"best batched / loop: median {best.median():.1f}x, min {best.min():.1f}x ({label[best.idxmin()]}), "
-          f"max {best.max():.1f}x ({label[best.idxmax()]}); {int((best >= 10).sum())} of {len(best)} method-layer "
-          f"pairs at >= 10x")
+    print(
+        f"best batched / loop: median {best.median():.1f}x, min {best.min():.1f}x ({label[best.idxmin()]}), "
+        f"max {best.max():.1f}x ({label[best.idxmax()]}); {int((best >= 10).sum())} of {len(best)} method-layer "
+        f"pairs at >= 10x"
+    )
     for key, ratios in best.groupby(table["layer"], sort=False):
         print(f"  at {key}: median {ratios.median():.1f}x, {int((ratios >= 10).sum())} of {len(ratios)} methods >= 10x")
     out = Path(args.out)

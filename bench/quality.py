@@ -110,8 +110,10 @@ def main() -> None:
     quantus_device = str(device)
 
     def quantus_explain(model, inputs, targets, **kwargs):
-        maps = explain(torch.as_tensor(np.asarray(inputs), dtype=torch.float32, device=device),
-                       torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=device))
+        maps = explain(
+            torch.as_tensor(np.asarray(inputs), dtype=torch.float32, device=device),
+            torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=device),
+        )
         return maps.cpu().numpy().astype(np.float32)
 
     norm = {
@@ -126,8 +128,16 @@ def main() -> None:
             if seed is not None:
                 np.random.seed(seed)
             extra = {"explain_func": quantus_explain} if explained else {}
-            return metric(model=model, x_batch=x_np.copy(), y_batch=y_np.copy(), a_batch=a_np.copy(),
-                          s_batch=s_np.copy(), device=quantus_device, **extra)
+            return metric(
+                model=model,
+                x_batch=x_np.copy(),
+                y_batch=y_np.copy(),
+                a_batch=a_np.copy(),
+                s_batch=s_np.copy(),
+                device=quantus_device,
+                **extra,
+            )
+
         return call
 
     def blur_per_image(arr, indices, **kwargs):
@@ -169,25 +179,41 @@ def main() -> None:
         ),
         "PixelFlipping": (
             lambda: q.pixel_flipping(model, x, y, a, features_in_step=s["features_in_step"], baseline=0.0),
-            run_quantus(quantus.PixelFlipping(features_in_step=s["features_in_step"], perturb_baseline=0.0,
-                                              abs=False, **norm)),
+            run_quantus(
+                quantus.PixelFlipping(features_in_step=s["features_in_step"], perturb_baseline=0.0, abs=False, **norm)
+            ),
         ),
         "FaithfulnessCorrelation": (
-            lambda: q.faithfulness_correlation(model, x, y, a, nr_runs=s["nr_runs"], subset_size=s["subset_size"],
-                                               subsets=subsets),
-            run_quantus(quantus.FaithfulnessCorrelation(nr_runs=s["nr_runs"], subset_size=s["subset_size"],
-                                                        perturb_baseline="black", abs=False,
-                                                        return_aggregate=False, **norm), seed=1),
+            lambda: q.faithfulness_correlation(
+                model, x, y, a, nr_runs=s["nr_runs"], subset_size=s["subset_size"], subsets=subsets
+            ),
+            run_quantus(
+                quantus.FaithfulnessCorrelation(
+                    nr_runs=s["nr_runs"],
+                    subset_size=s["subset_size"],
+                    perturb_baseline="black",
+                    abs=False,
+                    return_aggregate=False,
+                    **norm,
+                ),
+                seed=1,
+            ),
         ),
         "AvgSensitivity": (
             lambda: q.avg_sensitivity(model, x, y, a, explain, nr_samples=s["nr_samples"], noise=noise),
-            run_quantus(quantus.AvgSensitivity(nr_samples=s["nr_samples"], lower_bound=s["lower_bound"], abs=False,
-                                               **norm), explained=True, seed=2),
+            run_quantus(
+                quantus.AvgSensitivity(nr_samples=s["nr_samples"], lower_bound=s["lower_bound"], abs=False, **norm),
+                explained=True,
+                seed=2,
+            ),
         ),
         "MaxSensitivity": (
             lambda: q.max_sensitivity(model, x, y, a, explain, nr_samples=s["nr_samples"], noise=noise),
-            run_quantus(quantus.MaxSensitivity(nr_samples=s["nr_samples"], lower_bound=s["lower_bound"], abs=False,
-                                               **norm), explained=True, seed=2),
+            run_quantus(
+                quantus.MaxSensitivity(nr_samples=s["nr_samples"], lower_bound=s["lower_bound"], abs=False, **norm),
+                explained=True,
+                seed=2,
+            ),
         ),
         "RandomLogit": (
             lambda: q.random_logit(x, y, a, explain, num_classes=10, off_classes=off),
@@ -203,19 +229,30 @@ def main() -> None:
     for name in chosen:
         ours, theirs = cases[name]
         ours_s, ours_result = timed(ours, device, args.repeats, warm=True)
-        row = {"metric": name, "attrlab_s": ours_s, "quantus_s": float("nan"), "ratio": float("nan"),
-               "max_abs_diff": float("nan")}
+        row = {
+            "metric": name,
+            "attrlab_s": ours_s,
+            "quantus_s": float("nan"),
+            "ratio": float("nan"),
+            "max_abs_diff": float("nan"),
+        }
         if theirs is not None:
             theirs_s, theirs_result = timed(theirs, device, 1, warm=False)
             expected, got = as_numpy(theirs_result), as_numpy(ours_result)
             both = ~(np.isnan(expected) | np.isnan(got))
-            row.update(quantus_s=theirs_s, ratio=theirs_s / ours_s,
-                       max_abs_diff=float(np.abs(expected - got)[both].max()) if both.any() else float("nan"))
+            row.update(
+                quantus_s=theirs_s,
+                ratio=theirs_s / ours_s,
+                max_abs_diff=float(np.abs(expected - got)[both].max()) if both.any() else float("nan"),
+            )
             if not np.array_equal(np.isnan(expected), np.isnan(got)):
                 row["max_abs_diff"] = float("inf")  # NaN in different places is a disagreement
         rows.append(row)
-        print(f"{name:34s} attrlab {row['attrlab_s']:9.4f} s   quantus {row['quantus_s']:9.3f} s   "
-              f"ratio {row['ratio']:8.1f}x   max |diff| {row['max_abs_diff']:.2e}", flush=True)
+        print(
+            f"{name:34s} attrlab {row['attrlab_s']:9.4f} s   quantus {row['quantus_s']:9.3f} s   "
+            f"ratio {row['ratio']:8.1f}x   max |diff| {row['max_abs_diff']:.2e}",
+            flush=True,
+        )
     table = pd.DataFrame(rows)
     table.insert(0, "device", str(device))
     table.insert(1, "n", n)
@@ -226,8 +263,10 @@ def main() -> None:
     table.to_csv(temporary, index=False)
     os.replace(temporary, target)
     compared = table.dropna(subset=["ratio"])
-    print(f"\nslowest ratio {compared['ratio'].min():.1f}x ({compared.loc[compared['ratio'].idxmin(), 'metric']}), "
-          f"target >= 10x; written to {target}")
+    print(
+        f"\nslowest ratio {compared['ratio'].min():.1f}x ({compared.loc[compared['ratio'].idxmin(), 'metric']}), "
+        f"target >= 10x; written to {target}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,10 @@ def _normalise(x: np.ndarray, percentile: float) -> np.ndarray:
 
 def _ssim_flipped(a: np.ndarray, b: np.ndarray, percentile: float) -> float:
     na = _normalise(a, percentile)
-    return max(structural_similarity(na, _normalise(b, percentile), win_size=5, data_range=2.0),
-               structural_similarity(na, _normalise(-b, percentile), win_size=5, data_range=2.0))
+    return max(
+        structural_similarity(na, _normalise(b, percentile), win_size=5, data_range=2.0),
+        structural_similarity(na, _normalise(-b, percentile), win_size=5, data_range=2.0),
+    )
 
 
 def _map(method, model, image, target) -> np.ndarray:
@@ -66,13 +68,16 @@ def _map(method, model, image, target) -> np.ndarray:
 def loop_suite(model, method, x, y, seed: int = 0) -> dict:
     """Per image: the same numbers as the batched suite."""
     other = random_classes(y, 10, seed)
-    logit = [_ssim_flipped(_map(method, model, xi, yi), _map(method, model, xi, oi), method.percentile)
-             for xi, yi, oi in zip(x, y, other)]
+    logit = [
+        _ssim_flipped(_map(method, model, xi, yi), _map(method, model, xi, oi), method.percentile)
+        for xi, yi, oi in zip(x, y, other)
+    ]
     originals = [_map(method, model, xi, yi) for xi, yi in zip(x, y)]
     cascading = []
     for _, _, randomised in cascade(model, None, seed):
-        cascading += [_ssim_flipped(o, _map(method, randomised, xi, yi), method.percentile)
-                      for o, xi, yi in zip(originals, x, y)]
+        cascading += [
+            _ssim_flipped(o, _map(method, randomised, xi, yi), method.percentile) for o, xi, yi in zip(originals, x, y)
+        ]
     medians = []
     attribution = method.build(model)
     for k_index, layer in enumerate(INJECTIONS):
@@ -88,8 +93,9 @@ def loop_suite(model, method, x, y, seed: int = 0) -> dict:
                 if method.family == "lrp":
                     per_vector.append(relevance_from(attribution, x[i : i + 1], layer, v, below))
                 else:
-                    per_vector.append(gradient_from(model, x[i : i + 1], layer, v, below,
-                                                    getattr(attribution, "substitutes", {})))
+                    per_vector.append(
+                        gradient_from(model, x[i : i + 1], layer, v, below, getattr(attribution, "substitutes", {}))
+                    )
             for name in below:
                 for a, b in itertools.combinations(range(VECTORS), 2):
                     ra = per_vector[a][name][0].double().reshape(per_vector[a][name].shape[1], -1)
@@ -151,8 +157,15 @@ def main() -> None:
         if not np.allclose(batched["csc"], loop["csc"], atol=1e-6, equal_nan=True):
             raise SystemExit("CSC medians differ between the batched suite and the loop")
     ratio = loop_seconds / batched_seconds
-    row = {"method": method.label, "images": args.images, "loop_images": n, "batched_s": round(batched_seconds, 2),
-           "loop_s": round(loop_seconds, 2), "ratio": round(ratio, 1), "checked_equal": n == args.images}
+    row = {
+        "method": method.label,
+        "images": args.images,
+        "loop_images": n,
+        "batched_s": round(batched_seconds, 2),
+        "loop_s": round(loop_seconds, 2),
+        "ratio": round(ratio, 1),
+        "checked_equal": n == args.images,
+    }
     print(pd.DataFrame([row]).to_string(index=False))
     print(f"batched is {ratio:.1f}x faster than the per-image loop (target >= 10x)")
     RESULTS.parent.mkdir(exist_ok=True)

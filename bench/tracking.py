@@ -76,10 +76,12 @@ def one_step(repeats: int, data, device: torch.device, profile: bool = False) ->
             "training step (batch 100)": median_ms(training_step, repeats, device),
             "tracked step (LRP seed000 + Grad-CAM + summaries, 200 images)": median_ms(tracked_step, repeats, device),
             "  part: LRP seed000 alone": median_ms(lambda: lrp.explain(x), repeats, device),
-            "  part: Grad-CAM alone (targets given)": median_ms(lambda: cam.explain(x, target=first.target), repeats,
-                                                                device),
+            "  part: Grad-CAM alone (targets given)": median_ms(
+                lambda: cam.explain(x, target=first.target), repeats, device
+            ),
             "  part: summaries and aggregates of both maps": median_ms(
-                lambda: [group_summary(summarise(m), tracker.groups) for m in maps], repeats, device),
+                lambda: [group_summary(summarise(m), tracker.groups) for m in maps], repeats, device
+            ),
         }
         if profile:
             from torch.profiler import ProfilerActivity
@@ -111,13 +113,17 @@ def full_run(epochs: int, data, device: torch.device) -> None:
             train(Path(folder) / name, config, callbacks=callbacks, dataset=data, progress=False)
             synchronize(device)
             timings[name] = time.perf_counter() - start
-    print(f"device {device_name(device)}; digits run, shallow model, {epochs} epochs (test and attribution sets "
-          "evaluated every step)")
+    print(
+        f"device {device_name(device)}; digits run, shallow model, {epochs} epochs (test and attribution sets "
+        "evaluated every step)"
+    )
     for name, seconds in timings.items():
         print(f"  {name:<20} {seconds:7.2f} s")
     overhead = timings["tracked every step"] / timings["untracked"]
-    print(f"  tracking every step: {overhead:.2f}x the untracked run; target <= 1.80x -> "
-          f"{'met' if overhead <= 1.8 else 'NOT met'}")
+    print(
+        f"  tracking every step: {overhead:.2f}x the untracked run; target <= 1.80x -> "
+        f"{'met' if overhead <= 1.8 else 'NOT met'}"
+    )
 
 
 def main() -> None:

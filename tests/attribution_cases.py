@@ -27,7 +27,7 @@ CASES = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_images(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The digits training images (x, y) in ``shape`` (1x28x28 as loaded, or resized and channel-repeated)."""
     split = load_dataset("digits", device="cpu").train
@@ -37,7 +37,7 @@ def digits_images(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tens
     return x, split.y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(architecture: str, shape: tuple[int, int, int], weights: str) -> nn.Module:
     model = build_model(architecture, shape, seed=7)
     if weights == "trained":
@@ -53,12 +53,14 @@ def _model(architecture: str, shape: tuple[int, int, int], weights: str) -> nn.M
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_on(architecture: str, shape: tuple[int, int, int], weights: str, device: str) -> nn.Module:
     return copy.deepcopy(_model(architecture, shape, weights)).to(device)
 
 
-def model_for(architecture: str, shape: tuple[int, int, int], weights: str = "trained", device: str = "cpu") -> nn.Module:
+def model_for(
+    architecture: str, shape: tuple[int, int, int], weights: str = "trained", device: str = "cpu"
+) -> nn.Module:
     """The cached model (trained on the CPU, copied to ``device``); callers must not change it (every method under
     test promises not to)."""
     if device == "cpu":

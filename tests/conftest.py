@@ -25,7 +25,7 @@ def digits():
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
-    """"cpu", and "cuda" where present (TF32 off for the test)."""
+    """ "cpu", and "cuda" where present (TF32 off for the test)."""
     if request.param == "cpu":
         yield "cpu"
         return

@@ -63,8 +63,12 @@ def test_loss_table_is_table_1_layout():
     metrics, tracked = _series()
     long = correlations(metrics, tracked, bootstrap=False)
     table = loss_table({"digits shallow": {"lrp": long, "gradcam": long}})
-    assert list(table.index) == [("lrp", "test loss"), ("lrp", "train loss"), ("gradcam", "test loss"),
-                                 ("gradcam", "train loss")]
+    assert list(table.index) == [
+        ("lrp", "test loss"),
+        ("lrp", "train loss"),
+        ("gradcam", "test loss"),
+        ("gradcam", "train loss"),
+    ]
     assert list(table.columns) == [("digits shallow", "norm"), ("digits shallow", "entropy")]
     expected = long.query("performance == 'test loss' and summary == 'positive norm'")["rho"].item()
     assert table.loc[("lrp", "test loss"), ("digits shallow", "norm")] == pytest.approx(expected)
@@ -136,15 +140,34 @@ def test_first_last_means_average_a_tenth_at_each_end_of_the_defined_values():
 
 
 def test_rho_text_states_the_coefficient_with_its_interval():
-    long = pd.DataFrame([
-        {"performance": "test loss", "summary": "positive norm", "rho": -0.8123, "p": 0.01, "ci_low": -0.9,
-         "ci_high": -0.655, "steps": 40},
-        {"performance": "test loss", "summary": "positive entropy", "rho": np.nan, "p": np.nan, "ci_low": np.nan,
-         "ci_high": np.nan, "steps": 40},
-    ])
+    long = pd.DataFrame(
+        [
+            {
+                "performance": "test loss",
+                "summary": "positive norm",
+                "rho": -0.8123,
+                "p": 0.01,
+                "ci_low": -0.9,
+                "ci_high": -0.655,
+                "steps": 40,
+            },
+            {
+                "performance": "test loss",
+                "summary": "positive entropy",
+                "rho": np.nan,
+                "p": np.nan,
+                "ci_low": np.nan,
+                "ci_high": np.nan,
+                "steps": 40,
+            },
+        ]
+    )
     assert correlation_row(long, "test loss", "positive norm")["steps"] == 40
     assert rho_text(long, "test loss", "positive norm") == "-0.81 (95% block-bootstrap interval -0.90 to -0.66)"
     assert rho_text(long, "test loss", "positive entropy") == "undefined (a constant series)"
-    with pytest.raises(ValueError, match="no correlation of 'train loss' with 'positive norm'; performance series: "
-                                         "test loss; summaries: positive norm, positive entropy"):
+    with pytest.raises(
+        ValueError,
+        match="no correlation of 'train loss' with 'positive norm'; performance series: "
+        "test loss; summaries: positive norm, positive entropy",
+    ):
         correlation_row(long, "train loss", "positive norm")

@@ -116,8 +116,12 @@ def test_dynamic_mode_changes_gradients_not_values(digits):
 def test_bias_free_norms_keep_the_network_dynamic_linear(kind):
     torch.manual_seed(0)
     model = nn.Sequential(
-        PairEncoding(), BcosConv2d(2, 6, 3, padding=1, b=2.0), bias_free_norm(kind, 6),
-        BcosConv2d(6, 4, 1, b=2.0), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        PairEncoding(),
+        BcosConv2d(2, 6, 3, padding=1, b=2.0),
+        bias_free_norm(kind, 6),
+        BcosConv2d(6, 4, 1, b=2.0),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     ).double()
     x = torch.rand(5, 1, 8, 8, dtype=torch.float64) * 2 - 1
     model.train()
@@ -126,8 +130,10 @@ def test_bias_free_norms_keep_the_network_dynamic_linear(kind):
         model.train(mode)
         explanation = make_method("bcos", model).explain(x, target=torch.tensor([0, 1, 2, 3, 0]))
         torch.testing.assert_close(
-            explanation.attribution.sum((1, 2, 3)), explanation.logits.gather(1, explanation.target[:, None])[:, 0],
-            rtol=1e-9, atol=1e-9,
+            explanation.attribution.sum((1, 2, 3)),
+            explanation.logits.gather(1, explanation.target[:, None])[:, 0],
+            rtol=1e-9,
+            atol=1e-9,
         )
     with pytest.raises(ValueError, match="unknown normalisation 'group'; valid choices: batch, layer"):
         bias_free_norm("group", 6)
@@ -183,8 +189,16 @@ class _Stop(Callback):
 def test_bcos_training_is_deterministic_and_resumes_exactly(tmp_path, digits):
     small = ImageDataset("digits", digits.train.subset(200, 0), digits.test.subset(100, 0), digits.classes)
     config = TrainConfig(
-        model="bcos_b1.5_maxout", epochs=2, batch_size=50, checkpoint_every=2, eval_every=4, attr_per_class=2,
-        device="cpu", loss="bce", lr_schedule="cosine", augment="crop",
+        model="bcos_b1.5_maxout",
+        epochs=2,
+        batch_size=50,
+        checkpoint_every=2,
+        eval_every=4,
+        attr_per_class=2,
+        device="cpu",
+        loss="bce",
+        lr_schedule="cosine",
+        augment="crop",
     )
     reference = train(tmp_path / "a", config, dataset=small, progress=False).metrics
     again = train(tmp_path / "b", config, dataset=small, progress=False).metrics

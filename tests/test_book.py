@@ -13,10 +13,10 @@ import jupytext
 import nbformat
 import pytest
 import yaml
+from notebook_outputs import glued_values
 
 from attrlab.chapters import chapter_parameters, data_root, run_dir_for, runs_root
 from attrlab.train import Run
-from notebook_outputs import glued_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -36,7 +36,8 @@ TOC = yaml.safe_load((BOOK / "_toc.yml").read_text())
 PAGES = [TOC["root"], *_toc_files(TOC.get("parts", []))]
 # a chapter is a toc page that is a jupytext notebook (it has a kernelspec in its front matter)
 CHAPTERS = [
-    page for page in PAGES
+    page
+    for page in PAGES
     if (BOOK / f"{page}.md").is_file() and "kernelspec:" in (BOOK / f"{page}.md").read_text().split("\n---", 1)[0]
 ]
 
@@ -112,8 +113,19 @@ def test_run_dirs_are_distinct_per_parameters_and_follow_the_environment(monkeyp
 def test_training_chapter_runs_under_papermill(tmp_path):
     output, run_dir = tmp_path / "out.ipynb", tmp_path / "run"
     command = [
-        str(Path(sys.executable).with_name("papermill")), str(BOOK / "training.ipynb"), str(output),
-        "-p", "dataset", "digits", "-p", "epochs", "1", "-p", "run_dir", str(run_dir), "--no-progress-bar",
+        str(Path(sys.executable).with_name("papermill")),
+        str(BOOK / "training.ipynb"),
+        str(output),
+        "-p",
+        "dataset",
+        "digits",
+        "-p",
+        "epochs",
+        "1",
+        "-p",
+        "run_dir",
+        str(run_dir),
+        "--no-progress-bar",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -129,8 +141,12 @@ def test_training_chapter_runs_under_papermill(tmp_path):
     assert glued["steps"] == str(int(run.metrics["step"].max()))
     assert json.loads((run_dir / "config.json").read_text())["dataset"] == "digits"
     # papermill's notebook shows the prose's numbers in an output, and the training cell a progress bar
-    texts = [str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/html", ""))
-             + str(o.get("text", "")) for o in outputs]
+    texts = [
+        str(o.get("data", {}).get("text/plain", ""))
+        + str(o.get("data", {}).get("text/html", ""))
+        + str(o.get("text", ""))
+        for o in outputs
+    ]
     assert any("final_test_acc" in text and f"{final['test_acc']:.1%}" in text for text in texts)
     assert any("train shallow" in text for text in texts), f"no progress bar in the outputs {texts}"
 
@@ -171,9 +187,10 @@ def test_papermill_reads_every_name_of_the_parameters_cell(chapter):
 def test_a_parameter_papermill_cannot_read_is_an_error(tmp_path):
     from attrlab.chapters import ParameterError
 
-    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    cell = nbformat.v4.new_code_cell('epochs: int = 3  # passes\nkernel: int = 15  # size (sigma = K/4)\n')
+    notebook = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    cell = nbformat.v4.new_code_cell("epochs: int = 3  # passes\nkernel: int = 15  # size (sigma = K/4)\n")
     cell.metadata["tags"] = ["parameters"]
     notebook.cells = [cell]
     nbformat.write(notebook, tmp_path / "c.ipynb")
@@ -192,8 +209,14 @@ def test_first_hidden_cell_checks_the_parameters(chapter):
 def test_check_parameters_names_unknown_ill_typed_and_invalid_values():
     from attrlab.chapters import ParameterError, check_parameters
 
-    namespace = {"__annotations__": {"model": str, "lr": float, "methods": list, "subset": int | None},
-                 "model": "shallow", "lr": 1e-3, "methods": ["lrp"], "subset": None, "_ih": ["", "model: str = ..."]}
+    namespace = {
+        "__annotations__": {"model": str, "lr": float, "methods": list, "subset": int | None},
+        "model": "shallow",
+        "lr": 1e-3,
+        "methods": ["lrp"],
+        "subset": None,
+        "_ih": ["", "model: str = ..."],
+    }
     check_parameters(namespace)  # the defaults, run by hand: nothing injected
     check_parameters({**namespace, "lr": 1})  # an int is a valid float
     injected = {"_ih": ["", "...", '# Parameters\nmodle = "deep"\n']}
@@ -213,14 +236,31 @@ def test_check_parameters_names_unknown_ill_typed_and_invalid_values():
 def test_training_chapter_stops_on_bad_parameters_before_training(tmp_path):
     output, run_dir = tmp_path / "out.ipynb", tmp_path / "run"
     command = [
-        str(Path(sys.executable).with_name("papermill")), str(BOOK / "training.ipynb"), str(output),
-        "-p", "run_dir", str(run_dir), "-p", "modle", "deep", "-p", "lr", "abc", "-p", "dataset", "mnist",
+        str(Path(sys.executable).with_name("papermill")),
+        str(BOOK / "training.ipynb"),
+        str(output),
+        "-p",
+        "run_dir",
+        str(run_dir),
+        "-p",
+        "modle",
+        "deep",
+        "-p",
+        "lr",
+        "abc",
+        "-p",
+        "dataset",
+        "mnist",
         "--no-progress-bar",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
     assert completed.returncode != 0
-    for message in ("ParameterError", "unknown parameter 'modle'", "parameter 'lr' must be float, got 'abc'",
-                    "parameter 'dataset' has invalid value 'mnist'; valid choices: digits, canvas, fashionmnist, cifar10"):
+    for message in (
+        "ParameterError",
+        "unknown parameter 'modle'",
+        "parameter 'lr' must be float, got 'abc'",
+        "parameter 'dataset' has invalid value 'mnist'; valid choices: digits, canvas, fashionmnist, cifar10",
+    ):
         assert message in completed.stderr, completed.stderr[-3000:]
     assert not run_dir.exists()
 
@@ -337,8 +377,12 @@ def test_site_check_in_chromium_flags_small_figure_text_and_cut_cells(tmp_path):
     from attrlab.plots.training import plot_learning_curves
 
     pd_frame = __import__("pandas").DataFrame(
-        {"step": range(1, 11), "epoch": [1] * 10, **{c: [0.5] * 10 for c in
-         ("train_loss", "train_acc", "test_loss", "test_acc", "attr_loss", "attr_acc")}})
+        {
+            "step": range(1, 11),
+            "epoch": [1] * 10,
+            **{c: [0.5] * 10 for c in ("train_loss", "train_acc", "test_loss", "test_acc", "attr_loss", "attr_acc")},
+        }
+    )
     good = plot_learning_curves(pd_frame)
     bad, _ = plt.subplots(figsize=(20, 3), dpi=100)
     pngs = []
@@ -348,14 +392,17 @@ def test_site_check_in_chromium_flags_small_figure_text_and_cut_cells(tmp_path):
         pngs.append(base64.b64encode(buffer.getvalue()).decode())
         plt.close(figure)
     css = (BOOK / "_static" / "book.css").read_text()
-    page = ("<html><head><style>{css}</style></head><body><article>"
-            "<div class='cell_output'><img src='data:image/png;base64,{png}'></div>"
-            "<table><tr><td>{cell}</td></tr></table></article></body></html>")
+    page = (
+        "<html><head><style>{css}</style></head><body><article>"
+        "<div class='cell_output'><img src='data:image/png;base64,{png}'></div>"
+        "<table><tr><td>{cell}</td></tr></table></article></body></html>"
+    )
     (tmp_path / "good.html").write_text(page.format(css=css, png=pngs[0], cell="a long claim " * 20))
     (tmp_path / "bad.html").write_text(page.format(css=css, png=pngs[1], cell="a claim cut o..."))
     (tmp_path / "index.html").write_text("<html><body></body></html>")
     server = check_site.ThreadingHTTPServer(
-        ("127.0.0.1", 0), check_site.functools.partial(check_site.ProbingHandler, directory=str(tmp_path)))
+        ("127.0.0.1", 0), check_site.functools.partial(check_site.ProbingHandler, directory=str(tmp_path))
+    )
     check_site.threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base, chromium = f"http://127.0.0.1:{server.server_address[1]}", check_site.find_chromium()
@@ -381,7 +428,9 @@ def test_make_lab_opens_chapters_as_jupytext_notebooks():
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(d.startswith("jupyterlab") for d in extras["lab"]) and any(d.startswith("jupytext") for d in extras["lab"])
+    assert any(d.startswith("jupyterlab") for d in extras["lab"]) and any(
+        d.startswith("jupytext") for d in extras["lab"]
+    )
     assert '".[book,test,lab]"' in makefile  # installed with the book's environment
 
 

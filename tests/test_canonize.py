@@ -59,18 +59,44 @@ def _hand_built(layers):
 
 
 CASES = {
-    "linear->bn": [("flatten", nn.Flatten()), ("fc", nn.Linear(12, 6)), ("bn", nn.BatchNorm1d(6)),
-                   ("relu", nn.ReLU()), ("out", nn.Linear(6, 3))],
+    "linear->bn": [
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(12, 6)),
+        ("bn", nn.BatchNorm1d(6)),
+        ("relu", nn.ReLU()),
+        ("out", nn.Linear(6, 3)),
+    ],
     "bn->linear": [("flatten", nn.Flatten()), ("bn", nn.BatchNorm1d(12)), ("fc", nn.Linear(12, 3))],
-    "bn->relu->linear": [("flatten", nn.Flatten()), ("fc", nn.Linear(12, 8, bias=False)), ("relu0", nn.ReLU()),
-                         ("bn", nn.BatchNorm1d(8)), ("relu", nn.ReLU()), ("out", nn.Linear(8, 3))],
-    "bn->conv (no padding)": [("bn", nn.BatchNorm2d(3)), ("conv", nn.Conv2d(3, 4, 3)), ("flatten", nn.Flatten()),
-                              ("fc", nn.Linear(4 * 2 * 2, 3))],
-    "bn->relu->conv": [("conv0", nn.Conv2d(3, 5, 1)), ("relu0", nn.ReLU()), ("bn", nn.BatchNorm2d(5)),
-                       ("relu", nn.ReLU()), ("conv", nn.Conv2d(5, 4, 3, bias=False)), ("flatten", nn.Flatten()),
-                       ("fc", nn.Linear(16, 3))],
-    "conv->bn (padded)": [("conv", nn.Conv2d(3, 4, 3, padding=1)), ("bn", nn.BatchNorm2d(4)), ("relu", nn.ReLU()),
-                          ("flatten", nn.Flatten()), ("fc", nn.Linear(4 * 4 * 4, 3))],
+    "bn->relu->linear": [
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(12, 8, bias=False)),
+        ("relu0", nn.ReLU()),
+        ("bn", nn.BatchNorm1d(8)),
+        ("relu", nn.ReLU()),
+        ("out", nn.Linear(8, 3)),
+    ],
+    "bn->conv (no padding)": [
+        ("bn", nn.BatchNorm2d(3)),
+        ("conv", nn.Conv2d(3, 4, 3)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(4 * 2 * 2, 3)),
+    ],
+    "bn->relu->conv": [
+        ("conv0", nn.Conv2d(3, 5, 1)),
+        ("relu0", nn.ReLU()),
+        ("bn", nn.BatchNorm2d(5)),
+        ("relu", nn.ReLU()),
+        ("conv", nn.Conv2d(5, 4, 3, bias=False)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(16, 3)),
+    ],
+    "conv->bn (padded)": [
+        ("conv", nn.Conv2d(3, 4, 3, padding=1)),
+        ("bn", nn.BatchNorm2d(4)),
+        ("relu", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(4 * 4 * 4, 3)),
+    ],
 }
 
 

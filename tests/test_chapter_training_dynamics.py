@@ -9,13 +9,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_outputs import glued_values
 
 from attrlab.analysis import correlations
-from attrlab.sweep import Sweep
 from attrlab.chapters import validate_parameters
+from attrlab.sweep import Sweep
 from attrlab.track import tracked_frame
 from attrlab.train import Run
-from notebook_outputs import glued_values
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "training_dynamics.ipynb"
@@ -25,9 +25,25 @@ CHAPTER = ROOT / "book" / "training_dynamics.ipynb"
 def test_chapter_runs_and_reads_its_numbers(tmp_path):
     output, run_dir = tmp_path / "out.ipynb", tmp_path / "run"
     command = [
-        str(Path(sys.executable).with_name("papermill")), str(CHAPTER), str(output), "--no-progress-bar",
-        "-p", "epochs", "1", "-p", "schedule", "3", "-p", "snapshots", "log:3", "-p", "bootstrap_resamples", "50",
-        "-p", "run_dir", str(run_dir),
+        str(Path(sys.executable).with_name("papermill")),
+        str(CHAPTER),
+        str(output),
+        "--no-progress-bar",
+        "-p",
+        "epochs",
+        "1",
+        "-p",
+        "schedule",
+        "3",
+        "-p",
+        "snapshots",
+        "log:3",
+        "-p",
+        "bootstrap_resamples",
+        "50",
+        "-p",
+        "run_dir",
+        str(run_dir),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT / "book", env={**os.environ})
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -56,5 +72,9 @@ def test_regime_files_validate_against_the_chapter():
         (point,) = sweep.points()
         validate_parameters(CHAPTER, point.parameters)
         combos.add((point.parameters["dataset"], point.parameters["model"], point.parameters["epochs"]))
-    assert combos == {("fashionmnist", "shallow", 10), ("fashionmnist", "deep", 10), ("cifar10", "shallow", 20),
-                      ("cifar10", "deep", 20)}
+    assert combos == {
+        ("fashionmnist", "shallow", 10),
+        ("fashionmnist", "deep", 10),
+        ("cifar10", "shallow", 20),
+        ("cifar10", "deep", 20),
+    }

@@ -105,8 +105,19 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse lists the valid datasets
         cli.main(["train", "--run-dir", str(tmp_path / "a"), "--dataset", "mnist"])
     assert exit_info.value.code == 2 and "invalid choice: 'mnist'" in capsys.readouterr().err
-    error = _one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "a"), "--dataset", "fashionmnist",
-                                     "--data-root", str(tmp_path / "nowhere")], "train")
+    error = _one_line_error(
+        capsys,
+        [
+            "train",
+            "--run-dir",
+            str(tmp_path / "a"),
+            "--dataset",
+            "fashionmnist",
+            "--data-root",
+            str(tmp_path / "nowhere"),
+        ],
+        "train",
+    )
     assert "does not exist" in error and not (tmp_path / "a").exists()
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from attrlab.data import (
-    DatasetUnavailableError,
     BatchSampler,
+    DatasetUnavailableError,
     attribution_set,
     load_dataset,
 )

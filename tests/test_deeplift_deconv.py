@@ -71,8 +71,9 @@ def test_deeplift_matches_captum_and_is_complete(architecture, shape, weights):
         torch.testing.assert_close(ours.flatten(1).sum(1), difference, rtol=1e-4, atol=1e-4)
     layer = last_conv(model)
     ours = method.attribute(x, target, layer=layer, baselines=per_image)
-    reference = _captum(LayerDeepLift, reference_model, getattr(model, layer), inputs=x, baselines=per_image,
-                        target=target)
+    reference = _captum(
+        LayerDeepLift, reference_model, getattr(model, layer), inputs=x, baselines=per_image, target=target
+    )
     assert relative_error(ours, reference) <= TOLERANCE
 
 

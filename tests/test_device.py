@@ -86,8 +86,13 @@ def test_a_tracked_training_step_reads_nothing_back_on_the_cpu(tmp_path, digits)
     assert window.value == []
     # and the counter does see reads: the flush at the checkpoint reads the buffers
     with host_reads() as calls:
-        train(tmp_path / "again", TrainConfig(**{**CONFIG, "epochs": 1}, device="cpu"), callbacks=[Tracker()],
-              dataset=digits, progress=False)
+        train(
+            tmp_path / "again",
+            TrainConfig(**{**CONFIG, "epochs": 1}, device="cpu"),
+            callbacks=[Tracker()],
+            dataset=digits,
+            progress=False,
+        )
     assert {"cpu"} <= {name for name, _, _ in calls}
 
 
@@ -123,8 +128,10 @@ def test_batched_grid_evaluation_reads_the_scores_once(digits, device):
 def test_same_seed_same_tables_with_deterministic_on(tmp_path, digits, device):
     """Two deterministic runs of the seed model, tracked: identical metric and attribution tables (bit for bit)."""
     config = TrainConfig(**{**CONFIG, "checkpoint_every": 5}, device=device, deterministic=True)
-    runs = [train(tmp_path / name, config, callbacks=[Tracker(schedule=2)], dataset=digits, progress=False)
-            for name in ("a", "b")]
+    runs = [
+        train(tmp_path / name, config, callbacks=[Tracker(schedule=2)], dataset=digits, progress=False)
+        for name in ("a", "b")
+    ]
     pd.testing.assert_frame_equal(runs[0].metrics, runs[1].metrics, check_exact=True)
     pd.testing.assert_frame_equal(tracked_frame(runs[0].root), tracked_frame(runs[1].root), check_exact=True)
     assert not torch.are_deterministic_algorithms_enabled()  # the switch is scoped to the run
@@ -173,6 +180,10 @@ def test_device_helpers(device):
 
 def test_trainer_keeps_its_tensors_on_the_device(tmp_path, digits, device):
     trainer = Trainer(TrainConfig(**CONFIG, device=device), tmp_path / "run", dataset=digits, progress=False)
-    tensors = [trainer.data.train.x, trainer.attribution_set.x, trainer.attribution_set.is_train,
-               next(trainer.model.parameters())]
+    tensors = [
+        trainer.data.train.x,
+        trainer.attribution_set.x,
+        trainer.attribution_set.is_train,
+        next(trainer.model.parameters()),
+    ]
     assert {t.device.type for t in tensors} == {device}

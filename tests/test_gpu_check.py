@@ -46,8 +46,14 @@ def test_the_gpu_steps_cover_the_tests_and_every_benchmark():
 def test_the_cpu_path_runs_every_step_and_writes_a_report(tmp_path):
     """What make gpu-check does, with the package found through PYTHONPATH only, on the CPU at tiny sizes."""
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--allow-cpu", "--results", str(tmp_path)], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--allow-cpu", "--results", str(tmp_path)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (report,) = tmp_path.glob("gpu-check-cpu-*.md")
     text = report.read_text()

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attribution_cases import CASES, images, last_conv, model_for, relative_error
+
 pytest.importorskip("captum")  # the reference implementation; skipped where it is not installed
 from captum.attr import LayerActivation, LayerAttribution, LayerGradCam, LayerGradientXActivation
-
 from torch import nn
 
 from attrlab.attribution import feature_layer, make_method
@@ -19,7 +19,11 @@ from attrlab.models import build_model
 TOLERANCE = 1e-4
 #: the CAM default layer, written out: the ReLU after the last spatial (k > 1) convolution
 FEATURE_LAYERS = {
-    "shallow": "relu2", "deep": "relu6", "deep_bn": "relu6", "vgg_small": "relu6", "vgg_small_bn": "relu6"
+    "shallow": "relu2",
+    "deep": "relu6",
+    "deep_bn": "relu6",
+    "vgg_small": "relu6",
+    "vgg_small_bn": "relu6",
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attribution_cases import CASES, images, last_conv, model_for, relative_error
+
 pytest.importorskip("captum")  # the reference implementation; skipped where it is not installed
 from captum.attr import (
     GuidedBackprop,

@@ -18,7 +18,9 @@ def _scores() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = [
         {"setting": s, "n": 2, "method": m, "kernel_size": 1, "layer": l, "grid": g, "cell": 0, "score": rng.random()}
-        for s in ("gridpg", "difull") for m in ("IxG", "Grad-CAM") for l in ("input", "middle", "final")
+        for s in ("gridpg", "difull")
+        for m in ("IxG", "Grad-CAM")
+        for l in ("input", "middle", "final")
         for g in range(5)
     ]
     return pd.DataFrame(rows)
@@ -45,10 +47,13 @@ def test_aggatt_panel_grid_and_row_scales():
 
 
 def test_smoothing_plot_has_a_line_per_model():
-    frame = pd.concat([
-        _scores().query("method == 'IxG'").assign(model=name, kernel_size=k, method="IxG" if k == 1 else "S-IxG")
-        for name in ("plain", "bn") for k in (1, 5)
-    ])
+    frame = pd.concat(
+        [
+            _scores().query("method == 'IxG'").assign(model=name, kernel_size=k, method="IxG" if k == 1 else "S-IxG")
+            for name in ("plain", "bn")
+            for k in (1, 5)
+        ]
+    )
     fig = plot_smoothing(frame, by="model")
     assert len(fig.axes) == 2 and all(len(ax.lines) == 2 for ax in fig.axes)
 
@@ -56,10 +61,15 @@ def test_smoothing_plot_has_a_line_per_model():
 def test_localisation_over_training_has_a_line_per_method_and_layer():
     from attrlab.plots.grids import plot_localisation_over_training
 
-    table = pd.DataFrame([
-        {"step": step, "setting": s, "method": m, "kernel_size": 1, "layer": l, "median": 0.5, "mean": 0.5}
-        for step in (10, 20) for s in ("gridpg", "difull") for m in ("IxG", "LRP") for l in ("input", "final")
-    ])
+    table = pd.DataFrame(
+        [
+            {"step": step, "setting": s, "method": m, "kernel_size": 1, "layer": l, "median": 0.5, "mean": 0.5}
+            for step in (10, 20)
+            for s in ("gridpg", "difull")
+            for m in ("IxG", "LRP")
+            for l in ("input", "final")
+        ]
+    )
     fig = plot_localisation_over_training(table)
     assert [ax.get_title() for ax in fig.axes] == ["GridPG", "DiFull"]
     assert all(len(ax.lines) == 4 for ax in fig.axes)
@@ -70,8 +80,10 @@ def test_grid_examples_have_a_row_per_set_titled_with_the_classes():
     from attrlab.plots.grids import plot_grid_examples
 
     confident = ConfidentImages(torch.rand(30, 1, 28, 28), torch.arange(10).repeat_interleave(3), 0.99)
-    grids = {"distinct": make_grids(confident, 4, n=2, layout="distinct", seed=0),
-             "three": make_grids(confident, 4, n=3, layout="distinct", seed=0)}
+    grids = {
+        "distinct": make_grids(confident, 4, n=2, layout="distinct", seed=0),
+        "three": make_grids(confident, 4, n=3, layout="distinct", seed=0),
+    }
     classes = [f"k{c}" for c in range(10)]
     fig = plot_grid_examples(grids, classes, count=3)
     assert len(fig.axes) == 6

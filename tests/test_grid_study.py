@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from attrlab.attribution import METHODS
-from attrlab.grids import ConfidentImages, GridResult, cell_masks, make_grids
+from attrlab.grids import ConfidentImages, GridResult, cell_masks, make_grids, study
 from attrlab.grids.aggatt import bin_maps, bin_scores
-from attrlab.grids import study
 
 LAYER_KEYS = ("input", "middle", "final")
 
@@ -50,8 +49,9 @@ def test_labels_and_their_order():
 # ---------------------------------------------------------------------- tables
 def _medians(values: dict[tuple[str, str, str], float], default: float = 0.5) -> pd.Series:
     methods = ["Grad", "IxG", "IntGrad", "S-IxG", "Grad-CAM", "LRP"]
-    index = pd.MultiIndex.from_product([("gridpg", "dipart", "difull"), methods, LAYER_KEYS],
-                                       names=["setting", "method", "layer"])
+    index = pd.MultiIndex.from_product(
+        [("gridpg", "dipart", "difull"), methods, LAYER_KEYS], names=["setting", "method", "layer"]
+    )
     return pd.Series([values.get(key, default) for key in index], index=index, name="score")
 
 
@@ -76,19 +76,26 @@ def test_grid_size_comparison_relates_each_grid_to_its_uniform_level():
 def _smoothing(gains: dict[str, float]) -> pd.DataFrame:
     rows = []
     for model, gain in gains.items():
-        rows += [{"model": model, "setting": "gridpg", "method": "IxG", "kernel_size": 1, "score": 0.4},
-                 {"model": model, "setting": "gridpg", "method": "S-IxG", "kernel_size": 15, "score": 0.4 + gain},
-                 {"model": model, "setting": "difull", "method": "S-IxG", "kernel_size": 15, "score": 0.0}]
+        rows += [
+            {"model": model, "setting": "gridpg", "method": "IxG", "kernel_size": 1, "score": 0.4},
+            {"model": model, "setting": "gridpg", "method": "S-IxG", "kernel_size": 15, "score": 0.4 + gain},
+            {"model": model, "setting": "difull", "method": "S-IxG", "kernel_size": 15, "score": 0.0},
+        ]
     return pd.DataFrame(rows)
 
 
 def test_claims_hold_and_fail_as_their_tests_say():
-    holding = _medians({
-        **{("difull", m, l): 0.95 for m in ("Grad", "IxG", "IntGrad", "LRP") for l in LAYER_KEYS},
-        ("difull", "Grad-CAM", "final"): 0.3, ("gridpg", "Grad-CAM", "final"): 0.6,
-        ("gridpg", "IxG", "input"): 0.3, ("gridpg", "IxG", "final"): 0.5,
-        ("gridpg", "IntGrad", "input"): 0.3, ("gridpg", "IntGrad", "final"): 0.5,
-    })
+    holding = _medians(
+        {
+            **{("difull", m, l): 0.95 for m in ("Grad", "IxG", "IntGrad", "LRP") for l in LAYER_KEYS},
+            ("difull", "Grad-CAM", "final"): 0.3,
+            ("gridpg", "Grad-CAM", "final"): 0.6,
+            ("gridpg", "IxG", "input"): 0.3,
+            ("gridpg", "IxG", "final"): 0.5,
+            ("gridpg", "IntGrad", "input"): 0.3,
+            ("gridpg", "IntGrad", "final"): 0.5,
+        }
+    )
     compare = pd.DataFrame({"2x2": [0.5, 0.6], "3x3": [0.3, 0.4]})
     claims = study.check_claims(holding, _smoothing({"vgg_small": 0.2, "vgg_small_bn": 0.0}), compare, margin=0.05)
     assert list(claims.columns) == ["claim (thesis ch. 4)", "test", "measured", "holds"]
@@ -99,8 +106,12 @@ def test_claims_hold_and_fail_as_their_tests_say():
     failing = holding.copy()
     failing[("difull", "LRP", "middle")] = 0.85  # one backprop median below 0.9
     failing[("gridpg", "IxG", "final")] = 0.34  # an improvement of 0.04 < margin
-    claims = study.check_claims(failing, _smoothing({"vgg_small": 0.2, "vgg_small_bn": 0.1}),
-                                pd.DataFrame({"2x2": [0.5, 0.6], "3x3": [0.3, 0.7]}), margin=0.05)
+    claims = study.check_claims(
+        failing,
+        _smoothing({"vgg_small": 0.2, "vgg_small_bn": 0.1}),
+        pd.DataFrame({"2x2": [0.5, 0.6], "3x3": [0.3, 0.7]}),
+        margin=0.05,
+    )
     assert claims["holds"].tolist() == [False, True, False, True, False, False]
     assert claims.loc[0, "measured"] == "lowest: LRP middle = 0.850"
     assert claims.loc[5, "measured"] == "lower in 1 of 2"

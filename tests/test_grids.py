@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -293,8 +292,18 @@ def test_grid_localisation_callback_writes_a_table_per_flush_and_leaves_training
     probe = ModeProbe()
     data = load_dataset("digits", device="cpu")
     small = type(data)(data.name, data.train.subset(100), data.test, data.classes)
-    run = train(tmp_path / "run", model="vgg_small_bn", epochs=1, batch_size=30, checkpoint_every=2, eval_every=4,
-                attr_per_class=1, callbacks=[callback, probe], dataset=small, progress=False)
+    run = train(
+        tmp_path / "run",
+        model="vgg_small_bn",
+        epochs=1,
+        batch_size=30,
+        checkpoint_every=2,
+        eval_every=4,
+        attr_per_class=1,
+        callbacks=[callback, probe],
+        dataset=small,
+        progress=False,
+    )
     table = run.table("grid_localisation")
     assert table["step"].tolist() == [2, 4]
     assert set(table["method"]) == {"IxG"} and table["median"].eq(1.0).all()
@@ -320,13 +329,16 @@ def test_lrp_through_the_difull_wrapper_equals_lrp_of_each_cell_alone(model, con
             )
             per_head = to_cells(grid_relevance.flatten(0, 1), 2).view(3, 2, 4, *alone.shape[1:])
             for head, cell in enumerate((0, 3)):
-                torch.testing.assert_close(per_head[:, head, cell], alone.view(3, 2, *alone.shape[1:])[:, head],
-                                           rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(
+                    per_head[:, head, cell], alone.view(3, 2, *alone.shape[1:])[:, head], rtol=1e-4, atol=1e-6
+                )
                 others = [c for c in range(4) if c != cell]
                 assert per_head[:, head, others].abs().max() == 0  # nothing reaches another cell
-    result = evaluate_setting(model, grids, "difull", [MethodSpec("LRP", "lrp")], layers={"input": "input"},
-                              progress=False)
+    result = evaluate_setting(
+        model, grids, "difull", [MethodSpec("LRP", "lrp")], layers={"input": "input"}, progress=False
+    )
     assert result.scores["score"].eq(1.0).all() and len(result.scores) == 6
+
 
 def test_evaluation_runs_on_a_copy_and_leaves_the_callers_model_as_it_was(model, confident):
     from attrlab.attribution import make_method
@@ -335,8 +347,9 @@ def test_evaluation_runs_on_a_copy_and_leaves_the_callers_model_as_it_was(model,
     training = build_model("vgg_small_bn", seed=1).train()
     parameters = [(p, p.requires_grad, p.stride()) for p in training.parameters()]
     grids = make_grids(confident, count=4, n=2, layout="distinct", seed=0)
-    result = evaluate_setting(training, grids, "gridpg", [MethodSpec("LRP", "lrp")], layers={"input": "input"},
-                              progress=False)
+    result = evaluate_setting(
+        training, grids, "gridpg", [MethodSpec("LRP", "lrp")], layers={"input": "input"}, progress=False
+    )
     assert training.training and all(m.training for m in training.modules())
     assert [(p, p.requires_grad, p.stride()) for p in training.parameters()] == parameters
     # the channels-last copy computes the same maps as the model in its own layout

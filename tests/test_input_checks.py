@@ -9,8 +9,12 @@ from attrlab.attribution import available_methods, make_method
 from attrlab.attribution.checks import check_fits_model
 from attrlab.models import build_model
 
-SETTINGS = {"integrated_gradients": {"n_steps": 2}, "smoothgrad": {"n_samples": 2}, "rise": {"n_masks": 4},
-            "occlusion": {"window": 14, "stride": 14}}
+SETTINGS = {
+    "integrated_gradients": {"n_steps": 2},
+    "smoothgrad": {"n_samples": 2},
+    "rise": {"n_masks": 4},
+    "occlusion": {"window": 14, "stride": 14},
+}
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +23,16 @@ def model():
 
 
 @pytest.mark.parametrize("name", available_methods())
-@pytest.mark.parametrize("inputs, error, message", [
-    (torch.zeros(2, 784), ValueError, r"\(N, C, H, W\)"),
-    (torch.zeros(2, 3, 28, 28), ValueError, r"C = 1.*got shape \(2, 3, 28, 28\)"),
-    (torch.zeros(2, 1, 32, 32), ValueError, r"shape \(2, 1, 32, 32\) do not fit the model"),
-    (torch.zeros(2, 1, 28, 28, dtype=torch.float64), TypeError, r"dtype torch.float64 but the model's parameters"),
-    (torch.zeros(2, 1, 28, 28, dtype=torch.int64), TypeError, r"floating point"),
-])
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        (torch.zeros(2, 784), ValueError, r"\(N, C, H, W\)"),
+        (torch.zeros(2, 3, 28, 28), ValueError, r"C = 1.*got shape \(2, 3, 28, 28\)"),
+        (torch.zeros(2, 1, 32, 32), ValueError, r"shape \(2, 1, 32, 32\) do not fit the model"),
+        (torch.zeros(2, 1, 28, 28, dtype=torch.float64), TypeError, r"dtype torch.float64 but the model's parameters"),
+        (torch.zeros(2, 1, 28, 28, dtype=torch.int64), TypeError, r"floating point"),
+    ],
+)
 def test_every_method_names_a_batch_that_does_not_fit(model, name, inputs, error, message):
     settings = dict(SETTINGS.get(name, {}))
     if name.startswith("pattern_"):  # the pattern methods need signal patterns fitted on data that fits the model

@@ -39,8 +39,14 @@ def test_lime_coefficients_equal_captums_given_the_same_perturbations(baseline):
             def perturb(_original, draws=draws, **_kwargs):
                 return next(draws)  # captum asks for one sample at a time: ours, in order
 
-            reference = CaptumLime(model, interpretable_model=SkLearnLinearRegression(), perturb_func=perturb).attribute(
-                x[i : i + 1], target=int(target[i, t]), feature_mask=mask, baselines=baseline, n_samples=120,
+            reference = CaptumLime(
+                model, interpretable_model=SkLearnLinearRegression(), perturb_func=perturb
+            ).attribute(
+                x[i : i + 1],
+                target=int(target[i, t]),
+                feature_mask=mask,
+                baselines=baseline,
+                n_samples=120,
                 perturbations_per_eval=40,
             )
             torch.testing.assert_close(ours[i, t], reference[0], rtol=1e-3, atol=1e-4)

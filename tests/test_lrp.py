@@ -7,13 +7,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from torch import nn
-
 from attribution_cases import editable_model, model_for, noise_images, relative_error
+from torch import nn
 
 from attrlab.attribution import get_method
 from attrlab.lrp import LRP, Composite, Epsilon, Flat, Gamma, ZPlus, make_composite
-from attrlab.models import build_model
 
 zennit_attribution = pytest.importorskip("zennit.attribution")
 zennit_composites = pytest.importorskip("zennit.composites")
@@ -185,9 +183,7 @@ def test_layer_relevance_shape_and_nested_models():
     model, inputs = model_for("deep", (1, 28, 28)), noise_images((1, 28, 28))
     flat = LRP(model, "epsilon_gamma_box")
     children = list(model.named_children())
-    nested = nn.Sequential(
-        nn.Sequential(OrderedDict(children[:7])), nn.Sequential(OrderedDict(children[7:]))
-    )
+    nested = nn.Sequential(nn.Sequential(OrderedDict(children[:7])), nn.Sequential(OrderedDict(children[7:])))
     nested_lrp = LRP(nested, "epsilon_gamma_box")
     torch.testing.assert_close(nested_lrp.attribute(inputs, 4), flat.attribute(inputs, 4))
     at_conv3 = flat.attribute(inputs, 4, layer="conv3")
@@ -258,8 +254,15 @@ def test_average_pools_and_dense_first_layers_match_zennit():
     """Norm rule on AvgPool2d / AdaptiveAvgPool2d, Flat and WSquare on a Linear first layer (after a Flatten)."""
     torch.manual_seed(4)
     pooled = nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(32, 10),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(32, 10),
     ).train()  # dropout is the identity in attribution
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 10)).eval()
     inputs = torch.rand(3, 1, 8, 8) * 2 - 1

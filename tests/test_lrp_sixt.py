@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from attrlab.lrp import LRP, make_composite
 from attribution_cases import model_for, noise_images, relative_error
 from test_lrp import CASES, TOLERANCE, zennit_relevance
+
+from attrlab.lrp import LRP, make_composite
 
 zennit_composites = pytest.importorskip("zennit.composites")
 zennit_rules = pytest.importorskip("zennit.rules")
@@ -22,7 +22,9 @@ def _everywhere(rule, dense=None, first=None):
     ]
     if first is None:
         return zennit_composites.LayerMapComposite(layer_map=layer_map)
-    return zennit_composites.SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=[(zennit_types.Linear, first)])
+    return zennit_composites.SpecialFirstLayerMapComposite(
+        layer_map=layer_map, first_map=[(zennit_types.Linear, first)]
+    )
 
 
 def _references():
@@ -38,12 +40,16 @@ def _references():
     }
 
 
-SIXT_CASES = [(name, shape, trained) for name, shape in CASES for trained in (False, True)
-              if trained or shape == (1, 28, 28)]
+SIXT_CASES = [
+    (name, shape, trained) for name, shape in CASES for trained in (False, True) if trained or shape == (1, 28, 28)
+]
 
 
-@pytest.mark.parametrize("name,shape,trained", SIXT_CASES,
-                         ids=[f"{n}-{s[0]}x{s[1]}-{'trained' if t else 'random'}" for n, s, t in SIXT_CASES])
+@pytest.mark.parametrize(
+    "name,shape,trained",
+    SIXT_CASES,
+    ids=[f"{n}-{s[0]}x{s[1]}-{'trained' if t else 'random'}" for n, s, t in SIXT_CASES],
+)
 def test_sixt_composites_match_zennit(name, shape, trained):
     model = model_for(name, shape, "trained" if trained else "random")
     inputs = noise_images(shape)

@@ -56,8 +56,12 @@ def test_normalised_fields_and_smoothed_labels():
     "kwargs, error, message",
     [
         (dict(label="", method="lrp"), ValueError, "a method label is a non-empty string, got ''"),
-        (dict(label="x", method="lrpp"), ValueError, "unknown attribution method 'lrpp' for 'x'; valid names: "
-         + ", ".join(available_methods(include_reproductions=True))),
+        (
+            dict(label="x", method="lrpp"),
+            ValueError,
+            "unknown attribution method 'lrpp' for 'x'; valid names: "
+            + ", ".join(available_methods(include_reproductions=True)),
+        ),
         (dict(label="x", method=3), TypeError, "method of 'x' must be a registry name or a factory, got 3"),
         (dict(label="x", method="lrp", settings=[("composite", "seed000")]), TypeError, "settings of 'x' must map"),
         (dict(label="x", method="lrp", layer_settings={"final": 1}), TypeError, r"layer_settings\['final'\] of 'x'"),
@@ -65,7 +69,11 @@ def test_normalised_fields_and_smoothed_labels():
         (dict(label="x", method="lrp", layer_keys="input"), ValueError, "layer_keys of 'x' must be a non-empty list"),
         (dict(label="x", method="lrp", smoothing=(1, 4)), ValueError, r"positive odd kernel sizes .* got \(1, 4\)"),
         (dict(label="x", method="lrp", smoothing=()), ValueError, "positive odd kernel sizes"),
-        (dict(label="x", method="lrp", batch_size=0), ValueError, "batch_size of 'x' must be a positive integer or None"),
+        (
+            dict(label="x", method="lrp", batch_size=0),
+            ValueError,
+            "batch_size of 'x' must be a positive integer or None",
+        ),
     ],
 )
 def test_bad_specs_are_named(kwargs, error, message):

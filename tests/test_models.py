@@ -28,9 +28,14 @@ def test_shallow_matches_seed_figures_4_and_6(shape, flat):
     model = build_model("shallow", shape)
     channels = shape[0]
     assert _layer_specs(model) == [
-        ("conv", channels, 16, (5, 5), (2, 2)), ("ReLU",), ("maxpool", 2, 2),
-        ("conv", 16, 32, (5, 5), (2, 2)), ("ReLU",), ("maxpool", 2, 2),
-        ("Flatten",), ("linear", flat, 10),
+        ("conv", channels, 16, (5, 5), (2, 2)),
+        ("ReLU",),
+        ("maxpool", 2, 2),
+        ("conv", 16, 32, (5, 5), (2, 2)),
+        ("ReLU",),
+        ("maxpool", 2, 2),
+        ("Flatten",),
+        ("linear", flat, 10),
     ]
 
 
@@ -40,10 +45,25 @@ def test_deep_matches_seed_figures_5_and_7(shape, flat):
     c = shape[0]
     conv = lambda i, o: ("conv", i, o, (3, 3), "same")  # noqa: E731
     assert _layer_specs(model) == [
-        conv(c, 32), ("ReLU",), conv(32, 32), ("ReLU",), ("maxpool", 2, 2),
-        conv(32, 64), ("ReLU",), conv(64, 64), ("ReLU",), ("maxpool", 2, 2),
-        conv(64, 128), ("ReLU",), conv(128, 128), ("ReLU",), ("maxpool", 2, 2),
-        ("Flatten",), ("linear", flat, 1024), ("ReLU",), ("linear", 1024, 10),
+        conv(c, 32),
+        ("ReLU",),
+        conv(32, 32),
+        ("ReLU",),
+        ("maxpool", 2, 2),
+        conv(32, 64),
+        ("ReLU",),
+        conv(64, 64),
+        ("ReLU",),
+        ("maxpool", 2, 2),
+        conv(64, 128),
+        ("ReLU",),
+        conv(128, 128),
+        ("ReLU",),
+        ("maxpool", 2, 2),
+        ("Flatten",),
+        ("linear", flat, 1024),
+        ("ReLU",),
+        ("linear", 1024, 10),
     ]
 
 

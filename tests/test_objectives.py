@@ -94,15 +94,26 @@ class _Interrupt(Callback):
 
 def test_configured_objective_is_saved_and_resumes_exactly(tmp_path, digits):
     config = TrainConfig(
-        **{**QUICK, "epochs": 2}, loss="bce", temperature=2.0, lr_schedule="cosine", warmup_epochs=0.5, lr_min=1e-5,
-        weight_decay=1e-4, augment="crop", augment_pad=3,
+        **{**QUICK, "epochs": 2},
+        loss="bce",
+        temperature=2.0,
+        lr_schedule="cosine",
+        warmup_epochs=0.5,
+        lr_min=1e-5,
+        weight_decay=1e-4,
+        augment="crop",
+        augment_pad=3,
     )
     reference = train(tmp_path / "ref", config, dataset=digits, progress=False, objective=_penalty)
     assert reference.config.objective == "_penalty" and reference.config.loss == "bce"
     assert reference.config == Run(reference.root).config  # survives the round trip through config.json
     with pytest.raises(KeyboardInterrupt):
         Trainer(
-            reference.config, tmp_path / "run", callbacks=[_Interrupt()], dataset=digits, progress=False,
+            reference.config,
+            tmp_path / "run",
+            callbacks=[_Interrupt()],
+            dataset=digits,
+            progress=False,
             objective=_penalty,
         ).fit()
     resumed = train(tmp_path / "run", config, dataset=digits, progress=False, objective=_penalty)

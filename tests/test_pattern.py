@@ -79,7 +79,9 @@ def test_conv_models_storage_and_errors(tmp_path):
     loaded = Patterns.load(path)
     batch = images((1, 28, 28), count=3)
     ours = make_method("pattern_attribution", model, patterns=path).attribute(batch, target=[1, 2, 3])
-    torch.testing.assert_close(ours, make_method("pattern_attribution", model, patterns=loaded).attribute(batch, [1, 2, 3]))
+    torch.testing.assert_close(
+        ours, make_method("pattern_attribution", model, patterns=loaded).attribute(batch, [1, 2, 3])
+    )
     # the conv backward with the pattern as weight is the gradient of a convolution with that weight
     from attrlab.attribution.pattern import _PatternBackward
 

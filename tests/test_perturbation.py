@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attribution_cases import CASES, images, model_for, relative_error
+
 pytest.importorskip("captum")  # the reference implementation; skipped where it is not installed
 from captum.attr import Occlusion
 from torch import nn
@@ -33,9 +34,9 @@ def test_occlusion_matches_captum(architecture, shape, weights, device):
 def test_occlusion_scores_probabilities_and_rectangular_windows():
     model = model_for("shallow", (1, 28, 28))
     x = images((1, 28, 28), count=3)
-    ours = make_method(
-        "occlusion", model, window=(6, 3), stride=(4, 2), baseline=-1.0, output="probability"
-    ).attribute(x, target=4)
+    ours = make_method("occlusion", model, window=(6, 3), stride=(4, 2), baseline=-1.0, output="probability").attribute(
+        x, target=4
+    )
     probabilities = nn.Sequential(model, nn.Softmax(dim=1))
     reference = Occlusion(probabilities).attribute(
         x, sliding_window_shapes=(1, 6, 3), strides=(1, 4, 2), baselines=-1.0, target=4, perturbations_per_eval=64
@@ -124,7 +125,11 @@ def test_occlusion_takes_a_baseline_tensor_in_the_call():
     method = make_method("occlusion", model, window=7, stride=4)
     ours = method.attribute(x, target=[2, 5, 7], baselines=baselines)
     reference = Occlusion(model).attribute(
-        x, sliding_window_shapes=(1, 7, 7), strides=(1, 4, 4), baselines=baselines, target=[2, 5, 7],
+        x,
+        sliding_window_shapes=(1, 7, 7),
+        strides=(1, 4, 4),
+        baselines=baselines,
+        target=[2, 5, 7],
         perturbations_per_eval=64,
     )
     assert relative_error(ours, reference) <= TOLERANCE

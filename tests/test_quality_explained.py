@@ -29,8 +29,13 @@ def test_sensitivity_equals_quantus_on_its_noise(case, metric, ours):
     reference = getattr(quantus, metric)(nr_samples=3, lower_bound=0.2, abs=False, **SECOND_MOMENT)
     np.random.seed(11)
     expected = np.array(
-        reference(model=model, x_batch=np32(x), y_batch=y.numpy(), a_batch=np32(a),
-                  explain_func=explain_func(lambda xx, t: method.attribute(xx, target=t)))
+        reference(
+            model=model,
+            x_batch=np32(x),
+            y_batch=y.numpy(),
+            a_batch=np32(a),
+            explain_func=explain_func(lambda xx, t: method.attribute(xx, target=t)),
+        )
     )
     noise = quantus_uniform_noise(4, 3, (1, 28, 28), 0.2, None, seed=11)
     result = ours(model, x, y, a, method, nr_samples=3, noise=noise, batch_size=5)
@@ -54,8 +59,13 @@ def test_random_logit_equals_quantus_on_its_off_classes(case):
     model, method, x, y, a = case
     metric = quantus.RandomLogit(num_classes=10, seed=42, abs=False, **SECOND_MOMENT)
     expected = np.array(
-        metric(model=model, x_batch=np32(x), y_batch=y.numpy(), a_batch=np32(a),
-               explain_func=explain_func(lambda xx, t: method.attribute(xx, target=t)))
+        metric(
+            model=model,
+            x_batch=np32(x),
+            y_batch=y.numpy(),
+            a_batch=np32(a),
+            explain_func=explain_func(lambda xx, t: method.attribute(xx, target=t)),
+        )
     )
     others = quantus_off_classes(y, 10, seed=42)
     assert (others != y).all()
@@ -72,8 +82,9 @@ def test_ssim_1d_equals_scikit_image_and_off_classes_avoid_the_label():
         aa, bb = a[i].double().numpy(), b[i].double().numpy()
         span = float(max(aa.max(), bb.max()) - min(aa.min(), bb.min()))
         assert ours[i].item() == pytest.approx(structural_similarity(aa, bb, data_range=span), rel=1e-9, abs=1e-12)
-    assert ssim_1d(a, b, data_range=2.0)[1].item() == pytest.approx(structural_similarity(
-        a[1].double().numpy(), b[1].double().numpy(), data_range=2.0), rel=1e-9)
+    assert ssim_1d(a, b, data_range=2.0)[1].item() == pytest.approx(
+        structural_similarity(a[1].double().numpy(), b[1].double().numpy(), data_range=2.0), rel=1e-9
+    )
     y = torch.arange(10).repeat(5)
     drawn = off_classes(y, 10, seed=1)
     assert (drawn != y).all() and set(drawn.tolist()) == set(range(10))

@@ -89,7 +89,14 @@ def quantus_window_curves(model, x, y, a, patch_size, regions_evaluation, order,
 def test_region_perturbation_windows_equal_quantus_semantics_of_the_seed(case, order, baseline, patch_size, regions):
     model, x, y, a = case
     ours = region_perturbation(
-        model, x, y, a, patch_size=patch_size, regions_evaluation=regions, order=order, baseline=baseline,
+        model,
+        x,
+        y,
+        a,
+        patch_size=patch_size,
+        regions_evaluation=regions,
+        order=order,
+        baseline=baseline,
         softmax=False,
     )
     reference = quantus_window_curves(
@@ -208,12 +215,12 @@ def test_bad_arguments_are_named(case):
 def test_layouts_differ_as_documented_and_the_callers_model_is_untouched(digits):
     """Greedy stride-1 windows (Pahde et al.'s Quantus) need not sit on the block grid of Quantus 0.6."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 784, 10)).train()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 784, 10)
+    ).train()
     x, y = digits.test.x[:2], digits.test.y[:2]
     maps = random_maps(2, seed=5)
     windows = region_perturbation(model, x, y, maps, patch_size=4, regions_evaluation=8, baseline="black")
-    grid = region_perturbation(model, x, y, maps, patch_size=4, regions_evaluation=8, baseline="black",
-                               regions="grid")
+    grid = region_perturbation(model, x, y, maps, patch_size=4, regions_evaluation=8, baseline="black", regions="grid")
     assert windows.shape == grid.shape == (2, 8) and not torch.allclose(windows, grid)
     assert model.training and model[0].weight.is_contiguous() and model[0].weight.requires_grad

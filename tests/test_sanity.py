@@ -59,8 +59,9 @@ def test_torch_ssim_equals_scikit_image():
     b = (a + 0.3 * torch.randn((5, 28, 20), generator=generator, dtype=torch.float64)).clamp(0, 1)
     for win_size, data_range in [(5, 2.0), (5, 1.0), (7, 2.0)]:
         ours = ssim(a, b, win_size, data_range).numpy()
-        expected = [structural_similarity(x, y, win_size=win_size, data_range=data_range)
-                    for x, y in zip(a.numpy(), b.numpy())]
+        expected = [
+            structural_similarity(x, y, win_size=win_size, data_range=data_range) for x, y in zip(a.numpy(), b.numpy())
+        ]
         np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
 
 
@@ -95,8 +96,14 @@ def test_bootstrap_median_agrees_with_scipy():
 
     values = np.random.default_rng(3).normal(size=200)
     median, low, high = bootstrap_median(values)
-    reference = bootstrap((values,), np.median, confidence_level=0.99, n_resamples=10_000, method="percentile",
-                          random_state=np.random.default_rng(4)).confidence_interval
+    reference = bootstrap(
+        (values,),
+        np.median,
+        confidence_level=0.99,
+        n_resamples=10_000,
+        method="percentile",
+        random_state=np.random.default_rng(4),
+    ).confidence_interval
     assert median == np.median(values) and low < median < high
     width = reference.high - reference.low
     assert abs(low - reference.low) < 0.15 * width and abs(high - reference.high) < 0.15 * width
@@ -132,8 +139,10 @@ def test_cascading_randomisation_changes_exactly_the_layers_it_should():
     seen = []
     for depth, checkpoint, randomised in cascade(model, ["fc1", "conv5", "fc2"], seed=0):
         seen.append(checkpoint)
-        changed = {name.split(".")[0] for name, p in randomised.named_parameters() if not torch.equal(p, original[name])}
-        assert changed == set(layers[layers.index(checkpoint):]), checkpoint
+        changed = {
+            name.split(".")[0] for name, p in randomised.named_parameters() if not torch.equal(p, original[name])
+        }
+        assert changed == set(layers[layers.index(checkpoint) :]), checkpoint
         assert depth == len(seen)
     assert seen == ["fc2", "fc1", "conv5"]
     assert all(torch.equal(p, original[name]) for name, p in model.named_parameters())  # the model is untouched
@@ -164,8 +173,9 @@ def test_lrp_injection_starts_with_the_given_relevance(composite):
     logits = model(inputs).detach()
     start = logits * nn.functional.one_hot(labels, 10)
     torch.testing.assert_close(relevance_from(lrp, inputs, "fc2", start, [None])[None], lrp.attribute(inputs, labels))
-    torch.testing.assert_close(relevance_from(lrp, inputs, "fc2", start, ["conv4"])["conv4"],
-                               lrp.attribute(inputs, labels, layer="conv4"))
+    torch.testing.assert_close(
+        relevance_from(lrp, inputs, "fc2", start, ["conv4"])["conv4"], lrp.attribute(inputs, labels, layer="conv4")
+    )
     # at a Conv2d the relevance is v on every unit (pre-activation); after its ReLU, v where the activation is not 0
     v = torch.randn((6, 64, 14, 14), generator=torch.Generator().manual_seed(0))
     pre = _recorded_at_injection(lrp, inputs, "conv4", v)
@@ -178,8 +188,8 @@ def test_lrp_injection_starts_with_the_given_relevance(composite):
 def _recorded_at_injection(lrp: LRP, inputs: torch.Tensor, layer: str, v: torch.Tensor) -> torch.Tensor:
     """The relevance at the injection layer itself, read as the relevance its own rule receives: one layer below,
     propagated with LRP-0 through an identity layer (a 1x1 identity convolution appended to the model's head)."""
-    from attrlab.lrp.inject import _injection_steps
     from attrlab.lrp.engine import plan
+    from attrlab.lrp.inject import _injection_steps
 
     steps, _ = _injection_steps(plan(lrp.model, lrp.composite), layer)
     with torch.enable_grad():
@@ -214,9 +224,12 @@ def test_lrp_z_equals_input_times_gradient_with_biases():
     model, inputs = _model(), _inputs()
     assert any(m.bias is not None and m.bias.abs().sum() > 0 for m in model.modules() if hasattr(m, "bias"))
     labels = torch.tensor([0, 2, 4, 6, 8, 9])
-    torch.testing.assert_close(LRP(model, "lrp_z").attribute(inputs, labels),
-                               make_method("input_x_gradient", model).attribute(inputs, labels),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        LRP(model, "lrp_z").attribute(inputs, labels),
+        make_method("input_x_gradient", model).attribute(inputs, labels),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 5.0])
@@ -228,8 +241,14 @@ def test_alpha_beta_conserves_relevance_without_biases(alpha):
         model, inputs = _model(), _inputs()
     else:
         torch.manual_seed(1)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128, bias=False), nn.ReLU(), nn.Linear(128, 128, bias=False),
-                              nn.ReLU(), nn.Linear(128, 10, bias=False)).eval()
+        model = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 128, bias=False),
+            nn.ReLU(),
+            nn.Linear(128, 128, bias=False),
+            nn.ReLU(),
+            nn.Linear(128, 10, bias=False),
+        ).eval()
         inputs = torch.randn(6, 1, 8, 8)
     with torch.no_grad():
         for module in model.modules():
@@ -294,8 +313,9 @@ def test_sanity_tracker_writes_rows_from_initialisation_on(tmp_path, digits):
     from attrlab.sanity.callback import TABLE, SanityTracker
     from attrlab.train import Run, TrainConfig, train
 
-    tracker = SanityTracker([LRP_Z, GRADIENT], digits.test.x[:4], digits.test.y[:4], ["fc1"], [None, "conv2"],
-                            every=5, vectors=3)
+    tracker = SanityTracker(
+        [LRP_Z, GRADIENT], digits.test.x[:4], digits.test.y[:4], ["fc1"], [None, "conv2"], every=5, vectors=3
+    )
     config = TrainConfig(dataset="digits", model="shallow", epochs=1, batch_size=200, eval_every=50)
     train(tmp_path / "run", config, callbacks=[tracker], dataset=digits, progress=False)
     frame = Run(tmp_path / "run").store.read_table(TABLE)

@@ -57,8 +57,9 @@ def test_score_cam_probability_weights_are_the_papers():
     for i, t in enumerate([1, 2]):  # the authors' per-channel loop
         total = torch.zeros(activation.shape[-2:])
         for k in range(activation.shape[1]):
-            mask = torch.nn.functional.interpolate(activation[i : i + 1, k : k + 1], size=(28, 28), mode="bilinear",
-                                                   align_corners=True)
+            mask = torch.nn.functional.interpolate(
+                activation[i : i + 1, k : k + 1], size=(28, 28), mode="bilinear", align_corners=True
+            )
             mask = (mask - mask.min()) / (mask.max() - mask.min() + 1e-8)
             with torch.no_grad():
                 score = model(x[i : i + 1] * mask).softmax(1)[0, t]

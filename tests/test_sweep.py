@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attrlab.sweep import Sweep, SweepError, expand_grid, point_name, run_sweep
 from attrlab.chapters import ParameterError, chapter_parameters
+from attrlab.sweep import Sweep, SweepError, expand_grid, point_name, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "book" / "training.ipynb"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
+from attrlab.attribution.spec import MethodSpec
 from attrlab.runstore import RunStore
 from attrlab.summaries import summarise
-from attrlab.attribution.spec import MethodSpec
 from attrlab.track import Schedule, Tracker, load_snapshots, method_specs, tracked_frame
 from attrlab.train import Callback, Run, TrainConfig, Trainer, train
 
@@ -77,7 +76,12 @@ def test_rows_equal_a_direct_computation(tracked_run, digits):
 
 def test_snapshots(tracked_run):
     steps, maps = load_snapshots(tracked_run, "gradcam")
-    assert steps == [1, 15] and maps.shape == (2, 200, 14, 14)  # Grad-CAM at conv2 of the shallow model (after one pool)
+    assert steps == [1, 15] and maps.shape == (
+        2,
+        200,
+        14,
+        14,
+    )  # Grad-CAM at conv2 of the shallow model (after one pool)
     with pytest.raises(ValueError, match="no snapshots of 'ig'"):
         load_snapshots(tracked_run, "ig")
 
@@ -91,8 +95,13 @@ class _Interrupt(Callback):
 def test_resume_with_tracking_equals_an_uninterrupted_run(tmp_path, digits, tracked_run):
     config = TrainConfig(**CONFIG)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config, tmp_path / "run", callbacks=[Tracker(schedule=2, snapshots=[1, 15]), _Interrupt()],
-                dataset=digits, progress=False).fit()
+        Trainer(
+            config,
+            tmp_path / "run",
+            callbacks=[Tracker(schedule=2, snapshots=[1, 15]), _Interrupt()],
+            dataset=digits,
+            progress=False,
+        ).fit()
     assert RunStore(tmp_path / "run").checkpoint_steps() == [4, 8]  # the previous one is kept as a fallback
     train(tmp_path / "run", config, callbacks=[Tracker(schedule=2, snapshots=[1, 15])], dataset=digits, progress=False)
     pd.testing.assert_frame_equal(tracked_frame(tmp_path / "run"), tracked_frame(tracked_run))
@@ -114,8 +123,12 @@ def test_tensorboard_logs_what_the_run_store_holds(tmp_path, digits):
     from attrlab.data import ImageDataset, Split
     from attrlab.train import TrainConfig, train
 
-    tiny = ImageDataset("digits", Split(digits.train.x[:400], digits.train.y[:400]),
-                        Split(digits.test.x[:200], digits.test.y[:200]), digits.classes)
+    tiny = ImageDataset(
+        "digits",
+        Split(digits.train.x[:400], digits.train.y[:400]),
+        Split(digits.test.x[:200], digits.test.y[:200]),
+        digits.classes,
+    )
     tracker = Tracker(method_specs(["gradient"]), schedule="every", snapshots=[2, 4])
     config = TrainConfig(epochs=1, attr_per_class=2, checkpoint_every=2, device="cpu")
     run = train(tmp_path / "run", config, callbacks=[tracker], dataset=tiny, progress=False, tensorboard=True)

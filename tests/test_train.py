@@ -96,8 +96,23 @@ def test_finished_run_is_not_trained_again(tmp_path, digits):
 
 def _cli(run_dir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "attrlab", "train", "--run-dir", str(run_dir), "--dataset", "digits",
-        "--model", "shallow", "--epochs", "4", "--checkpoint-every", "5", "--device", "cpu", "--no-progress",
+        sys.executable,
+        "-m",
+        "attrlab",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--dataset",
+        "digits",
+        "--model",
+        "shallow",
+        "--epochs",
+        "4",
+        "--checkpoint-every",
+        "5",
+        "--device",
+        "cpu",
+        "--no-progress",
     ]
 
 
@@ -180,7 +195,7 @@ def test_corrupt_metrics_part(finished_run):
     part = sorted((finished_run / "tables" / "metrics").glob("part-*.parquet"))[1]  # steps 5-8
     part.write_bytes(part.read_bytes()[:100])
     with pytest.raises(RunStoreError, match=f"table part .*{part.name} is corrupt"):
-        Run(finished_run).metrics
+        _ = Run(finished_run).metrics
 
 
 def test_corrupt_checkpoint(finished_run, digits, reference_metrics, capsys):
@@ -235,8 +250,12 @@ def test_evaluations_keep_each_modules_own_train_flag():
 @pytest.fixture(scope="module")
 def tiny(digits):
     """400 training and 200 test images of digits: the runs below test the run directory, not the learning."""
-    return ImageDataset("digits", Split(digits.train.x[:400], digits.train.y[:400]),
-                        Split(digits.test.x[:200], digits.test.y[:200]), digits.classes)
+    return ImageDataset(
+        "digits",
+        Split(digits.train.x[:400], digits.train.y[:400]),
+        Split(digits.test.x[:200], digits.test.y[:200]),
+        digits.classes,
+    )
 
 
 TINY = dict(QUICK, attr_per_class=2)
@@ -247,8 +266,11 @@ def test_a_run_that_cannot_start_writes_nothing(tmp_path, tiny):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         train(run_dir, TrainConfig(**{**TINY, "dataset": "mnist"}), progress=False)
     with pytest.raises(DatasetUnavailableError, match="data_root .*missing.* does not exist"):
-        train(run_dir, TrainConfig(**{**TINY, "dataset": "fashionmnist"}, data_root=str(tmp_path / "missing")),
-              progress=False)
+        train(
+            run_dir,
+            TrainConfig(**{**TINY, "dataset": "fashionmnist"}, data_root=str(tmp_path / "missing")),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         train(run_dir, TrainConfig(**{**TINY, "model": "resnet"}), dataset=tiny, progress=False)
     assert not run_dir.exists() and not (tmp_path / "missing").exists()
@@ -278,8 +300,9 @@ def test_time_based_checkpoints_keep_resume_exact(tmp_path, tiny):
     parts = sorted((run.root / "tables" / "metrics").glob("part-*.parquet"))
     assert len(parts) == len(steps) == 8  # a checkpoint after every step: more than 1e-9 s pass each
     assert RunStore(run.root).checkpoint_steps() == [7, 8]  # the newest two
-    reference = train(tmp_path / "ref", TrainConfig(**{**TINY, "epochs": 2, "checkpoint_seconds": 0}), dataset=tiny,
-                      progress=False)
+    reference = train(
+        tmp_path / "ref", TrainConfig(**{**TINY, "epochs": 2, "checkpoint_seconds": 0}), dataset=tiny, progress=False
+    )
     pd.testing.assert_frame_equal(run.metrics, reference.metrics)
     with pytest.raises(ValueError, match="checkpoint_seconds must be a number >= 0"):
         TrainConfig(checkpoint_seconds=-1)

@@ -57,7 +57,9 @@ def test_remove_biases_copies_and_keeps_names_and_weights():
     assert torch.equal(free.conv1.weight, model.conv1.weight)
     free.eval()
     x = torch.randn(2, 32, 5, 5)
-    torch.testing.assert_close(free.bn1(x), x * (model.bn1.weight / torch.sqrt(torch.tensor(4.0) + 1e-5)).view(1, -1, 1, 1))
+    torch.testing.assert_close(
+        free.bn1(x), x * (model.bn1.weight / torch.sqrt(torch.tensor(4.0) + 1e-5)).view(1, -1, 1, 1)
+    )
     same = build_model("deep_xdnn", seed=3)
     torch.testing.assert_close(same.conv2.weight, build_model("deep", seed=3).conv2.weight)
     assert not has_bias(same)

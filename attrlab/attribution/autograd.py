@@ -9,7 +9,7 @@ methods do not import the gradient methods.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -105,7 +105,8 @@ def split_gradient(
     activation = rows.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = split.tail(activation, inputs)
-        target_index = target if resolved else resolve_target(target, logits)
+        # resolved=True: target is already the resolved long tensor (see the docstring)
+        target_index = cast(torch.Tensor, target) if resolved else resolve_target(target, logits)
         gradient = target_gradient(logits, target_index, activation)
     return SplitGradient(activation.detach(), gradient, logits.detach(), target_index)
 

@@ -24,14 +24,15 @@ Conventions shared by all methods (captum's, with attrlab's additions):
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-Target = Union[None, int, Sequence[int], torch.Tensor]
-Layer = Union[None, str, nn.Module]
+Target = None | int | Sequence[int] | torch.Tensor
+Layer = None | str | nn.Module
 
 #: the layer name that means the model input, accepted by every method and by :func:`resolve_layer`
 INPUT = "input"
@@ -284,7 +285,7 @@ def feature_layer(model: nn.Module) -> str:
     if not convolutions:
         raise ValueError("the CAM methods' default layer is the last spatial convolution; the model has no nn.Conv2d")
     modules = named_layers(model)
-    spatial = [name for name in convolutions if tuple(modules[name].kernel_size) != (1, 1)]
+    spatial = [name for name in convolutions if tuple(cast(nn.Conv2d, modules[name]).kernel_size) != (1, 1)]
     return after_elementwise(model, (spatial or convolutions)[-1])
 
 

@@ -7,7 +7,8 @@ import copy
 import itertools
 import math
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def check_image_batch(inputs: Any, model: nn.Module | None = None) -> torch.Tens
 
 
 #: per model, its hook-free twin on the meta device and the (shape without N, dtype) pairs the twin has accepted
-_FITTING: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FITTING: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def _meta_copy(model: nn.Module) -> nn.Module | None:
@@ -156,7 +157,7 @@ def pass_rows(internal_batch_size: int | str | None, inputs: torch.Tensor, total
         if inputs.device.type == "cpu":
             return max(1, AUTO_VALUES_CPU // max(1, inputs[0].numel()))
         return AUTO_ROWS_GPU
-    return internal_batch_size or total
+    return cast("int | None", internal_batch_size) or total  # "auto" is the only string (check_internal_batch_size)
 
 
 def check_non_negative_float(name: str, value: Any) -> float:

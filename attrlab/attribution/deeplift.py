@@ -23,7 +23,7 @@ passes), so (N, T) targets share both forward passes and cost one backward pass 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,24 @@ from .model_state import eval_semantics
 EPS = 1e-10
 #: module types DeepLIFT passes through with their gradient (they are linear, or affine in eval mode)
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Flatten,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Dropout, nn.Dropout2d, nn.Identity, nn.Sequential,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.Flatten,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Sequential,
 )
 
 
@@ -49,13 +64,13 @@ class _RescaleReLU(torch.autograd.Function):
     """ReLU whose backward multiplies by (ReLU(z) - ReLU(z')) / (z - z') (its derivative where z ~ z')."""
 
     @staticmethod
-    def forward(ctx, value, reference_in, reference_out):  # type: ignore[override]
+    def forward(ctx, value, reference_in, reference_out):
         output = value.clamp(min=0)
         ctx.save_for_backward(value, output, reference_in, reference_out)
         return output
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         value, output, reference_in, reference_out = ctx.saved_tensors
         delta_in = value - reference_in
         rescaled = grad_output * (output - reference_out) / delta_in
@@ -67,7 +82,7 @@ class _RescaleMaxPool2d(torch.autograd.Function):
     """2-D max-pool with captum's DeepLIFT backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, value, settings, reference_in, reference_out, reference_indices):  # type: ignore[override]
+    def forward(ctx, value, settings, reference_in, reference_out, reference_indices):
         kernel, stride, padding, dilation, ceil_mode = settings
         output, indices = F.max_pool2d(value, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
         ctx.settings = settings
@@ -75,15 +90,16 @@ class _RescaleMaxPool2d(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         value, output, indices, reference_in, reference_out, reference_indices = ctx.saved_tensors
         kernel, stride, padding, dilation, ceil_mode = ctx.settings
         size = list(value.shape[-2:])
         cross_max = torch.max(output, reference_out)
         reference_indices = reference_indices.expand_as(indices)
         routed = F.max_unpool2d(grad_output * (cross_max - reference_out), indices, kernel, stride, padding, size)
-        routed = routed + F.max_unpool2d(grad_output * (output - cross_max), reference_indices, kernel, stride,
-                                         padding, size)
+        routed = routed + F.max_unpool2d(
+            grad_output * (output - cross_max), reference_indices, kernel, stride, padding, size
+        )
         local = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_output, value, _pair(kernel), _pair(stride), _pair(padding), _pair(dilation), ceil_mode, indices
         )
@@ -100,7 +116,7 @@ class _ReferenceTape:
 
     def __init__(self) -> None:
         self.mode = "plain"
-        self.entries: list[tuple[torch.Tensor, ...]] = []
+        self.entries: list[tuple[str, torch.Tensor, *tuple[torch.Tensor, ...]]] = []  # (kind, input, output, ...)
         self.position = 0
 
     def start(self, mode: str) -> None:
@@ -128,9 +144,10 @@ class _ReferenceTape:
         return _RescaleReLU.apply(value, reference_in, reference_out)
 
     def max_pool(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor:
-        if module.return_indices:
+        pool = cast(nn.MaxPool2d, module)  # the substitute of nn.MaxPool2d only
+        if pool.return_indices:
             raise ValueError("DeepLIFT does not support MaxPool2d(return_indices=True)")
-        settings = (module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+        settings = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
         if self.mode == "plain":
             return module(value)
         if self.mode == "record":
@@ -143,11 +160,13 @@ class _ReferenceTape:
 
 def check_deeplift_model(model: nn.Module) -> None:
     """Raise for module types whose DeepLIFT rule is not implemented (they would silently fall back to gradients)."""
-    unknown = sorted({
-        type(m).__name__ for m in model.modules()
-        if m is not model and not list(m.children())
-        and not isinstance(m, (nn.ReLU, nn.MaxPool2d) + LINEAR_TYPES)
-    })
+    unknown = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if m is not model and not list(m.children()) and not isinstance(m, (nn.ReLU, nn.MaxPool2d) + LINEAR_TYPES)
+        }
+    )
     if unknown:
         raise ValueError(
             f"DeepLIFT has rules for ReLU, MaxPool2d and linear layers only; the model has {', '.join(unknown)}"
@@ -162,8 +181,10 @@ def reference_batch(baselines: Any, inputs: torch.Tensor) -> torch.Tensor:
         reference = baselines.detach().to(inputs)
         if reference.shape == inputs.shape[1:]:
             reference = reference[None]
-        if reference.ndim != inputs.ndim or reference.shape[1:] != inputs.shape[1:] or reference.shape[0] not in (
-            1, inputs.shape[0]
+        if (
+            reference.ndim != inputs.ndim
+            or reference.shape[1:] != inputs.shape[1:]
+            or reference.shape[0] not in (1, inputs.shape[0])
         ):
             raise ValueError(
                 f"baselines of shape {tuple(baselines.shape)} must be one input {tuple(inputs.shape[1:])}, "
@@ -189,7 +210,7 @@ class DeepLift(Attribution):
         super().__init__(model)
         check_deeplift_model(model)
 
-    def explain(  # type: ignore[override]
+    def explain(
         self, inputs: torch.Tensor, target: Target = None, layer: Layer = None, baselines: float | torch.Tensor = 0.0
     ) -> Explanation:
         """Attribute ``inputs`` relative to ``baselines``.

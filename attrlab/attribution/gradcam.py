@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autograd import layer_gradient
 from .base import Attribution, Explanation, Layer, Target, feature_layer
 from .checks import check_bool, check_image_batch
-from .autograd import layer_gradient
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
@@ -89,7 +89,7 @@ class GradCAM(Attribution):
         if gradient.dim() != 3 + target_index.dim():  # (N, C, h, w), or (N, T, C, h, w) for several targets
             raise ValueError(
                 f"CAM methods need a spatial layer with output (N, C, h, w); layer {layer!r} gives shape "
-                f"{(gradient.shape[0], *gradient.shape[target_index.dim():])}"
+                f"{(gradient.shape[0], *gradient.shape[target_index.dim() :])}"
             )
         cam = self._channel_weighted_sum(activation, gradient)
         return Explanation(finish_map(cam, x, self.relu, self.upsample), logits, target_index)

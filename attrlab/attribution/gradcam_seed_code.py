@@ -50,6 +50,7 @@ from .gradcam import finish_map
 from .layer_split import ModelSplit
 from .model_state import eval_semantics
 
+
 def seed_code_layer(model: nn.Module) -> str:
     """The layer whose output the seed code hooked: the last ``nn.Conv2d`` and the element-wise modules after it.
 
@@ -96,7 +97,7 @@ class SeedCodeGradCAM(Attribution):
         self.relu = check_bool("relu", relu)
         self.upsample = check_bool("upsample", upsample)
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._weights: tuple[nn.Module, torch.Tensor] | None = None
+        self._weights: tuple[nn.Module | None, torch.Tensor] | None = None  # (layer, weights); None: the input
         if training_batch is not None:
             if not isinstance(training_batch, (tuple, list)) or len(training_batch) != 2:
                 raise ValueError("training_batch must be a pair (inputs, labels) of tensors")
@@ -125,7 +126,7 @@ class SeedCodeGradCAM(Attribution):
             layer = resolve_layer(self.model, seed_code_layer(self.model))
             self._weights = (layer, self._training_weights(layer))
 
-    def _training_weights(self, layer: nn.Module) -> torch.Tensor:
+    def _training_weights(self, layer: nn.Module | None) -> torch.Tensor:
         """(1, C, 1, 1): d mean-CE(training batch) / d activation, averaged over the batch and the positions."""
         if self._batch is None:
             raise RuntimeError(

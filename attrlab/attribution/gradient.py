@@ -17,10 +17,12 @@ so no parameter's ``.grad`` is touched and a pending training backward is unaffe
 from __future__ import annotations
 
 import abc
+
 import numpy as np
 import torch
 from torch import nn
 
+from .autograd import layer_gradient, split_gradient
 from .base import Attribution, Explanation, Layer, Target, per_target, resolve_target, target_columns
 from .checks import (
     check_baseline,
@@ -33,7 +35,6 @@ from .checks import (
     check_positive_int,
     pass_rows,
 )
-from .autograd import layer_gradient, split_gradient
 from .layer_split import ModelSplit, Substitutes
 from .model_state import eval_semantics
 
@@ -97,13 +98,13 @@ class _GuidedReLU(torch.autograd.Function):
     """ReLU whose backward passes only positive gradients through active units (Springenberg et al. 2015)."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, value: torch.Tensor) -> torch.Tensor:
         output = value.clamp(min=0)
         ctx.save_for_backward(output)
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (output,) = ctx.saved_tensors
         return grad_output.clamp(min=0) * (output > 0)
 
@@ -132,11 +133,11 @@ class _DeconvReLU(torch.autograd.Function):
     """ReLU whose backward rectifies the incoming signal without the forward mask (Zeiler & Fergus 2014)."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, value: torch.Tensor) -> torch.Tensor:
         return value.clamp(min=0)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         return grad_output.clamp(min=0)
 
 

@@ -21,7 +21,7 @@ occlusion build) are block-major: copy ``j`` of image ``i`` is row ``j * N + i``
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -129,6 +129,7 @@ class ModelSplit:
         handles = self._substitution_hooks()
         try:
             if layer_hook is not None:
+                assert self.layer is not None  # head and tail give a hook only when there is a layer
                 handles.append(self.layer.register_forward_hook(layer_hook))
             return self.model(inputs)
         finally:

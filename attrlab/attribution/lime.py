@@ -62,14 +62,20 @@ def quickshift_segments(
     images = inputs.detach().float().cpu()
     low = images.flatten(1).min(1).values.view(-1, 1, 1, 1)
     high = images.flatten(1).max(1).values.view(-1, 1, 1, 1)
-    images = ((images - low) / (high - low).clamp_min(1e-12)).numpy().astype(np.float64)
+    scaled = ((images - low) / (high - low).clamp_min(1e-12)).numpy().astype(np.float64)
     labels = []
-    for image in images:
+    for image in scaled:
         channels = image.shape[0]
         pixels = np.repeat(image, 3, 0) if channels == 1 else image
         labels.append(
-            quickshift(pixels.transpose(1, 2, 0), kernel_size=kernel_size, max_dist=max_dist, ratio=ratio,
-                       convert2lab=pixels.shape[0] == 3, rng=0)
+            quickshift(
+                pixels.transpose(1, 2, 0),
+                kernel_size=kernel_size,
+                max_dist=max_dist,
+                ratio=ratio,
+                convert2lab=pixels.shape[0] == 3,
+                rng=0,
+            )
         )
     return torch.as_tensor(np.stack(labels), dtype=torch.long, device=inputs.device)
 
@@ -87,7 +93,7 @@ def _relabel(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def weighted_least_squares(
     design: torch.Tensor, response: torch.Tensor, weights: torch.Tensor, active: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, the intercept and coefficients minimising sum_s w_s (y_s - b - c^T z_s)^2.
 
     ``design`` (N, M, S) binary samples, ``response`` (N, M, T), ``weights`` (N, M), ``active`` (N, S) which of the
@@ -170,7 +176,7 @@ class Lime(Attribution):
         active = torch.arange(width, device=device) < segment_counts[:, None]
         return ((draws < 0.5) & active[:, None]).float()
 
-    def explain(  # type: ignore[override]
+    def explain(
         self, inputs: torch.Tensor, target: Target = None, layer: Layer = None, segments: torch.Tensor | None = None
     ) -> Explanation:
         """Fit the surrogate for every image and target.
@@ -199,7 +205,11 @@ class Lime(Attribution):
             segments = quickshift_segments(x, self.kernel_size, self.max_dist, self.ratio)
         else:
             segments = torch.as_tensor(segments, device=x.device)
-            if segments.dtype.is_floating_point or segments.shape[-2:] != (height, width) or segments.ndim not in (2, 3):
+            if (
+                segments.dtype.is_floating_point
+                or segments.shape[-2:] != (height, width)
+                or segments.ndim not in (2, 3)
+            ):
                 raise ValueError(
                     f"segments must be integer labels (N, H, W) or (H, W) for images {tuple(x.shape)}, got "
                     f"{segments.dtype} {tuple(segments.shape)}"

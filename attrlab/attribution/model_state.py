@@ -10,8 +10,8 @@ user may freeze some BatchNorms in eval) is safe and leaves no trace.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 

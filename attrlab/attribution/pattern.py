@@ -29,6 +29,7 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class _Moments:
     """Running sums for one layer: all samples (linear estimator) or the positive regime of each unit."""
 
     def __init__(self, inputs: int, outputs: int, positive: bool, device: torch.device):
-        options = {"dtype": torch.float64, "device": device}
+        options: dict[str, Any] = {"dtype": torch.float64, "device": device}
         self.positive = positive
         self.xy = torch.zeros(inputs, outputs, **options)
         self.x = torch.zeros(inputs, outputs if positive else 1, **options)
@@ -193,7 +194,10 @@ def fit_patterns(
                 value = output
     if not moments:
         raise ValueError("the model has no nn.Linear or nn.Conv2d layer to fit patterns for")
-    patterns = {names[key]: moment.pattern(_module(leaves, key).weight.detach()) for key, moment in moments.items()}
+    patterns = {
+        names[key]: moment.pattern(cast(torch.Tensor, _module(leaves, key).weight).detach())
+        for key, moment in moments.items()
+    }
     return Patterns(estimator, patterns)
 
 
@@ -205,20 +209,22 @@ class _PatternBackward(torch.autograd.Function):
     """The layer's forward; the backward w.r.t. the input with ``backward_weight`` in place of the weight."""
 
     @staticmethod
-    def forward(ctx, value, module, backward_weight):  # type: ignore[override]
+    def forward(ctx, value, module, backward_weight):
         ctx.module, ctx.shape = module, value.shape
         ctx.save_for_backward(backward_weight)
         return module(value)
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         (weight,) = ctx.saved_tensors
         module = ctx.module
         if isinstance(module, nn.Linear):
             return grad_output @ weight, None, None
         padding = module.padding
         if isinstance(padding, str):
-            padding = [d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation)] if padding == "same" else 0
+            padding = (
+                [d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation)] if padding == "same" else 0
+            )
             if any(k % 2 == 0 for k in module.kernel_size) and module.padding == "same":
                 raise ValueError("PatternNet's backward does not support padding='same' with even kernels")
         grad = torch.nn.grad.conv2d_input(ctx.shape, weight, grad_output, module.stride, padding, module.dilation)
@@ -256,12 +262,14 @@ class _PatternMethod(Attribution):
         raise NotImplementedError
 
     def _layer(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor:
-        pattern = self._by_module[id(module)].to(module.weight)
+        pattern = self._by_module[id(module)].to(cast(torch.Tensor, module.weight))  # a Linear or Conv2d
         return _PatternBackward.apply(value, module, self._backward_weight(module, pattern).detach())
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         substitutes = {nn.Linear: self._layer, nn.Conv2d: self._layer}
-        _, gradient, logits, target_index = _module_gradient(self.model, check_batch(inputs, self.model), target, layer, substitutes)
+        _, gradient, logits, target_index = _module_gradient(
+            self.model, check_batch(inputs, self.model), target, layer, substitutes
+        )
         return Explanation(gradient, logits, target_index)
 
 
@@ -302,7 +310,7 @@ class PatternAttribution(_PatternMethod):
     name = "pattern_attribution"
 
     def _backward_weight(self, module: nn.Module, pattern: torch.Tensor) -> torch.Tensor:
-        return module.weight * pattern
+        return cast(torch.Tensor, module.weight) * pattern  # a Linear or Conv2d
 
 
 __all__ = ["ESTIMATORS", "PatternAttribution", "PatternNet", "Patterns", "fit_patterns", "patterns_path"]

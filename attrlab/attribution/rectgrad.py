@@ -34,14 +34,14 @@ def row_percentile(values: torch.Tensor, q: float) -> torch.Tensor:
 
 class _RectifiedReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, value: torch.Tensor, percentile: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, value: torch.Tensor, percentile: float) -> torch.Tensor:
         output = value.clamp(min=0)
         ctx.save_for_backward(output)
         ctx.percentile = percentile
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor):
         (output,) = ctx.saved_tensors
         importance = (output * grad_output).flatten(1)
         threshold = row_percentile(importance, ctx.percentile)

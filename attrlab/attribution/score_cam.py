@@ -48,8 +48,9 @@ SCORE_CAM_OUTPUTS = ("probability", "logit")
 class _ChannelCAM(Attribution):
     """Shared frame: split at the layer, score K perturbed copies per image in chunks, weigh the channels."""
 
-    def __init__(self, model: nn.Module, relu: bool, upsample: bool, internal_batch_size: int | str | None,
-                 progress: bool):
+    def __init__(
+        self, model: nn.Module, relu: bool, upsample: bool, internal_batch_size: int | str | None, progress: bool
+    ):
         super().__init__(model)
         self.relu = check_bool("relu", relu)
         self.upsample = check_bool("upsample", upsample)
@@ -93,8 +94,7 @@ class _ChannelCAM(Attribution):
             scores = torch.cat(outputs).view(batch, channels, -1)
             weights = self._weights(scores, logits, columns)  # (N, T, K)
             cam = torch.einsum("ntk,nkhw->nthw", weights, activation)[:, :, None]
-        return Explanation(per_target(finish_map(cam, x, self.relu, self.upsample), target_index), logits,
-                           target_index)
+        return Explanation(per_target(finish_map(cam, x, self.relu, self.upsample), target_index), logits, target_index)
 
 
 class ScoreCAM(_ChannelCAM):

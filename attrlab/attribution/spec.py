@@ -17,8 +17,9 @@ One spec type serves them all; the fields an evaluation does not use are ignored
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -81,17 +82,23 @@ class MethodSpec:
             raise TypeError(f"method of {self.label!r} must be a registry name or a factory, got {self.method!r}")
         _check_settings(self.settings, f"settings of {self.label!r}")
         if not isinstance(self.layer_settings, Mapping):
-            raise TypeError(f"layer_settings of {self.label!r} must map layer keys to settings, got {self.layer_settings!r}")
+            raise TypeError(
+                f"layer_settings of {self.label!r} must map layer keys to settings, got {self.layer_settings!r}"
+            )
         for key, settings in self.layer_settings.items():
             _check_settings(settings, f"layer_settings[{key!r}] of {self.label!r}")
         if self.layer is not None and not isinstance(self.layer, str):
             raise TypeError(f"layer of {self.label!r} must be a layer name or None, got {self.layer!r}")
         if self.layer_keys is not None:
             if isinstance(self.layer_keys, str) or not self.layer_keys:
-                raise ValueError(f"layer_keys of {self.label!r} must be a non-empty list of keys, got {self.layer_keys!r}")
+                raise ValueError(
+                    f"layer_keys of {self.label!r} must be a non-empty list of keys, got {self.layer_keys!r}"
+                )
             object.__setattr__(self, "layer_keys", tuple(self.layer_keys))
         smoothing = tuple(self.smoothing) if not isinstance(self.smoothing, (str, int)) else ()
-        if not smoothing or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in smoothing):
+        if not smoothing or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in smoothing
+        ):
             raise ValueError(
                 f"smoothing of {self.label!r} must list positive odd kernel sizes (1 = none), got {self.smoothing!r}"
             )
@@ -99,7 +106,9 @@ class MethodSpec:
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
-            raise ValueError(f"batch_size of {self.label!r} must be a positive integer or None, got {self.batch_size!r}")
+            raise ValueError(
+                f"batch_size of {self.label!r} must be a positive integer or None, got {self.batch_size!r}"
+            )
 
     def make(self, model: nn.Module, layer_key: str | None = None) -> Attribution:
         """Build the method on ``model``, with the settings of ``layer_key`` (a multi-layer evaluation's key).
@@ -116,7 +125,11 @@ class MethodSpec:
         Attribution
             The method, ready for ``attribute`` / ``explain``.
         """
-        settings = {**self.settings, **self.layer_settings.get(layer_key, {})} if layer_key is not None else dict(self.settings)
+        settings = (
+            {**self.settings, **self.layer_settings.get(layer_key, {})}
+            if layer_key is not None
+            else dict(self.settings)
+        )
         if isinstance(self.method, str):
             return make_method(self.method, model, **settings)
         return self.method(model, **settings)

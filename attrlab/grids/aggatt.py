@@ -7,7 +7,7 @@ cases) and the positive part of the maps in each bin is averaged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -58,7 +58,9 @@ def bin_maps(
     return torch.stack([positive[s].mean(0) for s in bin_slices(len(order), bins)])
 
 
-def bin_scores(scores: torch.Tensor, cell_mass: torch.Tensor, bins: Sequence[tuple[float, float]] = BINS) -> torch.Tensor:
+def bin_scores(
+    scores: torch.Tensor, cell_mass: torch.Tensor, bins: Sequence[tuple[float, float]] = BINS
+) -> torch.Tensor:
     """The mean localisation score of the maps in each bin (a label for the AggAtt panels)."""
     ordered = scores[aggatt_order(scores, cell_mass)]
     return torch.stack([ordered[s].mean() for s in bin_slices(len(ordered), bins)])

@@ -10,7 +10,7 @@ they are built beforehand (for example from a finished reference run) and passed
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -57,8 +57,15 @@ class GridLocalisation(Callback):
             return
         for setting, grids in self.grids.items():
             scores = evaluate_setting(
-                trainer.model, grids, setting, self.methods, layers=self.layers, cells=self.cells,
-                batch_size=self.batch_size, keep_maps=False, progress=False,
+                trainer.model,
+                grids,
+                setting,
+                self.methods,
+                layers=self.layers,
+                cells=self.cells,
+                batch_size=self.batch_size,
+                keep_maps=False,
+                progress=False,
             ).scores
             summary = scores.groupby(["method", "kernel_size", "layer"], sort=False)["score"].agg(["median", "mean"])
             self._pending.append(summary.reset_index().assign(step=step, setting=setting))

@@ -7,8 +7,8 @@ by row (0 = top-left, n*n - 1 = bottom-right). Everything is built as whole tens
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -97,7 +97,7 @@ class GridSet:
         """(n*n, n*H, n*W) boolean: True inside each cell (the same for every grid)."""
         return cell_masks(self.n, self.cell_size, self.images.device)
 
-    def subset(self, index: slice | torch.Tensor) -> "GridSet":
+    def subset(self, index: slice | torch.Tensor) -> GridSet:
         return GridSet(self.images[index], self.labels[index], self.sources[index], self.n, self.layout)
 
 
@@ -142,7 +142,9 @@ def make_grids(
     cells = n * n
     distinct = cells if layout == "distinct" else cells - 1
     if distinct > num_classes or (layout == "repeated" and n < 2):
-        raise ValueError(f"a {layout} {n}x{n} grid needs {distinct} distinct classes (and n >= 2); there are {num_classes}")
+        raise ValueError(
+            f"a {layout} {n}x{n} grid needs {distinct} distinct classes (and n >= 2); there are {num_classes}"
+        )
     counts = confident.per_class(num_classes)
     needed = 2 if layout == "repeated" else 1
     if bool((counts < needed).any()):

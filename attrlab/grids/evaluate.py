@@ -16,9 +16,10 @@ the sentinel ``"input"`` (not ``None``: for Grad-CAM ``None`` means its default 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,7 @@ def grid_maps(
     ``batch_size`` grids go to ``method`` per call, each with its T targets: the method shares its forward passes
     across a grid's targets.
     """
-    size = tuple(images.shape[-2:])
+    size = cast("tuple[int, int]", tuple(images.shape[-2:]))  # (H, W)
     chunks = []
     for first in range(0, len(images), batch_size):
         attribution = method.attribute(

@@ -38,7 +38,9 @@ def positive_mass(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor
     return per_cell, per_cell.sum(1)
 
 
-def localisation(maps: torch.Tensor, masks: torch.Tensor, cells: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+def localisation(
+    maps: torch.Tensor, masks: torch.Tensor, cells: torch.Tensor | int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The localisation score of each map for its cell, and the positive mass in that cell (the AggAtt tie-breaker).
 
     ``maps`` (N, H, W) signed attribution maps at input size, ``masks`` (cells, H, W) boolean, ``cells`` the scored

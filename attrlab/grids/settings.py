@@ -25,6 +25,8 @@ and apply their rules cell by cell, so every method runs on the same wrapper in 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -61,19 +63,23 @@ def _split_at_global_pool(model: nn.Module) -> tuple[list[tuple[str, nn.Module]]
     children = list(model.named_children())
     pools = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.AdaptiveAvgPool2d)]
     tail = children[pools[-1] + 1 :] if pools else []
-    if not pools or model[pools[-1]].output_size not in (1, (1, 1)) or any(not isinstance(m, nn.Flatten) for _, m in tail):
+    if (
+        not pools
+        or model[pools[-1]].output_size not in (1, (1, 1))
+        or any(not isinstance(m, nn.Flatten) for _, m in tail)
+    ):
         raise ValueError(
             "grid settings need a fully convolutional model ending in nn.AdaptiveAvgPool2d(1) (+ nn.Flatten), "
             "like build_model('vgg_small')"
         )
     # convolutions, and layers that say how many channels they give (B-cos convolutions)
     heads = [m for _, m in children[: pools[-1]] if isinstance(m, nn.Conv2d) or hasattr(m, "out_channels")]
-    return children[: pools[-1]], heads[-1].out_channels
+    return children[: pools[-1]], cast(int, heads[-1].out_channels)
 
 
 def _cellwise(name: str, module: nn.Module, n: int) -> nn.Module:
     if hasattr(module, "cellwise"):  # layers that know their per-cell form (B-cos convolutions, input encodings)
-        return module.cellwise(n)
+        return cast("Callable[[int], nn.Module]", module.cellwise)(n)
     if isinstance(module, nn.Conv2d):
         kernel = module.kernel_size
         if kernel == (1, 1) and module.stride == (1, 1) and module.padding in ((0, 0), "valid"):

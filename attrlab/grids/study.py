@@ -9,7 +9,7 @@ measured and whether it holds. The helpers in between turn the evaluation's scor
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -23,26 +23,56 @@ from .localisation import localisation
 
 #: registry name -> the thesis' label; methods registered later keep their registry name
 LABELS: dict[str, str] = {
-    "gradient": "Grad", "input_x_gradient": "IxG", "integrated_gradients": "IntGrad", "guided_backprop": "GBP",
-    "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++", "layercam": "LayerCAM",
-    "occlusion": "Occlusion", "rise": "RISE", "lrp": "LRP",
+    "gradient": "Grad",
+    "input_x_gradient": "IxG",
+    "integrated_gradients": "IntGrad",
+    "guided_backprop": "GBP",
+    "smoothgrad": "SmoothGrad",
+    "gradcam": "Grad-CAM",
+    "gradcam_pp": "Grad-CAM++",
+    "layercam": "LayerCAM",
+    "occlusion": "Occlusion",
+    "rise": "RISE",
+    "lrp": "LRP",
 }
 #: the thesis' method families in the order of its figures: backpropagation-based, activation-based, perturbation-based
 FAMILIES: tuple[str, ...] = (
-    "Grad", "GBP", "IxG", "S-IxG", "IntGrad", "S-IntGrad", "SmoothGrad", "LRP", "Grad-CAM", "Grad-CAM++", "LayerCAM",
-    "Occlusion", "RISE",
+    "Grad",
+    "GBP",
+    "IxG",
+    "S-IxG",
+    "IntGrad",
+    "S-IntGrad",
+    "SmoothGrad",
+    "LRP",
+    "Grad-CAM",
+    "Grad-CAM++",
+    "LayerCAM",
+    "Occlusion",
+    "RISE",
 )
 #: the methods of the thesis' chapter 4 study, by registry name (others join by passing ``methods=``: every extra
 #: method costs chapter time, and the chapter's budget was measured with these)
 THESIS_METHODS: tuple[str, ...] = (
-    "gradcam", "gradcam_pp", "gradient", "guided_backprop", "input_x_gradient", "integrated_gradients", "layercam",
-    "lrp", "occlusion", "rise", "smoothgrad",
+    "gradcam",
+    "gradcam_pp",
+    "gradient",
+    "guided_backprop",
+    "input_x_gradient",
+    "integrated_gradients",
+    "layercam",
+    "lrp",
+    "occlusion",
+    "rise",
+    "smoothgrad",
 )
 #: registry names that are also scored smoothed (S-IxG, S-IntGrad)
 SMOOTHED: tuple[str, ...] = ("input_x_gradient", "integrated_gradients")
 #: Occlusion windows at the layers: a similar fraction of a cell as 4/4 at the input, at an affordable cost
-OCCLUSION_LAYER_SETTINGS: dict[str, dict[str, int]] = {"middle": {"window": 2, "stride": 2},
-                                                      "final": {"window": 2, "stride": 1}}
+OCCLUSION_LAYER_SETTINGS: dict[str, dict[str, int]] = {
+    "middle": {"window": 2, "stride": 2},
+    "final": {"window": 2, "stride": 1},
+}
 #: the LRP configuration of the thesis (LRP-Focus)
 LRP_SETTINGS: dict[str, str] = {"composite": "lrp_focus"}
 #: labels of the backpropagation-based methods, for the DiFull claim and the chapter's DiFull / DiPart minima
@@ -53,8 +83,9 @@ GRID_SIZE_METHODS: tuple[str, ...] = ("gradient", "input_x_gradient", "gradcam",
 AGGATT_LABELS: tuple[str, ...] = ("IxG", "S-IxG", "Grad-CAM", "Occlusion")
 
 
-def method_settings(ig_steps: int = 20, smoothgrad_samples: int = 10, rise_masks: int = 200, seed: int = 0,
-                    occlusion_window: int = 4) -> dict[str, dict[str, object]]:
+def method_settings(
+    ig_steps: int = 20, smoothgrad_samples: int = 10, rise_masks: int = 200, seed: int = 0, occlusion_window: int = 4
+) -> dict[str, dict[str, object]]:
     """Registry name -> constructor settings of the study (Occlusion's ``occlusion_window`` is also its stride).
 
     Parameters
@@ -112,7 +143,9 @@ def thesis_specs(
     settings = method_settings(ig_steps=ig_steps, rise_masks=rise_masks, seed=seed)
     return [
         MethodSpec(
-            LABELS.get(name, name), name, settings.get(name, {}),
+            LABELS.get(name, name),
+            name,
+            settings.get(name, {}),
             layer_settings=OCCLUSION_LAYER_SETTINGS if name == "occlusion" else {},
             smoothing=(1, smooth_kernel) if name in SMOOTHED else (1,),
         )
@@ -242,10 +275,12 @@ def grid_size_comparison(medians_2x2: pd.Series, scores_3x3: pd.DataFrame) -> pd
     pandas.DataFrame
         Columns "2x2", "3x3", "2x2 / uniform", "3x3 / uniform", for the pairs evaluated on both.
     """
-    compare = pd.DataFrame({
-        "2x2": medians_2x2,
-        "3x3": scores_3x3.groupby(["method", "layer"])["score"].median(),
-    }).dropna()
+    compare = pd.DataFrame(
+        {
+            "2x2": medians_2x2,
+            "3x3": scores_3x3.groupby(["method", "layer"])["score"].median(),
+        }
+    ).dropna()
     compare["2x2 / uniform"] = compare["2x2"] / (1 / 4)
     compare["3x3 / uniform"] = compare["3x3"] / (1 / 9)
     return compare
@@ -288,47 +323,62 @@ def check_claims(
     backprop = [m for m in BACKPROP_LABELS if m in methods] + lrp_labels(methods)
     difull_backprop = {f"{m} {layer}": med("difull", m, layer) for m in backprop for layer in LAYERS}
     worst = min(difull_backprop, key=difull_backprop.__getitem__)
-    claims.append((
-        "Backprop methods are near-perfect on DiFull",
-        f"lowest median over {', '.join(backprop)} x 3 layers >= 0.9",
-        f"lowest: {worst} = {difull_backprop[worst]:.3f}",
-        difull_backprop[worst] >= 0.9,
-    ))
+    claims.append(
+        (
+            "Backprop methods are near-perfect on DiFull",
+            f"lowest median over {', '.join(backprop)} x 3 layers >= 0.9",
+            f"lowest: {worst} = {difull_backprop[worst]:.3f}",
+            difull_backprop[worst] >= 0.9,
+        )
+    )
     gc_difull, gc_gridpg = med("difull", "Grad-CAM", "final"), med("gridpg", "Grad-CAM", "final")
-    claims.append((
-        "Grad-CAM at the final layer scores lower on DiFull than on GridPG",
-        "median DiFull < median GridPG (final layer)",
-        f"DiFull {gc_difull:.3f}, GridPG {gc_gridpg:.3f}",
-        gc_difull < gc_gridpg,
-    ))
+    claims.append(
+        (
+            "Grad-CAM at the final layer scores lower on DiFull than on GridPG",
+            "median DiFull < median GridPG (final layer)",
+            f"DiFull {gc_difull:.3f}, GridPG {gc_gridpg:.3f}",
+            gc_difull < gc_gridpg,
+        )
+    )
     for method in ("IxG", "IntGrad"):
         inp, fin = med("gridpg", method, "input"), med("gridpg", method, "final")
-        claims.append((
-            f"{method} improves from the input to the final layer on GridPG",
-            f"median final - median input > {margin}",
-            f"input {inp:.3f}, final {fin:.3f}",
-            fin - inp > margin,
-        ))
+        claims.append(
+            (
+                f"{method} improves from the input to the final layer on GridPG",
+                f"median final - median input > {margin}",
+                f"input {inp:.3f}, final {fin:.3f}",
+                fin - inp > margin,
+            )
+        )
     gridpg = smoothing[smoothing["setting"] == "gridpg"]
     smooth_medians = gridpg.groupby(["model", "method", "kernel_size"])["score"].median()
     largest = int(smoothing["kernel_size"].max())
     models = (plain_model, batchnorm_model)
-    gain = {
-        name: float(smooth_medians.loc[(name, f"{SMOOTHED_PREFIX}IxG", largest)] - smooth_medians.loc[(name, "IxG", 1)])
-        for name in models
-    } if largest > 1 else {name: 0.0 for name in models}
-    claims.append((
-        "Smoothing helps IxG without BatchNorm but not with it",
-        f"GridPG median gain at K={largest}: > {margin} without BN, <= {margin} with BN",
-        f"without BN {gain[plain_model]:+.3f}, with BN {gain[batchnorm_model]:+.3f}",
-        gain[plain_model] > margin and gain[batchnorm_model] <= margin,
-    ))
+    gain = (
+        {
+            name: float(
+                smooth_medians.loc[(name, f"{SMOOTHED_PREFIX}IxG", largest)] - smooth_medians.loc[(name, "IxG", 1)]
+            )
+            for name in models
+        }
+        if largest > 1
+        else {name: 0.0 for name in models}
+    )
+    claims.append(
+        (
+            "Smoothing helps IxG without BatchNorm but not with it",
+            f"GridPG median gain at K={largest}: > {margin} without BN, <= {margin} with BN",
+            f"without BN {gain[plain_model]:+.3f}, with BN {gain[batchnorm_model]:+.3f}",
+            gain[plain_model] > margin and gain[batchnorm_model] <= margin,
+        )
+    )
     lower = compare["3x3"] < compare["2x2"]
-    claims.append((
-        "3x3 grids score below 2x2",
-        "median 3x3 < median 2x2 for every compared (method, layer)",
-        f"lower in {int(lower.sum())} of {len(lower)}",
-        bool(lower.all()),
-    ))
+    claims.append(
+        (
+            "3x3 grids score below 2x2",
+            "median 3x3 < median 2x2 for every compared (method, layer)",
+            f"lower in {int(lower.sum())} of {len(lower)}",
+            bool(lower.all()),
+        )
+    )
     return pd.DataFrame(claims, columns=["claim (thesis ch. 4)", "test", "measured", "holds"])
-

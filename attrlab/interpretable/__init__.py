@@ -12,6 +12,13 @@ from .coda import RESCALINGS, DAUConv2d
 from .dynamic import DynamicLinear, PairEncoding, dynamic_linear
 
 __all__ = [
-    "NORMS", "RESCALINGS", "BcosConv2d", "BcosLinear", "DAUConv2d", "DynamicLinear", "PairEncoding", "bias_free_norm",
+    "NORMS",
+    "RESCALINGS",
+    "BcosConv2d",
+    "BcosLinear",
+    "DAUConv2d",
+    "DynamicLinear",
+    "PairEncoding",
+    "bias_free_norm",
     "dynamic_linear",
 ]

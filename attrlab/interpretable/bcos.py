@@ -174,8 +174,15 @@ class CellwiseBcosConv2d(Cellwise, BcosConv2d):
 
     def __init__(self, layer: BcosConv2d, n: int):
         BcosConv2d.__init__(
-            self, layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.b,
-            layer.max_out, layer.scale,
+            self,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.b,
+            layer.max_out,
+            layer.scale,
         )
         self.weight = layer.weight
         self.n = n
@@ -215,6 +222,8 @@ class BiasFreeNorm(DynamicLinear, nn.Module):
         Update rate of the running variance (batch norms only).
     """
 
+    running_var: torch.Tensor  # a buffer, registered in __init__ for the batch norms only
+
     def __init__(self, kind: str, channels: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         if kind not in NORMS:
@@ -251,5 +260,11 @@ def bias_free_norm(kind: str, channels: int) -> BiasFreeNorm:
 
 
 __all__ = [
-    "NORMS", "BcosConv2d", "BcosLinear", "BiasFreeNorm", "CellwiseBcosConv2d", "bias_free_norm", "thesis_scale",
+    "NORMS",
+    "BcosConv2d",
+    "BcosLinear",
+    "BiasFreeNorm",
+    "CellwiseBcosConv2d",
+    "bias_free_norm",
+    "thesis_scale",
 ]

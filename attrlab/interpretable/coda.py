@@ -70,11 +70,13 @@ class DAUConv2d(DynamicLinear, nn.Module):
         d = in_channels * kernel_size * kernel_size
         shared = rescaling != "wb"
         # B: (r, C, k, k) shared by the layer's units, or (out * r, C, k, k), one per unit (weight bounding)
-        self.b_weight = nn.Parameter(torch.randn(rank if shared else out_channels * rank, in_channels, kernel_size,
-                                                 kernel_size) / math.sqrt(d))
+        self.b_weight = nn.Parameter(
+            torch.randn(rank if shared else out_channels * rank, in_channels, kernel_size, kernel_size) / math.sqrt(d)
+        )
         # A^T of every unit stacked: (out * r, C, k, k); row j * r + s is column s of unit j's A
-        self.a_weight = nn.Parameter(torch.randn(out_channels * rank, in_channels, kernel_size, kernel_size)
-                                     / math.sqrt(rank))
+        self.a_weight = nn.Parameter(
+            torch.randn(out_channels * rank, in_channels, kernel_size, kernel_size) / math.sqrt(rank)
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels, in_channels, kernel_size, kernel_size)) if shared else None
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,7 @@ class DAUConv2d(DynamicLinear, nn.Module):
             z = self._conv(x, self.b_weight).unflatten(1, (out, r))  # B_j x
             direction = self.dynamic(z / (z.pow(2).sum(2, keepdim=True) + EPS).sqrt())
             return (direction * ax).sum(2)
+        assert self.bias is not None  # only the "wb" rescaling (returned above) has no bias
         z = self._conv(x, self.b_weight)  # (N, r, H, W)
         ax = self._conv(x, self.a_weight).unflatten(1, (out, r))  # (N, out, r, H, W): A_j^T x
         bx = self._conv(x, self.bias)  # (N, out, H, W): b_j^T x
@@ -121,6 +124,7 @@ class DAUConv2d(DynamicLinear, nn.Module):
             direction = z / (z.pow(2).sum(2, keepdim=True) + EPS).sqrt()
             w = torch.einsum("jrd,njr->njd", a_unit, direction)
         else:
+            assert self.bias is not None  # only the "wb" rescaling has no bias
             z = flat @ self.b_weight.flatten(1).T  # (N, r)
             u = torch.einsum("jrd,nr->njd", self.a_weight.flatten(1).unflatten(0, (out, r)), z)
             u = u + self.bias.flatten(1)[None]

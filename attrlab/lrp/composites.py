@@ -35,7 +35,8 @@ in proportion to their inputs (zennit's Norm), Flatten / Dropout / Identity use 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -91,7 +92,7 @@ class Composite:
                 raise TypeError(f"composite entries must be attrlab.lrp.rules.Rule objects, got {rule!r}")
         self.name_map = dict(name_map or {})
         self.first_map = list(first_map)
-        base: TypeMap = [
+        base: list[tuple[type | tuple[type, ...], Rule]] = [
             ((nn.ReLU, ThreshReLU), Pass()),
             (nn.MaxPool2d, Gradient() if max_pool == "gradient" else MaxAsAvg(stabilizer)),
             ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), Norm(stabilizer)),
@@ -173,8 +174,9 @@ class EpsilonOnly(Composite):
         ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
     """
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None,
-                 max_pool: str = "gradient"):
+    def __init__(
+        self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"
+    ):
         rule = Epsilon(epsilon)
         super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
 
@@ -196,11 +198,13 @@ class EpsilonPlusFlat(Composite):
         ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
     """
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None,
-                 max_pool: str = "gradient"):
+    def __init__(
+        self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"
+    ):
         first = [((nn.Conv2d, nn.Linear), Flat(stabilizer))]
-        super().__init__(**_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool,
-                                     stabilizer))
+        super().__init__(
+            **_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool, stabilizer)
+        )
 
 
 class EpsilonGammaBox(Composite):
@@ -226,11 +230,21 @@ class EpsilonGammaBox(Composite):
         ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
     """
 
-    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 1e-6, gamma: float = 0.25,
-                 stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+    def __init__(
+        self,
+        low=INPUT_BOUNDS[0],
+        high=INPUT_BOUNDS[1],
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
-        super().__init__(**_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map,
-                                     max_pool, stabilizer))
+        super().__init__(
+            **_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool, stabilizer)
+        )
 
 
 class Seed000(Composite):
@@ -255,11 +269,20 @@ class Seed000(Composite):
         ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
     """
 
-    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], gamma: float = 0.25, stabilizer: float = 1e-6,
-                 name_map=None, layer_map=None, max_pool: str = "average"):
+    def __init__(
+        self,
+        low=INPUT_BOUNDS[0],
+        high=INPUT_BOUNDS[1],
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "average",
+    ):
         first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
-        super().__init__(**_standard(Epsilon(0.0), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool,
-                                     stabilizer))
+        super().__init__(
+            **_standard(Epsilon(0.0), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool, stabilizer)
+        )
 
 
 class LRPFocus(Composite):
@@ -283,11 +306,20 @@ class LRPFocus(Composite):
         ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
     """
 
-    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 0.25, stabilizer: float = 1e-6,
-                 name_map=None, layer_map=None, max_pool: str = "gradient"):
+    def __init__(
+        self,
+        low=INPUT_BOUNDS[0],
+        high=INPUT_BOUNDS[1],
+        epsilon: float = 0.25,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
-        super().__init__(**_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool,
-                                     stabilizer))
+        super().__init__(
+            **_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool, stabilizer)
+        )
 
 
 class LRPComposite(Composite):
@@ -314,11 +346,21 @@ class LRPComposite(Composite):
         ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
     """
 
-    def __init__(self, gamma: float = 0.25, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], epsilon: float = 0.25,
-                 stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"):
+    def __init__(
+        self,
+        gamma: float = 0.25,
+        low=INPUT_BOUNDS[0],
+        high=INPUT_BOUNDS[1],
+        epsilon: float = 0.25,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
-        super().__init__(**_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map,
-                                     max_pool, stabilizer))
+        super().__init__(
+            **_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool, stabilizer)
+        )
 
 
 class LRPZ(Composite):
@@ -340,8 +382,15 @@ class AlphaBetaEverywhere(Composite):
     ``AlphaBeta(alpha, beta)`` rule on zennit's Convolution and Linear types. ``alpha - beta = 1``.
     """
 
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, name_map=None,
-                 layer_map=None, max_pool: str = "gradient"):
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 1.0,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         rule = AlphaBeta(alpha, beta, stabilizer)
         super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
 
@@ -375,25 +424,48 @@ class CMPAlphaBeta(Composite):
     with the ``epsilon=1e-10`` of the authors' code (in float32 that is LRP-z wherever ``|z| >> 1e-10``).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-10, stabilizer: float = 1e-6,
-                 name_map=None, layer_map=None, max_pool: str = "gradient"):
-        super().__init__(**_standard(Epsilon(epsilon), AlphaBeta(alpha, beta, stabilizer), [], name_map, layer_map,
-                                     max_pool, stabilizer))
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        epsilon: float = 1e-10,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
+        super().__init__(
+            **_standard(
+                Epsilon(epsilon), AlphaBeta(alpha, beta, stabilizer), [], name_map, layer_map, max_pool, stabilizer
+            )
+        )
 
 
 class CMPAlpha1Beta0(CMPAlphaBeta):
     """LRP-CMP with alpha 1, beta 0 on convolutions (iNNvestigate's ``lrp.sequential_preset_a``)."""
 
-    def __init__(self, epsilon: float = 1e-10, stabilizer: float = 1e-6, name_map=None, layer_map=None,
-                 max_pool: str = "gradient"):
+    def __init__(
+        self,
+        epsilon: float = 1e-10,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         super().__init__(1.0, 0.0, epsilon, stabilizer, name_map, layer_map, max_pool)
 
 
 class CMPAlpha2Beta1(CMPAlphaBeta):
     """LRP-CMP with alpha 2, beta 1 on convolutions (iNNvestigate's ``lrp.sequential_preset_b``)."""
 
-    def __init__(self, epsilon: float = 1e-10, stabilizer: float = 1e-6, name_map=None, layer_map=None,
-                 max_pool: str = "gradient"):
+    def __init__(
+        self,
+        epsilon: float = 1e-10,
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         super().__init__(2.0, 1.0, epsilon, stabilizer, name_map, layer_map, max_pool)
 
 
@@ -405,8 +477,15 @@ class DTD(Composite):
     calls it; in zennit: ``SpecialFirstLayerMapComposite`` with ``ZBox`` first and ``ZPlus`` on Convolution/Linear.
     """
 
-    def __init__(self, low=INPUT_BOUNDS[0], high=INPUT_BOUNDS[1], stabilizer: float = 1e-6, name_map=None,
-                 layer_map=None, max_pool: str = "gradient"):
+    def __init__(
+        self,
+        low=INPUT_BOUNDS[0],
+        high=INPUT_BOUNDS[1],
+        stabilizer: float = 1e-6,
+        name_map=None,
+        layer_map=None,
+        max_pool: str = "gradient",
+    ):
         first = [((nn.Conv2d, nn.Linear), ZBox(low, high, stabilizer))]
         rule = ZPlus(stabilizer)
         super().__init__(**_standard(rule, rule, first, name_map, layer_map, max_pool, stabilizer))

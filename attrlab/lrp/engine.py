@@ -23,18 +23,19 @@ groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.autograd import target_gradient
+from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.checks import check_batch
 from ..canonize import canonize_layers
-from .composites import Composite, make_composite
 from .autograd import reusable_backward
+from .composites import Composite, make_composite
 from .layers import Affine, LayerInfo
 from .rules import Gradient, Pass, Rule
 

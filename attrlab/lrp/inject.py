@@ -17,7 +17,7 @@ All vectors of all images go through one backward pass: stack them along the bat
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -88,12 +88,12 @@ def relevance_from(
         wrt = [x if name is None else captured[name] for name in record]
         gradients = torch.autograd.grad(activation, wrt, grad_outputs=seed, allow_unused=True)
     input_space = any(isinstance(s.layer, Affine) and s.rule.input_space and s.info.model_input for s in steps)
-    result = {}
-    for name, tensor, gradient in zip(record, wrt, gradients):
+    result: dict[str | None, Tensor] = {}
+    for key, tensor, gradient in zip(record, wrt, gradients):
         if gradient is None:
             gradient = torch.zeros_like(tensor)
         # input-space first rules (flat, w^2, z^B) hand back the input relevance itself
-        result[name] = gradient if (name is None and input_space) else tensor.detach() * gradient
+        result[key] = gradient if (key is None and input_space) else tensor.detach() * gradient
     return result
 
 

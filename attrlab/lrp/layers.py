@@ -10,8 +10,9 @@ Conv2d or Linear through :class:`Affine`, with its own or modified weights, and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,12 +83,15 @@ class Affine:
         m = self.module
         if self.cellwise is not None:
             cells = self.cellwise
-            return cells.merge(F.conv2d(cells.split(x), weight, bias, m.stride, self.padding, m.dilation))
+            conv = cast(nn.Conv2d, m)  # Affine wraps Conv2d/Linear only: a Cellwise one is a CellwiseConv2d
+            padding = cast("tuple[int, int]", self.padding)
+            return cells.merge(F.conv2d(cells.split(x), weight, bias, conv.stride, padding, conv.dilation))
         if isinstance(m, nn.Conv2d):
-            return F.conv2d(x, weight, bias, m.stride, self.padding, m.dilation)
+            padding = cast("tuple[int, int]", self.padding)  # set for every Conv2d in __init__
+            return F.conv2d(x, weight, bias, m.stride, padding, m.dilation)
         return F.linear(x, weight, bias)
 
-    def transpose(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+    def transpose(self, grad: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
         """``weight^T grad``: the gradient of ``layer(x, weight)`` w.r.t. ``x`` (weights may be stacked along dim 0,
         with ``grad`` stacked along its channels, to sum several terms in one call)."""
         m = self.module
@@ -117,8 +121,8 @@ def _numeric_padding(m: nn.Conv2d) -> tuple[int, int]:
         totals = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
         if any(total % 2 for total in totals):
             raise ValueError(f"padding='same' with an even kernel {m.kernel_size} is not supported by attrlab's LRP")
-        return tuple(total // 2 for total in totals)
-    return tuple(m.padding)
+        return cast("tuple[int, int]", tuple(total // 2 for total in totals))
+    return cast("tuple[int, int]", tuple(m.padding))
 
 
 def per_cell(layer: nn.Module, function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
@@ -156,11 +160,22 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
     if isinstance(layer, nn.ReLU):
         return F.relu
     if isinstance(layer, nn.MaxPool2d):
-        return per_cell(layer, lambda x: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding,
-                                                      layer.dilation, ceil_mode=layer.ceil_mode))
+        return per_cell(
+            layer,
+            lambda x: F.max_pool2d(
+                x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode
+            ),
+        )
     if isinstance(layer, nn.AvgPool2d):
-        return lambda x: F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                                      layer.count_include_pad, layer.divisor_override)
+        return lambda x: F.avg_pool2d(
+            x,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.ceil_mode,
+            layer.count_include_pad,
+            layer.divisor_override,
+        )
     if isinstance(layer, nn.AdaptiveAvgPool2d):
         return lambda x: F.adaptive_avg_pool2d(x, layer.output_size)
     if isinstance(layer, nn.Flatten):

@@ -30,7 +30,7 @@ rules use :func:`~attrlab.lrp.autograd.reroute`. A composite then maps layers to
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,11 @@ def _negative(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-class Rule(abc.ABC):
+#: the layers a rule applies to: an :class:`Affine` view for the linear rules, the module itself for the others
+L = TypeVar("L", bound="nn.Module | Affine")
+
+
+class Rule(abc.ABC, Generic[L]):
     """Base class: ``rule(layer, x, info)`` returns the layer output carrying the rule's gradient.
 
     Rules are stateless maths: settings in the constructor, nothing stored per call. What a rule derives from a
@@ -106,7 +110,7 @@ class Rule(abc.ABC):
     input_space: bool = False
 
     @abc.abstractmethod
-    def __call__(self, layer: nn.Module | Affine, x: Tensor, info: LayerInfo) -> Tensor:
+    def __call__(self, layer: L, x: Tensor, info: LayerInfo) -> Tensor:
         """The layer's true output, carrying this rule's gradient."""
 
     def __repr__(self) -> str:
@@ -115,7 +119,7 @@ class Rule(abc.ABC):
 
 
 # ----------------------------------------------------------------------------------------------------- linear layers
-class Epsilon(Rule):
+class Epsilon(Rule[Affine]):
     """LRP-epsilon: ``R_in = x W^T (R / (z + eps sign z))``; ``epsilon=0`` is LRP-0 (units with ``z = 0`` get none).
 
     Parameters
@@ -144,7 +148,7 @@ class Epsilon(Rule):
         return propagation(x, propagate)
 
 
-class _TwoBranch(Rule):
+class _TwoBranch(Rule[Affine]):
     """Shared form of alpha-beta, z+ and (generalised) gamma: weights ``A``/``B`` for the two signs of the input.
 
     Branch 1: ``d1 = A x+ + B x- + bias_A``, branch 2: ``d2 = B x+ + A x- + bias_B``; the gradient is
@@ -205,7 +209,8 @@ class _TwoBranch(Rule):
             def backward(grad: Tensor) -> Tensor:
                 g = _repeat(grad, second) * scale
                 return (x > 0) * layer.transpose(g, prepared.backward, x.shape) + (x < 0) * layer.transpose(
-                    g, prepared.swapped, x.shape)
+                    g, prepared.swapped, x.shape
+                )
 
             return z, backward
 
@@ -230,8 +235,8 @@ class _TwoBranch(Rule):
         # Branch 1's stabilizer is + eps wherever it counts: d1 >= 0 for z+ / alpha-beta, and d1 >= z > 0 for gamma
         # on outputs z > 0 (the others are masked or zeroed by the ReLU; clamping them to eps keeps them finite).
         zero = layer.weight.new_zeros(layer.weight.shape[0])
-        biases = [layer.bias, bias_a] + ([bias_b] if second else [])
-        biases = [zero if t is None else t for t in biases]
+        optional_biases = [layer.bias, bias_a] + ([bias_b] if second else [])
+        biases = [zero if t is None else t for t in optional_biases]
         biases[1] = biases[1] + self.stabilizer
         stacked_weight = torch.cat([layer.weight, a] + ([b] if second else []))
         return TwoBranchWeights(
@@ -334,7 +339,7 @@ def _expand_bound(bound: float | Tensor, x: Tensor) -> Tensor:
     return bound.expand((bound.shape[0] if bound.dim() == x.dim() else 1, *x.shape[1:]))
 
 
-class _InputSpace(Rule):
+class _InputSpace(Rule[Affine]):
     """Base of rules whose backward returns the input relevance ``sum_k m_k W_k^T (R / d)`` directly.
 
     Subclasses give :meth:`constants` (what depends on the weights and the image shape only, cached) and
@@ -342,6 +347,7 @@ class _InputSpace(Rule):
     """
 
     input_space = True
+    stabilizer: float  # set by each subclass's __init__
 
     @abc.abstractmethod
     def constants(self, layer: Affine, x: Tensor) -> InputSpaceConstants:
@@ -366,8 +372,9 @@ class _InputSpace(Rule):
         return propagation(x, propagate)
 
 
-def _input_relevance(layer: Affine, grad: Tensor, weights: Tensor, multipliers: list[Tensor | float],
-                     input_shape: torch.Size) -> Tensor:
+def _input_relevance(
+    layer: Affine, grad: Tensor, weights: Tensor, multipliers: list[Tensor | float], input_shape: torch.Size
+) -> Tensor:
     """``sum_k m_k * W_k^T grad`` in one call (the weight blocks W_k stacked along the input channels)."""
     if grad.shape[1] != weights.shape[0]:  # one-output-channel weights (Flat): sum the output channels first
         grad = grad.sum(1, keepdim=True)
@@ -431,8 +438,9 @@ class ZBox(_InputSpace):
         Added to each denominator with its sign (``sign(0) = +1``).
     """
 
-    def __init__(self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1],
-                 stabilizer: float = 1e-6):
+    def __init__(
+        self, low: float | Tensor = INPUT_BOUNDS[0], high: float | Tensor = INPUT_BOUNDS[1], stabilizer: float = 1e-6
+    ):
         self.low, self.high, self.stabilizer = low, high, float(stabilizer)
 
     def constants(self, layer: Affine, x: Tensor):
@@ -448,14 +456,14 @@ class ZBox(_InputSpace):
 
 
 # ------------------------------------------------------------------------------------------------ other layers
-class Gradient(Rule):
+class Gradient(Rule[nn.Module]):
     """The layer's own gradient: ReLU (relevance passes), max pooling (routed to the maximum), reshapes, dropout."""
 
     def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
         return functional(layer)(x)
 
 
-class Pass(Rule):
+class Pass(Rule[nn.Module]):
     """Element-wise activations: the relevance passes through unchanged (gradient ``f(x) / x``)."""
 
     def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
@@ -467,7 +475,7 @@ class Pass(Rule):
         return reroute(y, x, scale)
 
 
-class Norm(Rule):
+class Norm(Rule[nn.Module]):
     """Average pooling: relevance shared in proportion to the inputs, ``R_in = x T(R / stabilize(avg))``.
 
     Parameters
@@ -486,7 +494,7 @@ class Norm(Rule):
         return y.detach() + (y - y.detach()) * scale
 
 
-class MaxAsAvg(Rule):
+class MaxAsAvg(Rule[nn.MaxPool2d]):
     """Max pooling treated as average pooling in the backward pass (seed 000's code): value max, relevance shared in
     proportion to the inputs of each window.
 
@@ -502,8 +510,12 @@ class MaxAsAvg(Rule):
     def __call__(self, layer: nn.MaxPool2d, x: Tensor, info: LayerInfo) -> Tensor:
         if layer.dilation not in (1, (1, 1)):
             raise ValueError(f"MaxAsAvg needs an undilated max pooling, got dilation={layer.dilation}")
-        average = per_cell(layer, lambda v: F.avg_pool2d(v, layer.kernel_size, layer.stride, layer.padding,
-                                                          layer.ceil_mode, count_include_pad=True))(x)
+        average = per_cell(
+            layer,
+            lambda v: F.avg_pool2d(
+                v, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, count_include_pad=True
+            ),
+        )(x)
         with torch.no_grad():
             y = functional(layer)(x)
             scale = y / stabilize(average, self.stabilizer)

@@ -25,6 +25,7 @@ ReLU CNN of the same shape (:func:`relu_twin`) the B-cos nets are compared with.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import nn
 
@@ -112,6 +113,7 @@ def relu_twin(in_channels: int, image_size: int, num_classes: int) -> nn.Sequent
     for module in model.modules():
         if isinstance(module, nn.Conv2d):  # He initialisation, as vgg_small (PyTorch's default shrinks the signal)
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            assert module.bias is not None  # every convolution above is built with a bias
             nn.init.zeros_(module.bias)
     return model
 
@@ -124,9 +126,9 @@ def _builder(b: float, max_out: int):
     return build
 
 
-def registry() -> dict[str, tuple[object, int]]:
+def registry() -> dict[str, tuple[Callable[[int, int, int], nn.Module], int]]:
     """name -> (builder, smallest image side) for :data:`attrlab.models.MODELS`."""
-    models: dict[str, tuple[object, int]] = {"bcos": (_builder(2.0, 1), SIDE_MULTIPLE)}
+    models: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {"bcos": (_builder(2.0, 1), SIDE_MULTIPLE)}
     for b in THESIS_B:
         models[f"bcos_b{b:g}"] = (_builder(b, 1), SIDE_MULTIPLE)
         models[f"bcos_b{b:g}_maxout"] = (_builder(b, 2), SIDE_MULTIPLE)

@@ -19,6 +19,7 @@ Registered names: ``coda`` (squashing), ``coda_l2`` (L2 rescaling), ``coda_wb`` 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import nn
 
@@ -59,7 +60,7 @@ def _builder(rescaling: str):
     return build
 
 
-def registry() -> dict[str, tuple[object, int]]:
+def registry() -> dict[str, tuple[Callable[[int, int, int], nn.Module], int]]:
     """name -> (builder, smallest image side) for :data:`attrlab.models.MODELS`."""
     return {
         "coda": (_builder("sq"), SIDE_MULTIPLE),

@@ -64,6 +64,7 @@ def _vgg_small(in_channels: int, image_size: int, num_classes: int, batchnorm: b
             # He initialisation: PyTorch's default shrinks the signal through six ReLU convs and the global average,
             # and the model without BatchNorm then barely trains in a few epochs on digits
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            assert module.bias is not None  # every convolution above is built with a bias
             nn.init.zeros_(module.bias)
     return model
 

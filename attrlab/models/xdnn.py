@@ -21,7 +21,13 @@ from torch import nn
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _LAYERS_WITH_OPTIONAL_BIAS = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
 )
 
 
@@ -32,6 +38,8 @@ class BiasFreeBatchNorm(nn.Module):
     is updated as :class:`torch.nn.BatchNorm2d` updates it); in eval mode it is the running variance, so the layer is
     a fixed per-channel scale.
     """
+
+    running_var: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(self, source: nn.modules.batchnorm._BatchNorm):
         super().__init__()

@@ -5,16 +5,15 @@ Inputs are the run's ``metrics`` table and the tracker's ``attributions`` table 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .style import book_figure
-
 from ..analysis import PERFORMANCE, SUMMARY_LABELS, trend
+from .style import book_figure
 
 _HALF_COLORS = {"": "black", "_train": "tab:green", "_test": "tab:purple"}
 
@@ -25,7 +24,10 @@ def plot_summary_curves(
 ) -> Figure:
     """One panel per (method, summary): the per-step mean over the attribution set and over its train/test halves."""
     figure, axes = plt.subplots(
-        len(methods), len(summaries), figsize=(3.1 * len(summaries), 2.4 * len(methods)), layout="constrained",
+        len(methods),
+        len(summaries),
+        figsize=(3.1 * len(summaries), 2.4 * len(methods)),
+        layout="constrained",
         squeeze=False,
     )
     for row, method in enumerate(methods):
@@ -36,8 +38,14 @@ def plot_summary_curves(
             ax = axes[row, col]
             for suffix, color in _HALF_COLORS.items():
                 name = {"": "all", "_train": "train half", "_test": "test half"}[suffix]
-                ax.plot(frame["step"], frame[f"{column}{suffix}"], color=color, linewidth=1.2 if not suffix else 0.8,
-                        alpha=1.0 if not suffix else 0.7, label=name)
+                ax.plot(
+                    frame["step"],
+                    frame[f"{column}{suffix}"],
+                    color=color,
+                    linewidth=1.2 if not suffix else 0.8,
+                    alpha=1.0 if not suffix else 0.7,
+                    label=name,
+                )
             nan_column = f"{column}_nan"
             if nan_column in frame and frame[nan_column].sum() > 0:
                 ax.set_title(f"{label}\n({int(frame[nan_column].max())} undefined at most)", fontsize="small")
@@ -62,8 +70,13 @@ def plot_trends(
 ) -> Figure:
     """Seed Fig. 2/3/10-21: rows performance series, columns summaries; normalised expanding means of both."""
     figure, axes = plt.subplots(
-        len(performance), len(summaries), figsize=(2.6 * len(summaries), 1.7 * len(performance)),
-        sharex=True, sharey=True, layout="constrained", squeeze=False,
+        len(performance),
+        len(summaries),
+        figsize=(2.6 * len(summaries), 1.7 * len(performance)),
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+        squeeze=False,
     )
     by_step = metrics.set_index("step")
     for row, (performance_label, performance_column) in enumerate(performance.items()):
@@ -87,9 +100,7 @@ def plot_trends(
 @book_figure
 def plot_correlation_heatmap(tables: Mapping[str, pd.DataFrame], value_range: float = 1.0) -> Figure:
     """Side-by-side heatmaps of Tables 2-9 style rho tables, one per method, annotated with the coefficients."""
-    figure, axes = plt.subplots(
-        1, len(tables), figsize=(4.2 * len(tables), 3.4), layout="constrained", squeeze=False
-    )
+    figure, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), layout="constrained", squeeze=False)
     image = None
     for ax, (name, table) in zip(axes[0], tables.items()):
         values = table.to_numpy(float)
@@ -98,8 +109,16 @@ def plot_correlation_heatmap(tables: Mapping[str, pd.DataFrame], value_range: fl
         ax.set_yticks(range(table.shape[0]), table.index, fontsize="small")
         for (i, j), rho in np.ndenumerate(values):
             text = "n/a" if np.isnan(rho) else f"{rho:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize="small",
-                    fontweight="bold" if abs(rho) > 0.5 else "normal")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize="small",
+                fontweight="bold" if abs(rho) > 0.5 else "normal",
+            )
         ax.set_title(name, fontsize="medium")
+    assert image is not None  # plt.subplots refuses zero columns, so the loop ran at least once
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="Spearman's rho")
     return figure

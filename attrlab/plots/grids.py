@@ -7,19 +7,18 @@ kernel_size, layer, grid, cell, score; several results concatenated) or the AggA
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-
-from .style import book_figure
 from matplotlib.patches import Patch
 
 from ..grids.aggatt import BINS
 from ..grids.data import GridSet
+from .style import book_figure
 
 SETTING_TITLES = {"gridpg": "GridPG", "dipart": "DiPart", "difull": "DiFull"}
 LAYER_TICKS = {"input": "Inp", "middle": "Mid", "final": "Fin"}
@@ -98,8 +97,13 @@ def plot_localisation_boxes(
     methods = _ordered(scores["method"], methods)
     settings = _ordered(scores["setting"], settings or [s for s in SETTING_TITLES if s in set(scores["setting"])])
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(np.arange(len(methods)))
-    fig, axes = plt.subplots(len(settings), 1, figsize=(max(8, 0.33 * len(methods) * len(layers) + 2), 2.3 * len(settings)),
-                             sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(settings),
+        1,
+        figsize=(max(8, 0.33 * len(methods) * len(layers) + 2), 2.3 * len(settings)),
+        sharex=True,
+        squeeze=False,
+    )
     width = 0.8 / len(layers)
     for ax, setting in zip(axes[:, 0], settings):
         table = scores[scores["setting"] == setting]
@@ -108,8 +112,14 @@ def plot_localisation_boxes(
                 values = table.loc[(table["method"] == method) & (table["layer"] == layer), "score"].to_numpy()
                 if len(values) == 0:
                     continue
-                box = ax.boxplot(values, positions=[m + (l - (len(layers) - 1) / 2) * width], widths=width * 0.85,
-                                 patch_artist=True, showfliers=False, medianprops={"color": "black"})
+                box = ax.boxplot(
+                    values,
+                    positions=[m + (l - (len(layers) - 1) / 2) * width],
+                    widths=width * 0.85,
+                    patch_artist=True,
+                    showfliers=False,
+                    medianprops={"color": "black"},
+                )
                 box["boxes"][0].set(facecolor=colours[m], alpha=0.45 + 0.55 * l / max(1, len(layers) - 1))
         uniform = 1 / table["n"].iloc[0] ** 2 if len(table) else 0.25
         for level in (1.0, uniform):
@@ -119,9 +129,20 @@ def plot_localisation_boxes(
     ax = axes[-1, 0]
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
     ax.set_xlim(-0.6, len(methods) - 0.4)
-    fig.legend(handles=[Patch(facecolor="0.3", alpha=0.45 + 0.55 * l / max(1, len(layers) - 1),
-                              label=f"{LAYER_TICKS.get(layer, layer)}") for l, layer in enumerate(layers)],
-               title="layer (left to right)", loc="upper right", ncols=len(layers), fontsize="small")
+    fig.legend(
+        handles=[
+            Patch(
+                facecolor="0.3",
+                alpha=0.45 + 0.55 * l / max(1, len(layers) - 1),
+                label=f"{LAYER_TICKS.get(layer, layer)}",
+            )
+            for l, layer in enumerate(layers)
+        ],
+        title="layer (left to right)",
+        loc="upper right",
+        ncols=len(layers),
+        fontsize="small",
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
@@ -165,8 +186,9 @@ def plot_aggatt(
             if row == 0:
                 low, high = bin_ranges[col]
                 ax.set_title(f"{low:g}-{high:g} %", fontsize="small")
-        axes[row, 0].set_ylabel(f"{method}\n{LAYER_TICKS.get(layer, layer)}", fontsize="small", rotation=0,
-                                ha="right", va="center")
+        axes[row, 0].set_ylabel(
+            f"{method}\n{LAYER_TICKS.get(layer, layer)}", fontsize="small", rotation=0, ha="right", va="center"
+        )
     fig.tight_layout(pad=0.3)
     return fig
 
@@ -179,8 +201,9 @@ def plot_smoothing(scores: pd.DataFrame, by: str = "model", statistic: str = "me
     base = scores.assign(family=scores["method"].str.removeprefix("S-"))
     settings = [s for s in SETTING_TITLES if s in set(base["setting"])]
     families = list(dict.fromkeys(base["family"]))
-    fig, axes = plt.subplots(1, len(settings) * len(families), figsize=(3.0 * len(settings) * len(families), 2.8),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(settings) * len(families), figsize=(3.0 * len(settings) * len(families), 2.8), sharey=True, squeeze=False
+    )
     for i, (setting, family) in enumerate((s, f) for s in settings for f in families):
         ax = axes[0, i]
         table = base[(base["setting"] == setting) & (base["family"] == family)]
@@ -210,8 +233,13 @@ def plot_localisation_over_training(table: pd.DataFrame, statistic: str = "media
     for ax, setting in zip(axes[0], settings):
         for (method, layer), line in table[table["setting"] == setting].groupby(["method", "layer"], sort=False):
             line = line.sort_values("step")
-            ax.plot(line["step"], line[statistic], color=colours[method], linestyle=styles.get(layer, "-."),
-                    label=f"{method} {LAYER_TICKS.get(layer, layer)}")
+            ax.plot(
+                line["step"],
+                line[statistic],
+                color=colours[method],
+                linestyle=styles.get(layer, "-."),
+                label=f"{method} {LAYER_TICKS.get(layer, layer)}",
+            )
         ax.set_title(SETTING_TITLES.get(setting, setting))
         ax.set_xlabel("optimiser step")
         ax.set_ylim(-0.03, 1.05)

@@ -9,7 +9,8 @@ text falls below :data:`MIN_TEXT_CSS_PX` at the page width. ``book/tools/check_s
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, MutableMapping
+from typing import Any, TypeVar, cast
 
 import matplotlib as mpl
 from matplotlib.figure import Figure
@@ -41,6 +42,11 @@ BOOK_STYLE: dict[str, Any] = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _rc_params() -> MutableMapping[str, Any]:
+    """``mpl.rcParams`` with plain string keys (its stubs only accept the literal names of known keys)."""
+    return cast("MutableMapping[str, Any]", mpl.rcParams)
+
+
 def use_book_style() -> None:
     """Apply the book style for the rest of the session (a chapter's first hidden cell calls it).
 
@@ -48,7 +54,7 @@ def use_book_style() -> None:
     """
     import pandas as pd
 
-    mpl.rcParams.update(BOOK_STYLE)
+    _rc_params().update(BOOK_STYLE)
     pd.set_option("display.max_colwidth", None)
 
 
@@ -58,6 +64,7 @@ def fit_to_page(figure: Figure) -> Figure:
     width, height = figure.get_size_inches()
     if width > PAGE_WIDTH_IN:
         figure.set_size_inches(PAGE_WIDTH_IN, height * max(PAGE_WIDTH_IN / width, 0.75), forward=True)
+    text: Any  # a Text-like artist: findobj's filter keeps those with get_fontsize/set_fontsize
     for text in figure.findobj(lambda artist: hasattr(artist, "get_fontsize") and hasattr(artist, "set_fontsize")):
         if text.get_fontsize() < MIN_FONT_PT:
             text.set_fontsize(MIN_FONT_PT)
@@ -71,12 +78,12 @@ def book_figure(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # only the style's own keys are set and restored: rc_context would also restore "interactive", which
         # IPython switches on when a kernel's first figure sets up the inline backend, and no later figure would show
-        saved = {key: mpl.rcParams[key] for key in BOOK_STYLE}
-        mpl.rcParams.update(BOOK_STYLE)
+        saved = {key: _rc_params()[key] for key in BOOK_STYLE}
+        _rc_params().update(BOOK_STYLE)
         try:
             result = function(*args, **kwargs)
         finally:
-            mpl.rcParams.update(saved)
+            _rc_params().update(saved)
         figure = result if isinstance(result, Figure) else getattr(result, "figure", None)
         if isinstance(figure, Figure):
             fit_to_page(figure)
@@ -90,5 +97,14 @@ def smallest_text_css_px(font_pt: float, dpi: float, drawn_px: float, shown_px: 
     return font_pt / 72.0 * dpi * min(1.0, shown_px / drawn_px) if drawn_px else 0.0
 
 
-__all__ = ["BOOK_DPI", "BOOK_STYLE", "MIN_FONT_PT", "MIN_TEXT_CSS_PX", "PAGE_WIDTH_IN", "book_figure", "fit_to_page",
-           "smallest_text_css_px", "use_book_style"]
+__all__ = [
+    "BOOK_DPI",
+    "BOOK_STYLE",
+    "MIN_FONT_PT",
+    "MIN_TEXT_CSS_PX",
+    "PAGE_WIDTH_IN",
+    "book_figure",
+    "fit_to_page",
+    "smallest_text_css_px",
+    "use_book_style",
+]

@@ -6,7 +6,7 @@ The functions read the ``metrics`` table of a run (:attr:`attrlab.train.Run.metr
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -50,8 +50,14 @@ def plot_learning_curves(metrics: pd.DataFrame, smooth: int | None = None) -> Fi
         for prefix in ("test", "attr"):
             evaluated = metrics[["step", f"{prefix}_{metric}"]].dropna()
             marker = "o" if len(evaluated) <= 30 else None
-            ax.plot(evaluated["step"], evaluated[f"{prefix}_{metric}"], color=_COLORS[prefix], marker=marker,
-                    markersize=3, label=SERIES[prefix])
+            ax.plot(
+                evaluated["step"],
+                evaluated[f"{prefix}_{metric}"],
+                color=_COLORS[prefix],
+                marker=marker,
+                markersize=3,
+                label=SERIES[prefix],
+            )
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -76,8 +82,15 @@ def plot_per_class_accuracy(
     if columns < 1:
         raise ValueError(f"columns must be positive, got {columns}")
     rows = int(np.ceil(num_classes / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 1.8 * rows + 0.4), sharex=True, sharey=True,
-                                layout="constrained", squeeze=False)
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(2.1 * columns, 1.8 * rows + 0.4),
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+        squeeze=False,
+    )
     evaluated = metrics.dropna(subset=["test_acc"])
     for k, ax in enumerate(axes.flat):
         if k >= num_classes:

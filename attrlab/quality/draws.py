@@ -90,6 +90,8 @@ def quantus_off_classes(y: torch.Tensor, num_classes: int, seed: int = 42, batch
     index = np.empty(len(labels), dtype=np.int64)
     for start in range(0, len(labels), batch_size):
         np.random.seed(seed)
-        index[start : start + batch_size] = np.random.randint(0, num_classes - 1, len(labels[start : start + batch_size]))
+        index[start : start + batch_size] = np.random.randint(
+            0, num_classes - 1, len(labels[start : start + batch_size])
+        )
     index_t = torch.from_numpy(index).to(y.device)
     return index_t + (index_t >= y).long()

@@ -180,8 +180,9 @@ def region_perturbation(
         current = F.pad(x, padding, mode="replicate")
         for k in range(tops.shape[1]):
             if regions == "windows" and k:  # re-padded from the current image before every step, as in Quantus 0.3
-                current = F.pad(current[..., padding[2] : padding[2] + h, padding[0] : padding[0] + w], padding,
-                                mode="replicate")
+                current = F.pad(
+                    current[..., padding[2] : padding[2] + h, padding[0] : padding[0] + w], padding, mode="replicate"
+                )
             mask = _square_masks(tops[:, k], lefts[:, k], p, current.shape[-2], current.shape[-1])
             mask &= valid[:, k, None, None, None]
             current = torch.where(mask, baseline_value(current, baseline, blur_kernel_size), current)

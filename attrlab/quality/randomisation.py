@@ -19,9 +19,7 @@ from .normalise import check_normalisation, prepare_maps
 from .scoring import as_explain, resolve_batch_size
 
 
-def ssim_1d(
-    a: torch.Tensor, b: torch.Tensor, data_range: str | float = "span", win_size: int = 7
-) -> torch.Tensor:
+def ssim_1d(a: torch.Tensor, b: torch.Tensor, data_range: str | float = "span", win_size: int = 7) -> torch.Tensor:
     """Row-wise SSIM of (N, D) signals, equal to scikit-image's ``structural_similarity`` on each pair of rows.
 
     Parameters
@@ -115,12 +113,17 @@ def random_logit(
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if y.shape != (x.shape[0],) or a.shape[0] != x.shape[0]:
-        raise ValueError(f"need N images, N labels and N maps; got {tuple(x.shape)}, {tuple(y.shape)}, {tuple(a.shape)}")
+        raise ValueError(
+            f"need N images, N labels and N maps; got {tuple(x.shape)}, {tuple(y.shape)}, {tuple(a.shape)}"
+        )
     if off_classes is None:
         off_classes = draw_off_classes(y, num_classes, seed)
     off_classes = off_classes.to(y.device)
-    if off_classes.shape != y.shape or bool((off_classes == y).any()) or bool((off_classes < 0).any()) or bool(
-        (off_classes >= num_classes).any()
+    if (
+        off_classes.shape != y.shape
+        or bool((off_classes == y).any())
+        or bool((off_classes < 0).any())
+        or bool((off_classes >= num_classes).any())
     ):
         raise ValueError(f"off_classes must hold one class in [0, {num_classes}) per image, each other than y")
     explain = as_explain(explain)

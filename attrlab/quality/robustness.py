@@ -100,8 +100,9 @@ def sensitivity(
     if not isinstance(nr_samples, int) or nr_samples <= 0:
         raise ValueError(f"nr_samples must be a positive integer, got {nr_samples!r}")
     if x.dim() != 4 or a.shape[0] != x.shape[0] or y.shape != (x.shape[0],):
-        raise ValueError(f"need images (N, C, H, W), N maps and N labels; got {tuple(x.shape)}, {tuple(a.shape)}, "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"need images (N, C, H, W), N maps and N labels; got {tuple(x.shape)}, {tuple(a.shape)}, {tuple(y.shape)}"
+        )
     explain = as_explain(explain)
     n = x.shape[0]
     if noise is None:
@@ -111,13 +112,18 @@ def sensitivity(
     noisy = (x[:, None].double() + noise.to(x.device)).to(x.dtype).reshape(n * nr_samples, *x.shape[1:])
     targets = y.repeat_interleave(nr_samples)
     maps = torch.cat(
-        [explain(noisy[i : i + batch_size], targets[i : i + batch_size]).detach() for i in range(0, len(noisy), batch_size)]
+        [
+            explain(noisy[i : i + batch_size], targets[i : i + batch_size]).detach()
+            for i in range(0, len(noisy), batch_size)
+        ]
     )
     reference = prepare_maps(a, normalise, absolute).reshape(n, 1, -1).double()
     perturbed = prepare_maps(maps, normalise, absolute).reshape(n, nr_samples, -1).double()
     ratios = (reference - perturbed).norm(dim=2) / reference.norm(dim=2)
     if nan_on_prediction_change:
-        changed = _predictions(model, noisy, batch_size).reshape(n, nr_samples) != _predictions(model, x, batch_size)[:, None]
+        changed = (
+            _predictions(model, noisy, batch_size).reshape(n, nr_samples) != _predictions(model, x, batch_size)[:, None]
+        )
         ratios = ratios.masked_fill(changed, float("nan"))
         # Quantus then takes the plain mean (max), so one changed copy makes the score NaN
         scores = ratios.mean(1) if reduce == "mean" else ratios.max(1).values

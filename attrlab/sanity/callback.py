@@ -9,7 +9,7 @@ exactly the missing rows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
@@ -84,12 +84,27 @@ class SanityTracker(Callback):
         rows = []
         for method in self.methods:
             scores = random_logit(model, method, self.images, self.labels, self.num_classes, self.seed)
-            rows.append(pd.DataFrame([{"method": method.label, "check": "random_logit", "injection": "",
-                                       "layer": "", "position": -1, "value": float(scores["ssim"].median())}]))
+            rows.append(
+                pd.DataFrame(
+                    [
+                        {
+                            "method": method.label,
+                            "check": "random_logit",
+                            "injection": "",
+                            "layer": "",
+                            "position": -1,
+                            "value": float(scores["ssim"].median()),
+                        }
+                    ]
+                )
+            )
             if method.family != "none":
                 frame = csc(model, method, self.images, self.injection_layers, self.record, self.vectors, self.seed)
-                rows.append(frame.rename(columns={"median": "value"}).assign(check="csc")[
-                    ["method", "check", "injection", "layer", "position", "value"]])
+                rows.append(
+                    frame.rename(columns={"median": "value"}).assign(check="csc")[
+                        ["method", "check", "injection", "layer", "position", "value"]
+                    ]
+                )
         self._pending.append(pd.concat(rows, ignore_index=True).assign(step=step)[COLUMNS])
 
     def on_flush(self, trainer, step: int) -> None:

@@ -13,8 +13,8 @@ images get percentile bootstrap intervals (99 %, 10 000 resamples, seeded), vect
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,8 +37,9 @@ def _check_batch(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _maps(method: SanityMethod, model: nn.Module, inputs: torch.Tensor, target) -> torch.Tensor:
     attribution = method.build(model).attribute(inputs, target=target).detach()
     if attribution.dim() == 5:  # (N, T, C, H, W): the targets become separate maps, target-major per image
-        return reduce_channels(attribution.flatten(0, 1), method.reduce).view(*attribution.shape[:2], -1,
-                                                                               attribution.shape[-1])
+        return reduce_channels(attribution.flatten(0, 1), method.reduce).view(
+            *attribution.shape[:2], -1, attribution.shape[-1]
+        )
     return reduce_channels(attribution, method.reduce)
 
 
@@ -86,20 +87,21 @@ def random_logit(
     other = random_classes(labels, num_classes, seed)
     maps = _maps(method, model, inputs, torch.stack([labels, other], 1))
     scores = ssim_flipped(maps[:, 0], maps[:, 1], method.percentile, data_range=data_range)
-    return pd.DataFrame({
-        "method": method.label,
-        "image": np.arange(len(labels)),
-        "label": labels.cpu().numpy(),
-        "random_class": other.cpu().numpy(),
-        "ssim": scores.cpu().numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "method": method.label,
+            "image": np.arange(len(labels)),
+            "label": labels.cpu().numpy(),
+            "random_class": other.cpu().numpy(),
+            "ssim": scores.cpu().numpy(),
+        }
+    )
 
 
 def parametrised_layers(model: nn.Module) -> list[str]:
     """Names of the modules holding parameters of their own, in registration (= forward, for the seed models) order."""
     return [
-        name for name, module in model.named_modules()
-        if name and any(True for _ in module.parameters(recurse=False))
+        name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))
     ]
 
 
@@ -185,10 +187,17 @@ def cascading_randomisation(
     for depth, checkpoint, randomised in cascade(model, checkpoints, seed):
         current = _maps(method, randomised, inputs, labels)
         scores = ssim_flipped(original, current, method.percentile, data_range=data_range)
-        frames.append(pd.DataFrame({
-            "method": method.label, "checkpoint": checkpoint, "depth": depth,
-            "image": np.arange(len(labels)), "ssim": scores.cpu().numpy(),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "method": method.label,
+                    "checkpoint": checkpoint,
+                    "depth": depth,
+                    "image": np.arange(len(labels)),
+                    "ssim": scores.cpu().numpy(),
+                }
+            )
+        )
         if keep:
             maps[checkpoint] = current[:keep].cpu()
     return CascadeResult(pd.concat(frames, ignore_index=True), maps)
@@ -231,7 +240,11 @@ def bootstrap_median(
 
 
 def median_table(
-    frame: pd.DataFrame, by: list[str], value: str = "ssim", confidence: float = 0.99, resamples: int = 10_000,
+    frame: pd.DataFrame,
+    by: list[str],
+    value: str = "ssim",
+    confidence: float = 0.99,
+    resamples: int = 10_000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Per group of ``by``: the median of ``value`` with its bootstrap interval, the count and the NaN count."""

@@ -15,7 +15,7 @@ other models (the residual one of the chapter) are read with forward hooks remov
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,10 +29,9 @@ from ..lrp.inject import relevance_from
 from .methods import SanityMethod
 
 
-def _run_capturing(
-    model: nn.Module, x: Tensor, names: Sequence[str], substitutes: Substitutes
-) -> dict[str, Tensor]:
+def _run_capturing(model: nn.Module, x: Tensor, names: Sequence[str], substitutes: Substitutes) -> dict[str, Tensor]:
     """Outputs of the named modules in one forward pass (with ``substitutes``); graph kept."""
+
     def substitute(module: nn.Module):
         return next((f for kind, f in substitutes.items() if isinstance(module, kind)), None)
 
@@ -56,13 +55,14 @@ def _run_capturing(
     handles = []
     modules = dict(model.named_modules())
     try:
-        for name, module in modules.items():
+        for module in modules.values():
             function = substitute(module)
             if function is not None:
                 handles.append(module.register_forward_hook(lambda _m, args, _o, f=function: f(args[0])))
         for name in wanted:
-            handles.append(modules[name].register_forward_hook(
-                lambda _m, _a, output, n=name: captured.__setitem__(n, output)))
+            handles.append(
+                modules[name].register_forward_hook(lambda _m, _a, output, n=name: captured.__setitem__(n, output))
+            )
         model(x)
     finally:
         for handle in handles:
@@ -71,7 +71,11 @@ def _run_capturing(
 
 
 def gradient_from(
-    model: nn.Module, inputs: Tensor, layer: str, gradient: Tensor, record: Sequence[str | None],
+    model: nn.Module,
+    inputs: Tensor,
+    layer: str,
+    gradient: Tensor,
+    record: Sequence[str | None],
     substitutes: Substitutes | None = None,
 ) -> dict[str | None, Tensor]:
     """The gradient at the outputs of the ``record`` layers (``None``: the input) when the backward pass starts at
@@ -106,8 +110,9 @@ def gradient_from(
         captured = _run_capturing(model, x, [layer, *[n for n in record if n is not None]], substitutes or {})
         out = captured[layer]
         if gradient.shape != out.shape:
-            raise ValueError(f"gradient of shape {tuple(gradient.shape)} does not match {layer!r}'s output "
-                             f"{tuple(out.shape)}")
+            raise ValueError(
+                f"gradient of shape {tuple(gradient.shape)} does not match {layer!r}'s output {tuple(out.shape)}"
+            )
         wrt = [x if name is None else captured[name] for name in record]
         grads = torch.autograd.grad(out, wrt, grad_outputs=gradient.to(out), allow_unused=True)
     return {name: torch.zeros_like(t) if g is None else g for name, t, g in zip(record, wrt, grads)}
@@ -126,8 +131,10 @@ def propagate_from(
         return relevance_from(attribution, inputs, layer, start, record)
     substitutes = getattr(attribution, "substitutes", None)
     if substitutes is None:
-        raise TypeError(f"method {method.label!r} ({type(attribution).__name__}) does not say how it modifies the "
-                        "backward pass (no `substitutes`); give it family 'none'")
+        raise TypeError(
+            f"method {method.label!r} ({type(attribution).__name__}) does not say how it modifies the "
+            "backward pass (no `substitutes`); give it family 'none'"
+        )
     return gradient_from(model, inputs, layer, start, record, substitutes)
 
 
@@ -207,11 +214,21 @@ def csc(
             value = propagated[name]
             cosines = pairwise_abs_cosine(value, vectors)
             total = vectors * (vectors - 1) // 2 * inputs.shape[0] * int(np.prod(value.shape[2:], dtype=int))
-            rows.append((method.label, layer, "input" if name is None else name, order.index(name),
-                         float(cosines.median()) if cosines.numel() else float("nan"),
-                         int(cosines.numel()), total - int(cosines.numel()), int(value.shape[1])))
-    return pd.DataFrame(rows, columns=["method", "injection", "layer", "position", "median", "values", "dropped",
-                                       "channels"])
+            rows.append(
+                (
+                    method.label,
+                    layer,
+                    "input" if name is None else name,
+                    order.index(name),
+                    float(cosines.median()) if cosines.numel() else float("nan"),
+                    int(cosines.numel()),
+                    total - int(cosines.numel()),
+                    int(value.shape[1]),
+                )
+            )
+    return pd.DataFrame(
+        rows, columns=["method", "injection", "layer", "position", "median", "values", "dropped", "channels"]
+    )
 
 
 def _below(model: nn.Module, order: list[str | None], layer: str) -> list[str | None]:

@@ -35,7 +35,9 @@ class SanityMethod:
 
     def __post_init__(self) -> None:
         if self.reduce not in REDUCTIONS:
-            raise ValueError(f"unknown reduce {self.reduce!r} for {self.label!r}; valid choices: {', '.join(REDUCTIONS)}")
+            raise ValueError(
+                f"unknown reduce {self.reduce!r} for {self.label!r}; valid choices: {', '.join(REDUCTIONS)}"
+            )
         if self.family not in ("lrp", "gradient", "none"):
             raise ValueError(f"unknown family {self.family!r} for {self.label!r}; valid choices: lrp, gradient, none")
 

@@ -55,13 +55,21 @@ class SmallResNet(nn.Module):
 
     def record_layers(self) -> list[str | None]:
         """Every Conv2d output and every block's entry and output, in forward order, with ``None`` (the input)."""
-        return [None] + [name for name, module in self.named_modules()
-                         if isinstance(module, nn.Conv2d) or name.endswith((".entry", ".out"))]
+        return [None] + [
+            name
+            for name, module in self.named_modules()
+            if isinstance(module, nn.Conv2d) or name.endswith((".entry", ".out"))
+        ]
 
 
 def fit(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 5, batch_size: int = 64,
-    lr: float = 1e-3, seed: int = 0,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
 ) -> list[float]:
     """Train ``model`` with Adam and cross-entropy on shuffled mini-batches (seeded); the per-epoch mean losses.
 

@@ -22,6 +22,8 @@ diagonal, a constant upward bias of its metric).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import torch
@@ -57,8 +59,11 @@ def model_matrices(model: nn.Module) -> list[np.ndarray]:
             h, w = weight.shape[2] // 2, weight.shape[3] // 2
             matrix = weight[:, :, h, w]
             previous_channels = weight.shape[0]
-        elif previous_channels is not None and weight.shape[1] % previous_channels == 0 and \
-                weight.shape[1] != previous_channels:
+        elif (
+            previous_channels is not None
+            and weight.shape[1] % previous_channels == 0
+            and weight.shape[1] != previous_channels
+        ):
             positions = weight.shape[1] // previous_channels
             side = int(round(positions**0.5))
             matrix = weight.view(weight.shape[0], previous_channels, positions)[:, :, (side // 2) * side + side // 2]
@@ -82,8 +87,9 @@ def _mean_abs_cosine(rows: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, np.nansum(pairs, 1) / np.maximum(counts, 1), np.nan)
 
 
-def _random_matrix(setting: str, shape: tuple[int, int], chains: int, rng: np.random.Generator,
-                   alpha: float) -> np.ndarray:
+def _random_matrix(
+    setting: str, shape: tuple[int, int], chains: int, rng: np.random.Generator, alpha: float
+) -> np.ndarray:
     w = rng.standard_normal((chains, *shape))
     if setting in ("vanilla", "relu"):
         return w
@@ -147,9 +153,10 @@ def simulate(
     result = np.empty((chains, len(shapes)))
     for index, shape in enumerate(shapes):
         if setting == "learned":
+            assert matrices is not None  # the 'learned' setting checked them above
             w = np.broadcast_to(matrices[index], (chains, *shape))
         else:
-            w = _random_matrix(setting, tuple(shape), chains, rng, alpha)
+            w = _random_matrix(setting, cast("tuple[int, int]", tuple(shape)), chains, rng, alpha)
         current = current @ w
         if setting in ("relu", "learned") and index > 0:
             current = np.maximum(current, 0)
@@ -160,8 +167,12 @@ def simulate(
 
 
 def simulation_frame(
-    shapes: list[tuple[int, int]], chains: int = 20, rows: int = 32, seed: int = 0,
-    alphas: tuple[float, ...] = ALPHAS, learned: list[np.ndarray] | None = None,
+    shapes: list[tuple[int, int]],
+    chains: int = 20,
+    rows: int = 32,
+    seed: int = 0,
+    alphas: tuple[float, ...] = ALPHAS,
+    learned: list[np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """All settings of Fig. 4a/4b (and ``learned`` when given) as one long frame.
 
@@ -171,16 +182,26 @@ def simulation_frame(
         Columns ``setting``, ``alpha`` (NaN outside alpha-beta), ``step`` (1-based product count), ``chain``,
         ``cos`` and ``one_minus_cos``.
     """
-    runs: list[tuple[str, float, np.ndarray]] = [(s, float("nan"), simulate(shapes, s, chains, rows, seed=seed))
-                                                 for s in SETTINGS]
+    runs: list[tuple[str, float, np.ndarray]] = [
+        (s, float("nan"), simulate(shapes, s, chains, rows, seed=seed)) for s in SETTINGS
+    ]
     runs += [("alpha_beta", a, simulate(shapes, "alpha_beta", chains, rows, a, seed)) for a in alphas]
     if learned:
         runs.append(("learned", float("nan"), simulate([], "learned", chains, rows, seed=seed, matrices=learned)))
     frames = []
     for setting, alpha, values in runs:
         chain, step = np.meshgrid(np.arange(values.shape[0]), np.arange(1, values.shape[1] + 1), indexing="ij")
-        frames.append(pd.DataFrame({"setting": setting, "alpha": alpha, "step": step.ravel(), "chain": chain.ravel(),
-                                    "cos": values.ravel()}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "setting": setting,
+                    "alpha": alpha,
+                    "step": step.ravel(),
+                    "chain": chain.ravel(),
+                    "cos": values.ravel(),
+                }
+            )
+        )
     frame = pd.concat(frames, ignore_index=True)
     frame["one_minus_cos"] = 1.0 - frame["cos"]
     return frame

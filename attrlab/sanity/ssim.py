@@ -59,7 +59,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = WIN_SIZE, data_range:
         (N,) float64 SSIM values.
     """
     if a.shape != b.shape or a.dim() != 3:
-        raise ValueError(f"ssim needs two (N, H, W) batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"ssim needs two (N, H, W) batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if win_size % 2 == 0 or win_size < 3 or win_size > min(a.shape[1:]):
         raise ValueError(f"win_size must be odd, >= 3 and at most the image side {min(a.shape[1:])}, got {win_size}")
     if data_range <= 0:
@@ -104,7 +106,9 @@ def ssim_flipped(
     na = normalize_maps(a, percentile)
     straight = ssim(na, normalize_maps(b, percentile), win_size, data_range)
     flipped = ssim(na, normalize_maps(-b, percentile), win_size, data_range)
-    return torch.maximum(straight, flipped).where(~(straight.isnan() | flipped.isnan()), straight.new_tensor(float("nan")))
+    return torch.maximum(straight, flipped).where(
+        ~(straight.isnan() | flipped.isnan()), straight.new_tensor(float("nan"))
+    )
 
 
 __all__ = ["DATA_RANGE", "PERCENTILE", "WIN_SIZE", "normalize_maps", "ssim", "ssim_flipped"]

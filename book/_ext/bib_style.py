@@ -14,7 +14,7 @@ from pybtex.style.labels import BaseLabelStyle
 
 
 class AuthorYearLabels(BaseLabelStyle):
-    """"Surname, year", "Surname and Other, year" or "Surname et al., year"."""
+    """ "Surname, year", "Surname and Other, year" or "Surname et al., year"."""
 
     def format_labels(self, sorted_entries):
         for entry in sorted_entries:
