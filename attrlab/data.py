@@ -114,7 +114,9 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     target = resolve_device(device)
-    if name not in ("digits", "canvas") and not Path(data_root).is_dir():  # a typo must not become a new, empty download folder
+    if (
+        name not in ("digits", "canvas") and not Path(data_root).is_dir()
+    ):  # a typo must not become a new, empty download folder
         raise DatasetUnavailableError(
             f"data_root {str(data_root)!r} ({Path(data_root).resolve()}) does not exist; create it (mkdir -p) for "
             f"{name} to be downloaded into it, or pass the folder that holds the files"
