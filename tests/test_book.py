@@ -431,7 +431,7 @@ def test_make_lab_opens_chapters_as_jupytext_notebooks():
     assert any(d.startswith("jupyterlab") for d in extras["lab"]) and any(
         d.startswith("jupytext") for d in extras["lab"]
     )
-    assert '".[book,test,lab]"' in makefile  # installed with the book's environment
+    assert '".[book,test,lab,lint]"' in makefile  # installed with the book's environment
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
