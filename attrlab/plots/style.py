@@ -68,6 +68,13 @@ def fit_to_page(figure: Figure) -> Figure:
     for text in figure.findobj(lambda artist: hasattr(artist, "get_fontsize") and hasattr(artist, "set_fontsize")):
         if text.get_fontsize() < MIN_FONT_PT:
             text.set_fontsize(MIN_FONT_PT)
+    # the inline backend saves with bbox_inches="tight": a legend or label outside the axes widens the image beyond the
+    # figure, and the browser then scales all of it down; shrink the figure by that overhang (artists outside the axes
+    # keep their size in inches, so the tight box shrinks by the same amount)
+    width, height = figure.get_size_inches()
+    tight = figure.get_tightbbox(figure.canvas.get_renderer()).width
+    if tight > PAGE_WIDTH_IN and width - (tight - PAGE_WIDTH_IN) > PAGE_WIDTH_IN / 2:
+        figure.set_size_inches(width - (tight - PAGE_WIDTH_IN), height, forward=True)
     return figure
 
 
