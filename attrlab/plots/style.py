@@ -72,7 +72,7 @@ def fit_to_page(figure: Figure) -> Figure:
     # figure, and the browser then scales all of it down; shrink the figure by that overhang (artists outside the axes
     # keep their size in inches, so the tight box shrinks by the same amount)
     width, height = figure.get_size_inches()
-    tight = figure.get_tightbbox(figure.canvas.get_renderer()).width
+    tight = figure.get_tightbbox().width
     if tight > PAGE_WIDTH_IN and width - (tight - PAGE_WIDTH_IN) > PAGE_WIDTH_IN / 2:
         figure.set_size_inches(width - (tight - PAGE_WIDTH_IN), height, forward=True)
     return figure
