@@ -25,6 +25,7 @@ autograd function whose forward is the layer's and whose backward uses the patte
 
 from __future__ import annotations
 
+import abc
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -258,8 +259,9 @@ class _PatternMethod(Attribution):
                     )
                 self._by_module[id(module)] = pattern
 
+    @abc.abstractmethod
     def _backward_weight(self, module: nn.Module, pattern: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The weight the backward pass of ``module`` uses in place of its own, from the layer's signal ``pattern``."""
 
     def _layer(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor:
         pattern = self._by_module[id(module)].to(cast(torch.Tensor, module.weight))  # a Linear or Conv2d

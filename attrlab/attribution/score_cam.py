@@ -14,6 +14,8 @@ check the weights and the maps against it.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,13 +59,13 @@ class _ChannelCAM(Attribution):
         self.internal_batch_size = check_internal_batch_size(internal_batch_size)
         self.progress = check_bool("progress", progress)
 
+    @abc.abstractmethod
     def _copies(self, inputs: torch.Tensor, activation: torch.Tensor, split: ModelSplit) -> tuple[torch.Tensor, str]:
         """The (N, K, ...) perturbed copies and where they enter: ``"input"`` (head and tail) or ``"layer"`` (tail)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _weights(self, scores: torch.Tensor, logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """(N, T, K) channel weights from the copies' (N, K, classes) logits and the unperturbed (N, classes)."""
-        raise NotImplementedError
 
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs, self.model)
