@@ -1,4 +1,5 @@
-"""The LRP composites of Sixt et al. (2020)'s method list against zennit 0.5.1, on the seed models."""
+"""The LRP composites of Sixt et al. (2020)'s method list (and zennit's EpsilonPlus, EpsilonAlpha2Beta1) against
+zennit 0.5.1, on the seed models."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _references():
         "cmp_alpha2_beta1": _everywhere(zennit_rules.AlphaBeta(2.0, 1.0), dense=zennit_rules.Epsilon(1e-10)),
         "dtd": _everywhere(zennit_rules.ZPlus(), first=zennit_rules.ZBox(low=-1.0, high=1.0)),
         "excitation_backprop": zennit_composites.ExcitationBackprop(),
+        "epsilon_plus": zennit_composites.EpsilonPlus(),
+        "epsilon_alpha2_beta1": zennit_composites.EpsilonAlpha2Beta1(),
     }
 
 

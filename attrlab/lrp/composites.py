@@ -22,10 +22,13 @@ name                     dense (Linear)      conv (Conv2d)           first layer
 ``cmp_alpha2_beta1``     epsilon (1e-10)     alpha 2, beta 1         (same)                     gradient
 ``dtd``                  z+                  z+                      z^B (first Conv/Linear)    gradient
 ``excitation_backprop``  z+                  z+                      (same)                     gradient
+``epsilon_plus``         epsilon (1e-6)      z+                      (same)                     gradient
+``epsilon_alpha2_beta1`` epsilon (1e-6)      alpha 2, beta 1         (same)                     gradient
 =======================  ==================  ======================  =========================  =================
 
-The last nine are the method list of Sixt et al. (2020), "When Explanations Lie" (seed 002), which ran them through
-iNNvestigate; each class docstring names its source.
+``lrp_z`` to ``excitation_backprop`` are the method list of Sixt et al. (2020), "When Explanations Lie", which ran
+them through iNNvestigate; ``epsilon_plus`` and ``epsilon_alpha2_beta1`` are zennit's composites of those names, two of
+the configurations Pahde et al. (2023) search over; each class docstring names its source.
 
 Every composite also takes ``name_map`` ({layer name: rule}, highest priority), ``layer_map`` ([(types, rule)],
 before the built-in type map) and ``max_pool`` ("gradient": relevance routed to the maximum like zennit, or
@@ -92,6 +95,7 @@ class Composite:
                 raise TypeError(f"composite entries must be attrlab.lrp.rules.Rule objects, got {rule!r}")
         self.name_map = dict(name_map or {})
         self.first_map = list(first_map)
+        self.stabilizer = float(stabilizer)  # also the traced engine's addition and pooling rules
         base: list[tuple[type | tuple[type, ...], Rule]] = [
             ((nn.ReLU, ThreshReLU), Pass()),
             (nn.MaxPool2d, Gradient() if max_pool == "gradient" else MaxAsAvg(stabilizer)),
@@ -506,6 +510,56 @@ class ExcitationBackprop(Composite):
         super().__init__(**_standard(rule, rule, [], name_map, layer_map, max_pool, stabilizer))
 
 
+class EpsilonPlus(Composite):
+    """zennit's ``EpsilonPlus``: epsilon on dense layers, z+ on convolutions, no special first layer (Kohlbrenner et
+    al. 2020's LRP-CMP; one of Pahde et al. 2023's searched composites).
+
+    Parameters
+    ----------
+    epsilon : float
+        The epsilon rule's stabilizer on the dense layers.
+    stabilizer : float
+        The stabilizer of the other rules (z+, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
+
+    def __init__(
+        self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"
+    ):
+        super().__init__(
+            **_standard(Epsilon(epsilon), ZPlus(stabilizer), [], name_map, layer_map, max_pool, stabilizer)
+        )
+
+
+class EpsilonAlpha2Beta1(Composite):
+    """zennit's ``EpsilonAlpha2Beta1``: epsilon on dense layers, alpha 2 beta 1 on convolutions, no special first layer.
+
+    Parameters
+    ----------
+    epsilon : float
+        The epsilon rule's stabilizer on the dense layers.
+    stabilizer : float
+        The stabilizer of the other rules (alpha-beta, pooling).
+    name_map : mapping of str to Rule, optional
+        Rules for layers by name, before everything else.
+    layer_map : sequence of (type, Rule), optional
+        Rules by layer type, before the built-in type map.
+    max_pool : str
+        ``"gradient"`` (relevance to the maximum, zennit) or ``"average"`` (max pooling as average pooling).
+    """
+
+    def __init__(
+        self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"
+    ):
+        conv = AlphaBeta(2.0, 1.0, stabilizer)
+        super().__init__(**_standard(Epsilon(epsilon), conv, [], name_map, layer_map, max_pool, stabilizer))
+
+
 COMPOSITES: dict[str, type[Composite]] = {
     "epsilon": EpsilonOnly,
     "epsilon_plus_flat": EpsilonPlusFlat,
@@ -522,6 +576,8 @@ COMPOSITES: dict[str, type[Composite]] = {
     "cmp_alpha2_beta1": CMPAlpha2Beta1,
     "dtd": DTD,
     "excitation_backprop": ExcitationBackprop,
+    "epsilon_plus": EpsilonPlus,
+    "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
 }
 
 
@@ -566,6 +622,8 @@ __all__ = [
     "CMPAlpha2Beta1",
     "CMPAlphaBeta",
     "Composite",
+    "EpsilonAlpha2Beta1",
+    "EpsilonPlus",
     "ExcitationBackprop",
     "LRPZ",
     "EpsilonGammaBox",

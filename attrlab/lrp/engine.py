@@ -24,7 +24,7 @@ keep the BatchNorms as layers of their own with the matching rule instead (Pahde
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from ..attribution.checks import check_batch
 from ..canonize import BatchNorm, canonize_layers
 from .autograd import reusable_backward
 from .composites import Composite, make_composite
+from .graph import graph_plan, layer_nodes
 from .layers import Affine, LayerInfo
 from .rules import Gradient, Pass, RelevanceGradient, Rule
 
@@ -184,22 +185,26 @@ class PlanCache:
         self._key: tuple | None = None
         self._versions: tuple[int, ...] = ()
         self._snapshots: list[Tensor] = []
-        self._steps: list[Step] = []
+        self._steps: list = []
 
     @staticmethod
     def _tensors(model: nn.Module) -> list[Tensor]:
         tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.dtype.is_floating_point]
         return [t.detach() for t in tensors]
 
-    def steps(self, model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "canonize") -> list[Step]:
-        """The plan of ``model`` under ``composite``: the cached one if nothing changed, else a new one."""
+    def steps(
+        self, model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "canonize", build: Callable = plan
+    ) -> list:
+        """The plan of ``model`` under ``composite``: the cached one if nothing changed, else ``build``'s new one
+        (:func:`plan` for Sequential models, :func:`~attrlab.lrp.graph.graph_plan` for traced ones)."""
         tensors = self._tensors(model)
         if any(t.device.type != "cpu" for t in tensors):
-            return plan(model, composite, batchnorm)
+            return build(model, composite, batchnorm)
         key = (
             id(model),
             id(composite),
             batchnorm,
+            build,
             tuple(id(module) for module in model.modules()),
             tuple((t.data_ptr(), t.shape, t.dtype) for t in tensors),
         )
@@ -210,7 +215,7 @@ class PlanCache:
             and all(torch.equal(snapshot, t) for snapshot, t in zip(self._snapshots, tensors))
         ):
             return self._steps
-        self._steps = plan(model, composite, batchnorm)
+        self._steps = build(model, composite, batchnorm)
         self._key, self._versions = key, versions
         self._snapshots = [t.clone() for t in tensors]
         return self._steps
@@ -260,26 +265,37 @@ class LRP(Attribution):
         self.batchnorm: BatchNormMode = check_batchnorm_mode(batchnorm)  # type: ignore[assignment]
         self.composite = make_composite(composite, **composite_settings)
         self.start = start
+        #: traced engine (:mod:`attrlab.lrp.graph`) for models that are not (nested) nn.Sequential of layers
+        self.traced = not _is_sequential(model)
+        self._build: Callable = graph_plan if self.traced else plan
         self._plans = PlanCache()
-        self._plans.steps(model, self.composite, self.batchnorm)  # fail early on unsupported layers, misplaced rules
+        # fail early on unsupported layers and misplaced rules
+        self._plans.steps(model, self.composite, self.batchnorm, self._build)
 
     def explain(self, inputs: Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         inputs = check_batch(inputs, self.model)  # dtype, device, channels and size before any rule runs
-        capture = _capture_name(self.model, resolve_layer(self.model, layer))
-        steps = self._plans.steps(
-            self.model, self.composite, self.batchnorm
-        )  # rebuilt when the parameters changed (training)
+        if not self.traced:
+            capture = _capture_name(self.model, resolve_layer(self.model, layer))
+        else:
+            capture = self._graph_capture(layer)
+        # the plan is rebuilt when the parameters changed (training)
+        steps = self._plans.steps(self.model, self.composite, self.batchnorm, self._build)
         several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2
         with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
             x = inputs.detach().requires_grad_(True)
-            activation, captured = x, None
-            for step in steps:
-                activation = step.rule(step.layer, activation, step.info)
-                if capture in step.names:
-                    captured = activation
-            logits = activation
-            if logits.dim() != 2:
-                raise ValueError(f"the model must output (N, classes) logits, got shape {tuple(logits.shape)}")
+            if self.traced:
+                logits, captured, input_space = _run_graph(steps, x, capture)
+            else:
+                activation, captured = x, None
+                for step in steps:
+                    activation = step.rule(step.layer, activation, step.info)
+                    if capture in step.names:
+                        captured = activation
+                logits = activation
+                input_space = bool(steps) and steps[_first_affine(steps)].rule.input_space
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                raise ValueError(f"the model must output (N, classes) logits, got {shape}")
             target_index = resolve_target(target, logits)
             scale = None
             if self.start == "one":  # relevance 1 at the explained logit: its gradient divided by its value
@@ -287,12 +303,39 @@ class LRP(Attribution):
                 scale = torch.where(chosen != 0, 1.0 / torch.where(chosen != 0, chosen, 1.0), 0.0)
             wrt = x if captured is None else captured
             gradient = target_gradient(logits, target_index, wrt, scale)
-        if captured is None and steps and steps[_first_affine(steps)].rule.input_space:
+        if captured is None and input_space:
             relevance = gradient  # input-space rules hand back the relevance itself
         else:
             activation = wrt.detach()
             relevance = (activation[:, None] if target_index.dim() == 2 else activation) * gradient
         return Explanation(attribution=relevance, logits=logits.detach(), target=target_index)
+
+    def _graph_capture(self, layer: Layer) -> str | None:
+        """The node whose output ``layer`` names on a traced model (``None``: the input)."""
+        if layer is None or (isinstance(layer, str) and layer == "input"):
+            return None
+        steps = self._plans.steps(self.model, self.composite, self.batchnorm, self._build)
+        names = layer_nodes(self.model, steps)
+        if isinstance(layer, nn.Module):
+            name = next((name for name, module in self.model.named_modules() if module is layer), None)
+            if name is None:
+                raise ValueError(f"layer {type(layer).__name__} is not a sub-module of the model")
+            layer = name
+        if not isinstance(layer, str) or layer not in names:
+            raise ValueError(f"unknown layer {layer!r}; valid layers: input, {', '.join(names)}")
+        return names[layer]
+
+
+def _run_graph(steps: list, x: Tensor, capture: str | None) -> tuple[Any, Tensor | None, bool]:
+    """The traced plan run on ``x``: (output, the captured node's value, whether the input rule is input-space)."""
+    env: dict[str, Any] = {}
+    input_space = False
+    for step in steps:
+        env[step.node] = x if not env else step.compute(env)
+        if step.info is not None and step.info.model_input and step.rule.input_space:
+            input_space = True
+    captured = None if capture is None else env[capture]
+    return env[steps[-1].node], captured, input_space
 
 
 def _capture_name(model: nn.Module, module: nn.Module | None) -> str | None:
@@ -307,6 +350,17 @@ def _capture_name(model: nn.Module, module: nn.Module | None) -> str | None:
     if not inside:
         raise ValueError(f"layer {type(module).__name__} holds no layers to attribute to")
     return inside[-1]
+
+
+def _is_sequential(model: nn.Module) -> bool:
+    """True for a (nested) nn.Sequential of leaf layers (the Sequential engine's models), else False."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    try:
+        walk(model)
+    except TypeError:
+        return False
+    return True
 
 
 def _first_affine(steps: list[Step]) -> int:
