@@ -6,6 +6,11 @@ from other processes hits all of them alike), after a warm-up; the table shows m
 input-gradient pass (forward + backward of the target logits w.r.t. the input), next to the targets.
 
     python bench/attribution.py [--batch 200] [--repeats 7] [--quick] [--threads N] [--device cuda]
+    python bench/attribution.py --resnet18 [--batch 64] [--repeats 3]
+
+``--resnet18`` times the traced engine instead (issue 11): torchvision's ResNet-18 with random weights at 3x64x64,
+attrlab's EpsilonPlusFlat with canonization against one input-gradient pass and zennit's EpsilonPlusFlat with its
+``ResNetCanonizer``.
 
 ``--device`` defaults to CUDA when present; the clock is read after ``torch.cuda.synchronize()``. zennit and captum
 rows are skipped (with the reason) where those packages are not installed.
@@ -176,6 +181,65 @@ ISSUE12_PAIRS = {
 }
 
 
+#: the traced engine's targets on resnet18 (issue 11): ratio to the input-gradient pass, speed-up over zennit
+RESNET18_TARGETS = {"ratio": 1.6, "speedup": 3.0}
+
+
+def resnet18_rows(batch: int, repeats: int, device: torch.device) -> None:
+    """Time the traced LRP engine on torchvision's resnet18 (random weights, 3x64x64), interleaved with its rivals."""
+    import torchvision
+    from zennit.attribution import Gradient as ZennitGradient
+    from zennit.composites import EpsilonPlusFlat
+    from zennit.torchvision import ResNetCanonizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=1000).eval().to(device)
+    inputs = (torch.rand((batch, 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    with torch.no_grad():
+        target = model(inputs).argmax(1)
+    onehot = torch.eye(1000, device=device)[target]
+    ours = LRP(model, "epsilon_plus_flat")
+
+    def zennit(x):
+        with ZennitGradient(model, EpsilonPlusFlat(canonizers=[ResNetCanonizer()])) as attributor:
+            return attributor(x, lambda out: out * onehot)[1]
+
+    table = {
+        "input gradient": lambda x: input_gradient(model, x, target),
+        "attrlab LRP EpsilonPlusFlat": lambda x: ours.attribute(x, target),
+        "zennit EpsilonPlusFlat+ResNet": zennit,
+    }
+    times: dict[str, list[float]] = {name: [] for name in table}
+    for fn in table.values():  # warm-up (and the one trace of the model)
+        fn(inputs)
+    for _ in range(repeats):
+        for name, fn in table.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn(inputs)
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    floor = medians["input gradient"]
+    print(
+        f"device {device_name(device)}; resnet18 (random weights), 3x64x64, batch {batch}, median of {repeats} rounds"
+    )
+    print(f"{'method':32s} {'ms':>8s} {'x input-grad':>13s}  target")
+    for name, median in medians.items():
+        goal = ""
+        if name == "attrlab LRP EpsilonPlusFlat":
+            goal = f"<= {RESNET18_TARGETS['ratio']:.1f}x" + (
+                "  ok" if median / floor <= RESNET18_TARGETS["ratio"] else "  MISSED"
+            )
+        print(f"{name:32s} {median * 1e3:8.1f} {median / floor:13.2f}  {goal}")
+    speedup = medians["zennit EpsilonPlusFlat+ResNet"] / medians["attrlab LRP EpsilonPlusFlat"]
+    target = RESNET18_TARGETS["speedup"]
+    print(
+        f"attrlab vs zennit on resnet18: {speedup:.2f}x faster (target >= {target:.0f}x){'' if speedup >= target else '  MISSED'}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=200)
@@ -185,6 +249,7 @@ def main() -> None:
     parser.add_argument("--no-issue12", action="store_true", help="skip the rows of issue 12's methods")
     parser.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
+    parser.add_argument("--resnet18", action="store_true", help="time the traced engine on resnet18 (batch 64 default)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -193,6 +258,9 @@ def main() -> None:
     batch, repeats = args.batch, args.repeats or (3 if args.quick else 7)
     if args.quick and not batch_given and device.type == "cpu":
         batch = 50
+    if args.resnet18:
+        resnet18_rows(batch if batch_given else 64, args.repeats or 3, device)
+        return
 
     model = build_model("deep", (1, 28, 28), seed=0).eval().to(device)
     inputs = (torch.rand((batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
