@@ -254,3 +254,25 @@ def test_plan_is_traced_once_per_parameter_version(monkeypatch):
         model.fc.weight.mul_(2.0)
     torch.testing.assert_close(lrp.attribute(inputs, 1), 2 * first, rtol=1e-4, atol=1e-6)
     assert len(calls) == 2
+
+
+@pytest.mark.slow
+def test_vgg16_bn_matches_zennit_and_densenet121_keeps_its_outputs():
+    """torchvision families with random weights at 64x64: vgg16_bn against zennit's VGGCanonizer; densenet121 (no
+    zennit canonizer) canonized on the graph computes the model's outputs and gives finite maps in every mode."""
+    torchvision = pytest.importorskip("torchvision")
+    inputs = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vgg = _exact_batchnorms(randomise_batchnorms(torchvision.models.vgg16_bn(num_classes=10))).eval()
+        densenet = randomise_batchnorms(torchvision.models.densenet121(num_classes=10)).eval()
+    ours = LRP(vgg, "epsilon_gamma_box").attribute(inputs, TARGET[:2])
+    reference = zennit_composites.EpsilonGammaBox(low=-1.0, high=1.0, canonizers=[zennit_torchvision.VGGCanonizer()])
+    assert _relative(ours, _zennit(vgg, reference, inputs, TARGET[:2])) <= 1e-4
+    for mode in ("canonize", "gradient", "pass"):
+        explanation = LRP(densenet, "epsilon_plus_flat", batchnorm=mode).explain(inputs, TARGET[:2])
+        assert torch.isfinite(explanation.attribution).all() and explanation.attribution.abs().sum() > 0
+        if mode == "canonize":
+            with torch.no_grad():
+                expected = densenet(inputs)
+            torch.testing.assert_close(explanation.logits, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))

@@ -228,7 +228,9 @@ class LRP(Attribution):
     ----------
     model : nn.Module
         A (nested) ``nn.Sequential`` of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
-        Dropout and BatchNorm layers (BatchNorms are folded into their neighbours).
+        Dropout and BatchNorm layers (BatchNorms are folded into their neighbours), or any other model that
+        ``torch.fx`` can trace (residual, dense and gated networks: the traced engine of :mod:`attrlab.lrp.graph`,
+        where ``layer=`` names any module, container or graph node).
     composite : str, Composite or mapping
         A registered name (see :data:`attrlab.lrp.composites.COMPOSITES`), a :class:`Composite`, or a mapping
         {layer name or layer type: rule}.
