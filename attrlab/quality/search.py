@@ -1,0 +1,394 @@
+"""The gamma search on Dask: every :class:`~attrlab.quality.gamma.GammaConfig` of a grid scored by the metric battery.
+
+A search lives in one output folder::
+
+    setup.json            what every configuration is evaluated on (model, image set, metric settings)
+    model.pt              the model's weights (a state dict, loaded with ``weights_only=True``)
+    configs/<key>.json    one finished configuration: its gammas, canonization, metric means, seconds
+    results.csv           all finished configurations, one row each (written at the end)
+    timing.json           wall time and counts of every invocation
+
+Each configuration is one Dask task; the client stores its row as soon as it arrives (a temporary file, then a
+rename), so a killed search keeps every finished configuration and a rerun computes only the missing ones. A rerun
+must use the same setup (``setup.json`` is compared). The default cluster is a ``dask.distributed`` LocalCluster of
+worker processes (one torch thread each: the work is torch on the CPU, processes avoid the interpreter lock);
+``scheduler`` names an existing cluster whose workers see the same file system.
+
+Each task computes the maps of the whole image set for its configuration in one call and then every metric in
+batched form (:func:`attrlab.quality.battery.evaluate_battery`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..runstore import atomic_write_bytes, atomic_write_text
+from .battery import SEARCH_METRICS, BatterySettings, check_metrics, evaluate_battery, summarise
+from .gamma import GROUPS, GammaConfig, check_groups, gamma_composite, layer_groups
+from .setup import ImageSet, image_set
+
+RESULTS_NAME = "results.csv"
+
+
+class SearchError(RuntimeError):
+    """A search cannot start (bad setup, a folder of another setup) or some configurations failed."""
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """What every configuration of a search is evaluated on.
+
+    Parameters
+    ----------
+    model : str
+        Registered name of the model (its layer groups: :data:`attrlab.quality.gamma.LAYER_GROUPS`).
+    images : int
+        Size of the image set (:func:`attrlab.quality.setup.image_set`).
+    image_seed : int
+        Seed of the image set.
+    settings : BatterySettings
+        The metrics' parameters.
+    metrics : tuple of str
+        The metrics scored.
+    threads : int
+        Torch threads per task.
+    """
+
+    model: str = "vgg_small_bn"
+    images: int = 8
+    image_seed: int = 0
+    settings: BatterySettings = field(default_factory=lambda: search_settings())
+    metrics: tuple[str, ...] = SEARCH_METRICS
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        layer_groups(self.model)
+        check_metrics(self.metrics)
+        if not isinstance(self.images, int) or self.images <= 0:
+            raise ValueError(f"images must be a positive integer, got {self.images!r}")
+        if not isinstance(self.threads, int) or self.threads <= 0:
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["metrics"] = list(self.metrics)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchSetup:
+        values = dict(values)
+        values["settings"] = BatterySettings(**values["settings"])
+        values["metrics"] = tuple(values["metrics"])
+        return cls(**values)
+
+
+def search_settings(side: int = 64, **changes: Any) -> BatterySettings:
+    """The battery settings of the search: Pahde et al.'s, scaled to ``side``, with a coarser Pixel Flipping.
+
+    Pixel Flipping's scaled step (1 % of the pixels: 111 steps on 64 x 64 images) would be most of the search's
+    cost; 16 steps of 1/16 of the pixels keep its curve's shape at a seventh of the forward passes.
+
+    Parameters
+    ----------
+    side : int
+        Image side.
+    **changes
+        Any other :class:`BatterySettings` field.
+
+    Returns
+    -------
+    BatterySettings
+    """
+    return BatterySettings.scaled(side, **{"features_in_step": side * side // 16, **changes})
+
+
+# ---------------------------------------------------------------------------------------------- the worker side
+@lru_cache(maxsize=4)
+def _loaded(weights: str, setup_json: str) -> tuple[torch.nn.Module, ImageSet]:
+    """The model and the image set of a search, loaded once per worker process."""
+    from ..models import build_model
+
+    setup = SearchSetup.from_dict(json.loads(setup_json))
+    images = image_set(setup.images, seed=setup.image_seed, mask=setup.settings.mask)
+    model = build_model(setup.model, input_shape=(1, images.x.shape[-2], images.x.shape[-1]), num_classes=setup.settings.num_classes)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    check_groups(model, layer_groups(setup.model))
+    return model, images
+
+
+def config_method(model: torch.nn.Module, model_name: str, config: GammaConfig):
+    """The LRP method of one configuration (its gammas per group, BatchNorm canonized or passed)."""
+    from ..lrp import LRP
+
+    composite = gamma_composite(config, layer_groups(model_name))
+    settings: dict[str, Any] = {} if config.canonized else {"batchnorm": config.batchnorm}  # TEMP: BN modes
+    return LRP(model, composite, **settings)
+
+
+def evaluate_config(weights: str, setup_json: str, config: GammaConfig) -> dict[str, Any]:
+    """One configuration's row: its fields, the mean of every metric over the image set, its wall and CPU seconds.
+
+    Parameters
+    ----------
+    weights : str
+        Path of the model's state dict.
+    setup_json : str
+        The :class:`SearchSetup` as JSON (a hashable key of the worker's cache).
+    config : GammaConfig
+        The configuration.
+
+    Returns
+    -------
+    dict
+    """
+    setup = SearchSetup.from_dict(json.loads(setup_json))
+    torch.set_num_threads(setup.threads)
+    model, images = _loaded(weights, setup_json)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    method = config_method(model, setup.model, config)
+    scores = evaluate_battery(model, images.x, images.y, images.masks, method, setup.settings, setup.metrics)
+    row = {
+        **config.as_row(),
+        **summarise(scores),
+        "seconds": time.perf_counter() - start,  # wall time of the task
+        "cpu_seconds": time.process_time() - cpu_start,  # CPU time of the worker process (one torch thread)
+    }
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- the client side
+@dataclass
+class SearchResult:
+    """What a :func:`run_search` call did: configurations computed now, found finished, failed (key -> error)."""
+
+    computed: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    wall_seconds: float
+    table: pd.DataFrame
+
+
+def _config_path(output: Path, config: GammaConfig) -> Path:
+    return output / "configs" / f"{config.key}.json"
+
+
+def prepare_search(output: str | Path, setup: SearchSetup, model: torch.nn.Module | None) -> Path:
+    """Create ``output`` for ``setup`` and ``model`` (or reopen it, checking both); return the weights' path.
+
+    Parameters
+    ----------
+    output : str or Path
+        The search folder.
+    setup : SearchSetup
+        The setup; an existing folder must hold the same.
+    model : torch.nn.Module, optional
+        The model; needed for a new folder; checked against the stored weights when given for an existing one.
+
+    Returns
+    -------
+    Path
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    setup_path, weights = output / "setup.json", output / "model.pt"
+    text = json.dumps(setup.to_dict(), indent=1, sort_keys=True)
+    if setup_path.exists():
+        stored = json.loads(setup_path.read_text())
+        if stored != json.loads(text):
+            raise SearchError(
+                f"{output} holds a search of another setup ({setup_path}); use a new folder or the same setup"
+            )
+        if model is not None:
+            stored_weights = torch.load(weights, map_location="cpu", weights_only=True)
+            same = all(torch.equal(stored_weights[k], v.cpu()) for k, v in model.state_dict().items())
+            if not same:
+                raise SearchError(f"{output} holds a search of other model weights ({weights}); use a new folder")
+    else:
+        if model is None:
+            raise SearchError(f"{output} holds no search yet: give the model to start one")
+        buffer = _state_bytes(model)
+        atomic_write_bytes(weights, buffer)
+        atomic_write_text(setup_path, text)
+    if not weights.exists():
+        raise SearchError(f"{output} lacks its model weights {weights}")
+    return weights
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def search_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A Dask client: of the cluster at ``scheduler``, or of a new LocalCluster of ``workers`` worker processes."""
+    if scheduler:
+        from ..sweep import dask_client
+
+        with dask_client(scheduler) as client:
+            yield client
+        return
+    from distributed import Client, LocalCluster
+
+    workers = workers or os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise SearchError(f"workers must be a positive integer, got {workers!r}")
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def stored_setup(output: str | Path) -> SearchSetup | None:
+    """The setup of the search in ``output``, None when there is none yet."""
+    path = Path(output) / "setup.json"
+    return SearchSetup.from_dict(json.loads(path.read_text())) if path.exists() else None
+
+
+def read_results(output: str | Path) -> pd.DataFrame:
+    """Every finished configuration of the search in ``output``, one row each (ordered by canonization and gammas)."""
+    folder = Path(output) / "configs"
+    rows = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    columns = [*GROUPS, "canonized"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows).sort_values(["canonized", *GROUPS]).reset_index(drop=True)
+
+
+def run_search(
+    output: str | Path,
+    configs: Sequence[GammaConfig],
+    setup: SearchSetup,
+    model: torch.nn.Module | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Evaluate every configuration of ``configs`` not finished in ``output`` yet, on Dask; store each as it ends.
+
+    Parameters
+    ----------
+    output : str or Path
+        The search folder (see the module docstring); created, or reopened to resume.
+    configs : sequence of GammaConfig
+        The grid (:func:`attrlab.quality.gamma.gamma_grid`).
+    setup : SearchSetup
+        Model, image set and metric settings; a resumed search must use the same.
+    model : torch.nn.Module, optional
+        The trained model (its weights are stored in ``output``); needed to start, optional to resume.
+    scheduler : str, optional
+        Address of an existing Dask scheduler (default: a new LocalCluster).
+    workers : int, optional
+        LocalCluster worker processes (default: the CPU count).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    SearchResult
+    """
+    output = Path(output)
+    if not configs:
+        raise SearchError("no configurations to evaluate")
+    keys = [c.key for c in configs]
+    if len(set(keys)) != len(keys):
+        raise SearchError("configurations must be distinct")
+    weights = prepare_search(output, setup, model)
+    for stale in (output / "configs").glob(".*.tmp-*"):  # a killed client's half-written temporary files
+        stale.unlink(missing_ok=True)
+    pending = [c for c in configs if not _config_path(output, c).exists()]
+    skipped = [c.key for c in configs if _config_path(output, c).exists()]
+    setup_json = json.dumps(setup.to_dict(), sort_keys=True)
+    computed: list[str] = []
+    failed: dict[str, str] = {}
+    start = time.perf_counter()
+    if pending:
+        from distributed import as_completed
+
+        with search_client(scheduler, workers) as client:
+            futures = {
+                client.submit(
+                    evaluate_config, str(weights.resolve()), setup_json, c, key=f"gamma-{c.key}", pure=False
+                ): c
+                for c in pending
+            }
+            bar = tqdm(total=len(configs), initial=len(skipped), desc="gamma search", disable=not progress)
+            for future in as_completed(futures):
+                config = futures[future]
+                try:
+                    row = future.result()
+                except Exception as err:  # one failing configuration must not lose the others
+                    failed[config.key] = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+                else:
+                    atomic_write_text(_config_path(output, config), json.dumps(row))
+                    computed.append(config.key)
+                bar.update(1)
+                future.release()
+            bar.close()
+    wall = time.perf_counter() - start
+    table = read_results(output)
+    _record_timing(output, wall, len(computed), len(skipped), len(failed), scheduler, workers)
+    if not failed and len(table) >= len(configs):
+        csv = table.to_csv(index=False, float_format="%.6g")
+        atomic_write_text(output / RESULTS_NAME, csv)
+    return SearchResult(computed, skipped, failed, wall, table)
+
+
+def _record_timing(output: Path, wall: float, computed: int, skipped: int, failed: int, scheduler, workers) -> None:
+    path = output / "timing.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append(
+        {
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_seconds": round(wall, 3),
+            "computed": computed,
+            "skipped": skipped,
+            "failed": failed,
+            "scheduler": scheduler or "LocalCluster",
+            "workers": workers or os.cpu_count(),
+        }
+    )
+    atomic_write_text(path, json.dumps(history, indent=1))
+
+
+def total_wall_seconds(output: str | Path) -> float:
+    """The summed wall time of every invocation of the search in ``output`` (NaN when none finished)."""
+    path = Path(output) / "timing.json"
+    if not path.exists():
+        return math.nan
+    return float(sum(entry["wall_seconds"] for entry in json.loads(path.read_text())))
+
+
+__all__ = [
+    "RESULTS_NAME",
+    "SearchError",
+    "SearchResult",
+    "SearchSetup",
+    "config_method",
+    "evaluate_config",
+    "prepare_search",
+    "read_results",
+    "stored_setup",
+    "run_search",
+    "search_client",
+    "search_settings",
+    "total_wall_seconds",
+]
