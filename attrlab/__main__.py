@@ -223,7 +223,7 @@ def _add_gamma_search(subparsers, common) -> None:
         help="address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a new LocalCluster)",
     )
     parser.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="LocalCluster worker processes (default: the CPU cores)"
+        "--workers", type=_positive_int, metavar="N", help="LocalCluster worker threads (default: the CPU cores)"
     )
     parser.add_argument("--epochs", type=_positive_int, default=8, help="training epochs without --run (default: 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

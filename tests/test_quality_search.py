@@ -76,7 +76,13 @@ def test_settings_scaled_to_64_pixels():
     s = BatterySettings.scaled(64)
     assert (s.patch_size, s.blur_kernel_size, s.features_in_step, s.subset_size) == (4, 5, 37, 41)
     assert BatterySettings.scaled(224) == BatterySettings()
-    assert search_settings().features_in_step == 256
+    reduced = search_settings()
+    assert (reduced.patch_size, reduced.regions_evaluation, reduced.features_in_step, reduced.nr_samples) == (
+        8,
+        12,
+        512,
+        3,
+    )
     with pytest.raises(ValueError, match="unknown mask 'ink'"):
         BatterySettings(mask="ink")
 
