@@ -226,6 +226,12 @@ def _add_gamma_search(subparsers, common) -> None:
         "--workers", type=_positive_int, metavar="N", help="LocalCluster worker threads (default: the CPU cores)"
     )
     parser.add_argument("--epochs", type=_positive_int, default=8, help="training epochs without --run (default: 8)")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="when the grid is complete, write its table and timing summary to DIR (gamma_search.csv, "
+        "gamma_search_timing.json)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -273,6 +279,11 @@ def _gamma_search(args: argparse.Namespace) -> int:
     )
     for key, error in result.failed.items():
         print(f"FAILED {key}: {error}", file=sys.stderr)
+    if args.export and not result.failed:
+        from .quality.search import export_results
+
+        for path in export_results(output, args.export):
+            print(f"wrote {path}")
     return 1 if result.failed else 0
 
 

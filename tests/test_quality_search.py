@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -22,6 +24,9 @@ from attrlab.quality.gamma import GAMMAS, LAYER_GROUPS, GammaConfig, check_group
 from attrlab.quality.search import (
     SearchError,
     SearchSetup,
+    config_maps,
+    evaluate_grid,
+    export_results,
     prepare_search,
     read_results,
     run_search,
@@ -127,6 +132,15 @@ def test_search_stores_rows_and_resumes(tmp_path):
     assert (tmp_path / "results.csv").exists()
     again = run_search(tmp_path, configs, _small_setup(), progress=False)
     assert again.computed == [] and len(again.skipped) == 3
+    table_path, summary_path = export_results(tmp_path, tmp_path / "book")
+    assert len(pd.read_csv(table_path)) == 3
+    assert json.loads(summary_path.read_text())["configurations"] == 3
+    live = evaluate_grid(model, "vgg_small_bn", configs, image_set(2), _small_setup().settings, progress=False)
+    stored = table.set_index("low").sort_index()
+    for metric in SEARCH_METRICS:  # the in-process grid gives the Dask search's numbers
+        assert live.set_index("low").sort_index()[metric].to_numpy() == pytest.approx(stored[metric].to_numpy())
+    maps = config_maps(model, "vgg_small_bn", table, image_set(2).x, image_set(2).y)
+    assert maps.shape == (3, 2, 64, 64)
     other = SearchSetup(model="vgg_small_bn", images=3, settings=SMALL["settings"])  # type: ignore[arg-type]
     with pytest.raises(SearchError, match="another setup"):
         run_search(tmp_path, configs, other, progress=False)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from ..quality.battery import METRICS
 from ..quality.gamma import GROUPS
+from ..quality.setup import ImageSet
 from .style import book_figure
 
 #: short axis labels of the metrics
@@ -27,6 +28,21 @@ METRIC_LABELS = {
     "max_sensitivity": "Max. sensitivity ↓",
     "random_logit": "Random logit ↓",
 }
+
+
+@book_figure
+def plot_canvases(images: ImageSet, count: int = 8) -> Figure:
+    """The first ``count`` canvases of an image set, each with its class and the outline of its digit's box."""
+    count = min(count, len(images))
+    fig, axes = plt.subplots(1, count, figsize=(7.5, 7.5 / count + 0.4), squeeze=False)
+    for ax, x, y, mask in zip(axes[0], images.x[:count], images.y[:count], images.masks[:count]):
+        ax.imshow(x[0].cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+        ax.contour(mask.cpu().numpy().astype(float), levels=[0.5], colors="tab:orange", linewidths=1)
+        ax.set_title(f"class {int(y)}", fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
 
 
 @book_figure
@@ -168,6 +184,7 @@ __all__ = [
     "METRIC_LABELS",
     "plot_best_worst_maps",
     "plot_canonization_effects",
+    "plot_canvases",
     "plot_marginal_curves",
     "plot_pareto",
 ]

@@ -150,6 +150,106 @@ def config_method(model: torch.nn.Module, model_name: str, config: GammaConfig):
     return LRP(model, composite, **settings)
 
 
+def config_row(
+    model: torch.nn.Module,
+    model_name: str,
+    config: GammaConfig,
+    images: ImageSet,
+    settings: BatterySettings,
+    metrics: Sequence[str] = SEARCH_METRICS,
+) -> dict[str, Any]:
+    """One configuration's row: its fields, the mean of every metric over ``images``, its wall and CPU seconds.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (eval mode).
+    model_name : str
+        Its registry name (for its layer groups).
+    config : GammaConfig
+        The configuration.
+    images : ImageSet
+        Images, classes and masks.
+    settings : BatterySettings
+        The metrics' parameters.
+    metrics : sequence of str
+        The metrics.
+
+    Returns
+    -------
+    dict
+    """
+    start, cpu_start = time.perf_counter(), time.process_time()
+    method = config_method(model, model_name, config)
+    scores = evaluate_battery(model, images.x, images.y, images.masks, method, settings, metrics)
+    return {
+        **config.as_row(),
+        **summarise(scores),
+        "seconds": time.perf_counter() - start,  # wall time
+        "cpu_seconds": time.process_time() - cpu_start,  # CPU time of the process (one torch thread per task)
+    }
+
+
+def evaluate_grid(
+    model: torch.nn.Module,
+    model_name: str,
+    configs: Sequence[GammaConfig],
+    images: ImageSet,
+    settings: BatterySettings,
+    metrics: Sequence[str] = SEARCH_METRICS,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """A small grid evaluated in this process, one row per configuration (the table :func:`read_results` gives).
+
+    Parameters
+    ----------
+    model, model_name, images, settings, metrics
+        As in :func:`config_row`.
+    configs : sequence of GammaConfig
+        The grid.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    rows = [
+        config_row(model, model_name, config, images, settings, metrics)
+        for config in tqdm(configs, desc="gamma grid", disable=not progress)
+    ]
+    return pd.DataFrame(rows)
+
+
+def config_maps(
+    model: torch.nn.Module, model_name: str, configs: pd.DataFrame, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """The heatmaps (channel sums) of ``x`` for ``y`` under each configuration row of ``configs``: (K, N, H, W).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model.
+    model_name : str
+        Its registry name.
+    configs : pandas.DataFrame
+        Rows with the columns ``low, middle, high, head, canonized``.
+    x : torch.Tensor
+        Images (N, C, H, W).
+    y : torch.Tensor
+        (N,) classes.
+
+    Returns
+    -------
+    torch.Tensor
+    """
+    maps = []
+    for _, row in configs.iterrows():
+        config = GammaConfig(*(float(row[g]) for g in GROUPS), canonized=bool(row["canonized"]))
+        maps.append(config_method(model, model_name, config).attribute(x, target=y).detach().sum(1))
+    return torch.stack(maps)
+
+
 def evaluate_config(weights: str, setup_json: str, config: GammaConfig) -> dict[str, Any]:
     """One configuration's row: its fields, the mean of every metric over the image set, its wall and CPU seconds.
 
@@ -169,16 +269,7 @@ def evaluate_config(weights: str, setup_json: str, config: GammaConfig) -> dict[
     setup = SearchSetup.from_dict(json.loads(setup_json))
     torch.set_num_threads(setup.threads)
     model, images = _loaded(weights, setup_json)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    method = config_method(model, setup.model, config)
-    scores = evaluate_battery(model, images.x, images.y, images.masks, method, setup.settings, setup.metrics)
-    row = {
-        **config.as_row(),
-        **summarise(scores),
-        "seconds": time.perf_counter() - start,  # wall time of the task
-        "cpu_seconds": time.process_time() - cpu_start,  # CPU time of the worker process (one torch thread)
-    }
-    return row
+    return config_row(model, setup.model, config, images, setup.settings, setup.metrics)
 
 
 # ---------------------------------------------------------------------------------------------- the client side
@@ -375,6 +466,48 @@ def _record_timing(output: Path, wall: float, computed: int, skipped: int, faile
     atomic_write_text(path, json.dumps(history, indent=1))
 
 
+def export_results(output: str | Path, destination: str | Path, name: str = "gamma_search") -> tuple[Path, Path]:
+    """Copy a finished search's table and a timing summary to ``destination`` (e.g. the book's results folder).
+
+    Writes ``<name>.csv`` (one row per configuration) and ``<name>_timing.json`` (configurations, images, the summed
+    wall seconds of every invocation, the summed CPU seconds of the tasks, workers, finish time), each through a
+    temporary file and a rename.
+
+    Parameters
+    ----------
+    output : str or Path
+        The search folder.
+    destination : str or Path
+        The folder to write to.
+    name : str
+        The files' stem.
+
+    Returns
+    -------
+    tuple of Path
+        The table's and the summary's paths.
+    """
+    output, destination = Path(output), Path(destination)
+    results = output / RESULTS_NAME
+    if not results.exists():
+        raise SearchError(f"{output} holds no finished search ({results} is missing): run it to the end first")
+    table = pd.read_csv(results)
+    setup = stored_setup(output)
+    history = json.loads((output / "timing.json").read_text())
+    summary = {
+        "configurations": len(table),
+        "images": setup.images if setup else None,
+        "model": setup.model if setup else None,
+        "wall_seconds": round(total_wall_seconds(output), 1),
+        "cpu_seconds": round(float(table["cpu_seconds"].sum()), 1),
+        "invocations": history,
+    }
+    table_path, summary_path = destination / f"{name}.csv", destination / f"{name}_timing.json"
+    atomic_write_text(table_path, table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(summary_path, json.dumps(summary, indent=1))
+    return table_path, summary_path
+
+
 def total_wall_seconds(output: str | Path) -> float:
     """The summed wall time of every invocation of the search in ``output`` (NaN when none finished)."""
     path = Path(output) / "timing.json"
@@ -388,8 +521,12 @@ __all__ = [
     "SearchError",
     "SearchResult",
     "SearchSetup",
+    "config_maps",
     "config_method",
+    "config_row",
+    "evaluate_grid",
     "evaluate_config",
+    "export_results",
     "prepare_search",
     "read_results",
     "stored_setup",

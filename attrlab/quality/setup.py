@@ -88,6 +88,28 @@ def image_set(size: int, seed: int = 0, split: CanvasSplit | None = None, mask: 
     return ImageSet(chosen.x, chosen.y, chosen.class_masks(chosen.y, mask))
 
 
+def load_quality_model(path: str | Path, model: str = "vgg_small_bn") -> nn.Module:
+    """A model of the quality studies from its stored state dict (``torch.load(..., weights_only=True)``), eval mode.
+
+    Parameters
+    ----------
+    path : str or Path
+        The state dict file.
+    model : str
+        Its registered architecture.
+
+    Returns
+    -------
+    torch.nn.Module
+        On the CPU.
+    """
+    from ..models import build_model
+
+    net = build_model(model, input_shape=(1, 64, 64), num_classes=10)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def train_quality_model(
     run_dir: str | Path,
     model: str = "vgg_small_bn",
@@ -139,4 +161,13 @@ def train_quality_model(
     return run.load_model(device="cpu").eval()
 
 
-__all__ = ["CANVAS", "TEST_COUNT", "TRAIN_COUNT", "ImageSet", "image_set", "quality_dataset", "train_quality_model"]
+__all__ = [
+    "CANVAS",
+    "TEST_COUNT",
+    "TRAIN_COUNT",
+    "ImageSet",
+    "image_set",
+    "load_quality_model",
+    "quality_dataset",
+    "train_quality_model",
+]
