@@ -113,3 +113,24 @@ def test_unknown_model_lists_valid_names():
 def test_bad_sizes_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model("deep", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "densenet_small"])
+def test_residual_and_dense_models_on_digits_and_canvases(name):
+    """Both have BatchNorms, torchvision's blocks, and run on digits (1x28x28) and canvases (1x64x64)."""
+    from torchvision.models.densenet import _DenseLayer
+    from torchvision.models.resnet import BasicBlock
+
+    for shape in [(1, 28, 28), (1, 64, 64), (3, 32, 32)]:
+        model = build_model(name, shape, num_classes=7, seed=1)
+        model.train()(torch.randn(4, *shape))  # training mode: BatchNorm statistics from the batch
+        assert model.eval()(torch.randn(2, *shape)).shape == (2, 7)
+    assert any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    block = BasicBlock if name == "resnet_small" else _DenseLayer
+    assert any(isinstance(module, block) for module in model.modules())
+    assert sum(p.numel() for p in model.parameters()) < 100_000  # trains on digits in about a minute of CPU
+    first, second = build_model(name, seed=5).state_dict(), build_model(name, seed=5).state_dict()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in build_model(f"{name}_xdnn").modules())
+    with pytest.raises(ValueError, match="at least 8x8"):
+        build_model(name, (1, 4, 4))

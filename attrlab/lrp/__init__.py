@@ -21,10 +21,25 @@ from .composites import (
     Seed000,
     make_composite,
 )
-from .engine import LRP, plan, walk
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, MaxAsAvg, Norm, Pass, Rule, WSquare, ZBox, ZPlus
+from .engine import BATCHNORM_MODES, LRP, plan, walk
+from .rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    MaxAsAvg,
+    Norm,
+    Pass,
+    RelevanceGradient,
+    Rule,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
 
 __all__ = [
+    "BATCHNORM_MODES",
     "COMPOSITES",
     "DTD",
     "LRPZ",
@@ -51,6 +66,7 @@ __all__ = [
     "MaxAsAvg",
     "Norm",
     "Pass",
+    "RelevanceGradient",
     "Rule",
     "Seed000",
     "WSquare",

@@ -100,13 +100,15 @@ class Composite:
         ]
         self.layer_map = list(layer_map) + base
 
-    def rules(self, layers: Sequence[tuple[str, nn.Module]]) -> list[Rule]:
+    def rules(self, layers: Sequence[tuple[str, nn.Module]], fallback: TypeMap = ()) -> list[Rule]:
         """The rule of each (name, module) in walk order; a layer without a rule raises an error naming it.
 
         Parameters
         ----------
         layers : sequence of (str, nn.Module)
             The walked (canonized) layers.
+        fallback : sequence of (type or tuple of types, Rule)
+            Rules by type after the composite's own (the engine's BatchNorm mode).
 
         Returns
         -------
@@ -127,7 +129,7 @@ class Composite:
             if name in self.name_map:
                 rule = self.name_map[name]
             if rule is None:
-                rule = _match(self.layer_map, module)
+                rule = _match(self.layer_map, module) or _match(fallback, module)
             if rule is None:
                 raise TypeError(
                     f"no LRP rule for layer {name!r} of type {type(module).__name__}; give it one with "

@@ -17,7 +17,8 @@ state.
 Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv2d (zero padding,
 groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity and foldable BatchNorms
 (see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
-``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair.
+``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair. ``batchnorm="gradient"`` / ``"pass"``
+keep the BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ from torch import Tensor, nn
 from ..attribution.autograd import target_gradient
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.checks import check_batch
-from ..canonize import canonize_layers
+from ..canonize import BatchNorm, canonize_layers
 from .autograd import reusable_backward
 from .composites import Composite, make_composite
 from .layers import Affine, LayerInfo
-from .rules import Gradient, Pass, Rule
+from .rules import Gradient, Pass, RelevanceGradient, Rule
 
 Start = Literal["logit", "one"]
 STARTS = ("logit", "one")
+BatchNormMode = Literal["canonize", "gradient", "pass"]
+#: what LRP does with BatchNorm layers (Pahde et al. 2023 compare the canonized maps with the two others)
+BATCHNORM_MODES = ("canonize", "gradient", "pass")
+_BATCHNORM_RULES: dict[str, Rule] = {"gradient": RelevanceGradient(), "pass": Pass()}
 # layers through which a non-negative input stays non-negative
 _SIGN_KEEPING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
 _RESHAPES = (nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -90,8 +95,15 @@ class Step:
     info: LayerInfo
 
 
-def plan(model: nn.Module, composite: Composite) -> list[Step]:
-    """The canonized layer sequence of ``model`` with each layer's rule and surroundings.
+def check_batchnorm_mode(batchnorm: str) -> str:
+    """``batchnorm`` if it is one of :data:`BATCHNORM_MODES`, else a ``ValueError`` naming it and the valid ones."""
+    if not isinstance(batchnorm, str) or batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"unknown batchnorm mode {batchnorm!r}; valid choices: {', '.join(BATCHNORM_MODES)}")
+    return batchnorm
+
+
+def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "canonize") -> list[Step]:
+    """The (canonized) layer sequence of ``model`` with each layer's rule and surroundings.
 
     Parameters
     ----------
@@ -99,6 +111,9 @@ def plan(model: nn.Module, composite: Composite) -> list[Step]:
         See :func:`walk`.
     composite : Composite
         Assigns each layer its rule.
+    batchnorm : str
+        ``"canonize"`` (fold BatchNorms into their neighbours), ``"gradient"`` (:class:`RelevanceGradient`) or
+        ``"pass"`` (:class:`Pass`); see :class:`LRP`.
 
     Returns
     -------
@@ -106,8 +121,12 @@ def plan(model: nn.Module, composite: Composite) -> list[Step]:
         One step per layer, a Conv2d/Linear and the ReLU after it fused into one; unsupported layers and misplaced
         input-space rules raise an error naming the layer.
     """
-    layers = canonize_layers(walk(model))
-    rules = composite.rules(layers)
+    if check_batchnorm_mode(batchnorm) == "canonize":
+        layers = canonize_layers(walk(model))
+        rules = composite.rules(layers)
+    else:
+        layers = walk(model)
+        rules = composite.rules(layers, fallback=[(BatchNorm, _BATCHNORM_RULES[batchnorm])])
     steps: list[Step] = []
     nonnegative, only_reshapes, skip_until = False, True, -1
     for index, ((name, module), rule) in enumerate(zip(layers, rules)):
@@ -172,14 +191,15 @@ class PlanCache:
         tensors = [p for p in model.parameters()] + [b for b in model.buffers() if b.dtype.is_floating_point]
         return [t.detach() for t in tensors]
 
-    def steps(self, model: nn.Module, composite: Composite) -> list[Step]:
+    def steps(self, model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "canonize") -> list[Step]:
         """The plan of ``model`` under ``composite``: the cached one if nothing changed, else a new one."""
         tensors = self._tensors(model)
         if any(t.device.type != "cpu" for t in tensors):
-            return plan(model, composite)
+            return plan(model, composite, batchnorm)
         key = (
             id(model),
             id(composite),
+            batchnorm,
             tuple(id(module) for module in model.modules()),
             tuple((t.data_ptr(), t.shape, t.dtype) for t in tensors),
         )
@@ -190,7 +210,7 @@ class PlanCache:
             and all(torch.equal(snapshot, t) for snapshot, t in zip(self._snapshots, tensors))
         ):
             return self._steps
-        self._steps = plan(model, composite)
+        self._steps = plan(model, composite, batchnorm)
         self._key, self._versions = key, versions
         self._snapshots = [t.clone() for t in tensors]
         return self._steps
@@ -210,6 +230,12 @@ class LRP(Attribution):
     start : str
         The relevance the explained logit starts with: ``"logit"`` (its value, seed 000's choice) or ``"one"``
         (zennit's one-hot convention). With ``"one"`` an explained logit that is exactly 0 gives zero relevance.
+    batchnorm : str
+        What BatchNorm layers do (eval semantics: running statistics): ``"canonize"`` folds each into its
+        neighbouring linear layer (:mod:`attrlab.canonize`, the default); ``"gradient"`` gives it no rule, so the
+        relevance goes through it like a gradient, ``R_in = s R_out`` (what zennit does without a canonizer,
+        :class:`~attrlab.lrp.rules.RelevanceGradient`); ``"pass"`` is the identity for relevance,
+        ``R_in = R_out`` (:class:`~attrlab.lrp.rules.Pass`, what Pahde et al.'s grid search code does).
     **composite_settings
         Settings of a composite given by name (``gamma=0.1``, ``max_pool="average"``, ...).
 
@@ -225,20 +251,24 @@ class LRP(Attribution):
         model: nn.Module,
         composite: str | Composite | Mapping = "epsilon_plus_flat",
         start: Start = "logit",
+        batchnorm: BatchNormMode = "canonize",
         **composite_settings: Any,
     ):
         super().__init__(model)
         if start not in STARTS:
             raise ValueError(f"unknown start {start!r}; valid choices: {', '.join(STARTS)}")
+        self.batchnorm: BatchNormMode = check_batchnorm_mode(batchnorm)  # type: ignore[assignment]
         self.composite = make_composite(composite, **composite_settings)
         self.start = start
         self._plans = PlanCache()
-        self._plans.steps(model, self.composite)  # fail early on unsupported layers or misplaced rules
+        self._plans.steps(model, self.composite, self.batchnorm)  # fail early on unsupported layers, misplaced rules
 
     def explain(self, inputs: Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         inputs = check_batch(inputs, self.model)  # dtype, device, channels and size before any rule runs
         capture = _capture_name(self.model, resolve_layer(self.model, layer))
-        steps = self._plans.steps(self.model, self.composite)  # rebuilt when the parameters changed (training)
+        steps = self._plans.steps(
+            self.model, self.composite, self.batchnorm
+        )  # rebuilt when the parameters changed (training)
         several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2
         with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
             x = inputs.detach().requires_grad_(True)
@@ -283,4 +313,4 @@ def _first_affine(steps: list[Step]) -> int:
     return next((i for i, step in enumerate(steps) if isinstance(step.layer, Affine)), 0)
 
 
-__all__ = ["LRP", "PlanCache", "Step", "plan", "walk"]
+__all__ = ["BATCHNORM_MODES", "LRP", "PlanCache", "Step", "check_batchnorm_mode", "plan", "walk"]

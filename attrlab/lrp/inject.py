@@ -65,7 +65,7 @@ def relevance_from(
     """
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs must be a torch.Tensor batch, not {type(inputs).__name__}")
-    steps, _ = _injection_steps(plan(lrp.model, lrp.composite), layer)
+    steps, _ = _injection_steps(plan(lrp.model, lrp.composite, lrp.batchnorm), layer)
     names_below = [name for step in steps[:-1] for name in step.names]
     bad = [name for name in record if name is not None and name not in names_below]
     if bad:

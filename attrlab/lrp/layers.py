@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..canonize import ThreshReLU
+from ..canonize import BatchNorm, ThreshReLU, batchnorm_affine
 from ..cells import Cellwise
 
 
@@ -144,13 +144,19 @@ def per_cell(layer: nn.Module, function: Callable[[Tensor], Tensor]) -> Callable
     return function
 
 
+def _channel(t: Tensor, x: Tensor) -> Tensor:
+    """A per-channel vector shaped to broadcast over ``x`` (N, C, ...)."""
+    return t.view(-1, *[1] * (x.dim() - 2))
+
+
 def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
     """The eval-mode forward of a parameter-free layer as a functional call (module hooks never run).
 
     Parameters
     ----------
     layer : nn.Module
-        ReLU, max / average / adaptive average pooling, Flatten, Dropout, Identity or a canonization ThreshReLU.
+        ReLU, max / average / adaptive average pooling, Flatten, Dropout, Identity, a canonization ThreshReLU or
+        a BatchNorm (running statistics: ``scale * x + shift`` per channel).
 
     Returns
     -------
@@ -184,6 +190,9 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
         return lambda x: x  # dropout is the identity in eval semantics
     if isinstance(layer, ThreshReLU):
         return layer.forward  # attrlab's own module (canonization), called without hooks
+    if isinstance(layer, BatchNorm):
+        scale, shift = batchnorm_affine(layer)
+        return lambda x: x * _channel(scale, x) + _channel(shift, x)
     raise TypeError(f"no functional form for layer type {type(layer).__name__}")
 
 

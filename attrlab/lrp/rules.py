@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..canonize import batchnorm_affine
 from ..data import INPUT_BOUNDS
 from .autograd import Backward, propagation, reroute
 from .layers import Affine, LayerInfo, functional, per_cell
@@ -464,7 +465,11 @@ class Gradient(Rule[nn.Module]):
 
 
 class Pass(Rule[nn.Module]):
-    """Element-wise activations: the relevance passes through unchanged (gradient ``f(x) / x``)."""
+    """Element-wise layers: the relevance passes through unchanged (gradient ``f(x) / x``).
+
+    Used on activations, and on BatchNorms with ``batchnorm="pass"``: the identity for relevance, what the grid
+    search code of Pahde et al. (2023) does (zennit's ``Pass`` rule on BatchNorm layers).
+    """
 
     def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
         if isinstance(layer, nn.ReLU):
@@ -473,6 +478,28 @@ class Pass(Rule[nn.Module]):
             y = functional(layer)(x)
             scale = torch.where(x != 0, y / torch.where(x != 0, x, 1.0), 0.0)
         return reroute(y, x, scale)
+
+
+class RelevanceGradient(Rule[nn.Module]):
+    """A BatchNorm without a rule, as zennit treats it: its Jacobian applied to the relevance, ``R_in = s R_out``.
+
+    zennit propagates the relevance itself backwards, so a layer without a rule multiplies the relevance by its
+    Jacobian; for a BatchNorm in eval mode, ``y = s x + t`` with ``s = gamma / sqrt(var + eps)``, that is
+    ``R_in = s R_out`` (the shift ``t`` takes nothing and gives nothing back: relevance is not conserved). In attrlab's
+    activation x gradient form the input gradient is ``s y g / x``; an input that is exactly 0 gets no relevance (zennit
+    would give it ``s R_out``, a case of probability 0 for a BatchNorm after a linear layer with a bias or real data).
+    Pahde et al. (2023) call this the uncanonized "original" baseline (their ``explainer_zennit_default``).
+    """
+
+    def __call__(self, layer: nn.Module, x: Tensor, info: LayerInfo) -> Tensor:
+        if not isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            raise TypeError(f"RelevanceGradient applies to BatchNorm layers, not {type(layer).__name__}")
+        with torch.no_grad():
+            scale, shift = batchnorm_affine(layer)
+            scale, shift = scale.view(-1, *[1] * (x.dim() - 2)), shift.view(-1, *[1] * (x.dim() - 2))
+            y = x * scale + shift
+            ratio = torch.where(x != 0, y * scale / torch.where(x != 0, x, 1.0), 0.0)
+        return reroute(y, x, ratio)
 
 
 class Norm(Rule[nn.Module]):
@@ -532,6 +559,7 @@ __all__ = [
     "MaxAsAvg",
     "Norm",
     "Pass",
+    "RelevanceGradient",
     "Rule",
     "TwoBranchWeights",
     "WSquare",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import bcos, coda, grid, seed
+from . import bcos, coda, densenet, grid, resnet, seed
 from .xdnn import remove_biases
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
@@ -19,6 +19,8 @@ MODELS: dict[str, tuple[ModelBuilder, int]] = {
     "deep_bn": (seed.deep_bn, 8),
     "vgg_small": (grid.vgg_small, 4),
     "vgg_small_bn": (grid.vgg_small_bn, 4),
+    "resnet_small": (resnet.resnet_small, 8),
+    "densenet_small": (densenet.densenet_small, 8),
     **bcos.registry(),  # the B-cos nets: bcos, bcos_b{B}, bcos_b{B}_maxout, bcos_cifar
     **coda.registry(),  # the CoDA nets: coda, coda_l2, coda_wb
 }
