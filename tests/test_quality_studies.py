@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from attrlab.quality.canonization import check_canonization_claims, summarise_study, table_one
-from attrlab.quality.gamma import GROUPS, gamma_grid
+from attrlab.quality.gamma import GAMMAS, GROUPS, gamma_grid
 from attrlab.quality.search_analysis import (
     best_and_worst,
     check_search_claims,
+    complete_grid,
     group_effects,
+    largest_complete_grid,
     marginal_curves,
     pareto_front,
 )
@@ -39,6 +42,17 @@ def test_marginal_curves_average_over_the_other_groups():
     assert one["value"].item() == pytest.approx(expected)
     effects = group_effects(table, ["sparseness"])
     assert (effects.idxmax(axis=1) == "low").all()
+
+
+def test_complete_grids():
+    table = synthetic_search()
+    full, gammas = largest_complete_grid(table)
+    assert len(full) == 4802 and len(gammas) == 7
+    missing = table[~((table["low"] == 0.1) & (table["head"] == 10.0))]
+    coarse, gammas = largest_complete_grid(missing)
+    assert gammas == (0.0, 0.25, 1.0, 50.0) and len(coarse) == 4**4 * 2
+    assert complete_grid(missing, GAMMAS) is None
+    assert largest_complete_grid(missing[missing["low"] != 0.0]) is None
 
 
 def test_pareto_front_by_brute_force():
@@ -112,3 +126,29 @@ def test_summary_intervals_and_claims():
     assert worse.loc["(5) DenseNet maps get less sparse when canonized", "holds"] is True
     table = table_one(summary)
     assert table.loc[("vgg_small_bn", "EB"), "aopc"].count("/") == 1
+
+
+def test_canonization_study_runs_every_combination():
+    from attrlab.models import build_model
+    from attrlab.quality.battery import BatterySettings
+    from attrlab.quality.canonization import STUDY_METHODS, run_canonization_study
+    from attrlab.quality.setup import image_set
+
+    model = build_model("vgg_small_bn", input_shape=(1, 64, 64), seed=0).eval()
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():  # fresh BatchNorms are identities: give them statistics to canonize
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(0.3 * torch.randn(size, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(size, generator=generator))
+            module.weight.data.copy_(0.5 + torch.rand(size, generator=generator))
+            module.bias.data.copy_(0.2 * torch.randn(size, generator=generator))
+    images = image_set(3)
+    settings = BatterySettings.scaled(64)
+    scores = run_canonization_study({"vgg_small_bn": model}, images, settings, metrics=("sparseness", "rma"))
+    assert len(scores) == len(STUDY_METHODS) * 2 * 2 * 3
+    wide = scores.pivot_table(index=["metric", "image"], columns=["method", "canonized"], values="value")
+    assert not np.allclose(wide[("EB", True)], wide[("LRP-ε+", True)])  # the 1x1 head gets epsilon in LRP-ε+
+    assert not np.allclose(wide[("LRP-ε+", True)], wide[("LRP-ε+", False)])  # canonizing changes the maps
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_canonization_study({"vgg_small_bn": model}, images, settings, methods=("LRP-z",))

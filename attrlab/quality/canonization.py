@@ -3,7 +3,8 @@ BatchNorm propagated by its gradient (not canonized) against BatchNorm folded in
 
 The methods are zennit's composites as Pahde et al. ran them (:data:`STUDY_METHODS`): Excitation Backprop (z+ on every
 Conv2d and Linear), LRP-alpha2-beta1 (zennit's ``EpsilonAlpha2Beta1``: epsilon on Linear, alpha2-beta1 on Conv2d) and
-LRP-epsilon-plus (``EpsilonPlus``: epsilon on Linear, z+ on Conv2d, no special first layer). Uncanonized, zennit
+LRP-epsilon-plus (``EpsilonPlus``: epsilon on Linear, z+ on Conv2d, no special first layer). A fully convolutional
+model's 1x1 head counts as its dense layers (without that, Excitation Backprop and LRP-epsilon-plus coincide on it). Uncanonized, zennit
 applies no rule to BatchNorm, which is the layer's gradient (``batchnorm="gradient"``). Scores are per image
 (:func:`run_canonization_study`); :func:`summarise_study` gives means with bootstrap intervals (``scipy.stats``) and
 the paired canonized-minus-original difference with its interval; :func:`check_canonization_claims` computes the
@@ -20,17 +21,25 @@ from scipy import stats
 from torch import nn
 
 from ..lrp import LRP, AlphaBeta, Composite, Epsilon, ExcitationBackprop, ZPlus
+from ..lrp.engine import BatchNormMode
 from .battery import METRICS, BatterySettings, evaluate_battery
+from .gamma import layer_groups
 from .setup import ImageSet
 
-#: method label -> a function building its composite (zennit 0.5's composites, epsilon 1e-6)
-STUDY_METHODS: dict[str, Callable[[], Composite]] = {
-    "EB": lambda: ExcitationBackprop(),
-    "LRP-α2β1": lambda: Composite(layer_map=[(nn.Linear, Epsilon(1e-6)), (nn.Conv2d, AlphaBeta(2.0, 1.0))]),
-    "LRP-ε+": lambda: Composite(layer_map=[(nn.Linear, Epsilon(1e-6)), (nn.Conv2d, ZPlus())]),
+#: method label -> a function of the model's dense layers' names building its composite (zennit 0.5's composites,
+#: epsilon 1e-6); the names let a fully convolutional model's 1x1 head count as its dense layers
+STUDY_METHODS: dict[str, Callable[[Sequence[str]], Composite]] = {
+    "EB": lambda dense: ExcitationBackprop(),
+    "LRP-α2β1": lambda dense: Composite(
+        layer_map=[(nn.Linear, Epsilon(1e-6)), (nn.Conv2d, AlphaBeta(2.0, 1.0))],
+        name_map={name: Epsilon(1e-6) for name in dense},
+    ),
+    "LRP-ε+": lambda dense: Composite(
+        layer_map=[(nn.Linear, Epsilon(1e-6)), (nn.Conv2d, ZPlus())], name_map={name: Epsilon(1e-6) for name in dense}
+    ),
 }
 #: canonized? -> the LRP engine's BatchNorm mode (Table 1's "no": BatchNorm by its gradient, as zennit without canonizer)
-BATCHNORM_MODES: dict[bool, str] = {False: "gradient", True: "canonize"}
+BATCHNORM_MODES: dict[bool, BatchNormMode] = {False: "gradient", True: "canonize"}
 #: the metric families of the claims
 FAMILIES: dict[str, tuple[str, ...]] = {
     "complexity": ("sparseness", "complexity"),
@@ -54,7 +63,9 @@ def run_canonization_study(
     Parameters
     ----------
     models : mapping of str to nn.Module
-        Trained BatchNorm models by name (on the images' device).
+        Trained BatchNorm models by registry name (on the images' device); the layers of their "head" group
+        (:data:`attrlab.quality.gamma.LAYER_GROUPS`) get the composites' dense-layer rule, so the 1x1 convolutional
+        head of ``vgg_small_bn`` is treated as the fully connected head of Pahde et al.'s VGG.
     images : ImageSet
         The images, their classes and box masks.
     settings : BatterySettings
@@ -80,7 +91,8 @@ def run_canonization_study(
     frames = []
     for name, method, canonized in tqdm(jobs, desc="canonization study", disable=not progress):
         model = models[name]
-        lrp = LRP(model, STUDY_METHODS[method](), batchnorm=BATCHNORM_MODES[canonized])
+        composite = STUDY_METHODS[method](layer_groups(name)["head"])
+        lrp = LRP(model, composite, batchnorm=BATCHNORM_MODES[canonized])
         scores = evaluate_battery(model, images.x, images.y, images.masks, lrp, settings, metrics)
         for metric, values in scores.items():
             frames.append(

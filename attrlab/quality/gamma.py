@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 
 from ..lrp import Composite, Gamma
-from ..lrp.engine import walk
+from ..lrp.engine import BatchNormMode, walk
 
 #: the gamma values of Pahde et al.'s search (their code's grid)
 GAMMAS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 50.0)
@@ -51,7 +51,7 @@ LAYER_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 #: how BatchNorm is treated: folded into its neighbour, or passing relevance unchanged (Pahde et al.'s "original")
-CANONIZATION_MODES: dict[bool, str] = {True: "canonize", False: "pass"}
+CANONIZATION_MODES: dict[bool, BatchNormMode] = {True: "canonize", False: "pass"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class GammaConfig:
         return f"{'canon' if self.canonized else 'orig'}_{parts}"
 
     @property
-    def batchnorm(self) -> str:
+    def batchnorm(self) -> BatchNormMode:
         """The LRP engine's BatchNorm mode of this configuration."""
         return CANONIZATION_MODES[self.canonized]
 

@@ -14,10 +14,40 @@ import numpy as np
 import pandas as pd
 
 from .battery import METRICS
-from .gamma import GROUPS
+from .gamma import GAMMAS, GROUPS
 
 #: the metric families of the claims: robustness, randomisation, faithfulness
 ROBUSTNESS, RANDOMISATION, FAITHFULNESS = "avg_sensitivity", "random_logit", "aopc"
+
+
+#: the grids a stored search is read as, largest first: the full grid, then the coarser grid run first
+SUBGRIDS: tuple[tuple[float, ...], ...] = (GAMMAS, (0.0, 0.25, 1.0, 50.0))
+
+
+def complete_grid(table: pd.DataFrame, gammas: Sequence[float]) -> pd.DataFrame | None:
+    """The rows of ``table`` whose four gammas all lie in ``gammas``, when every such configuration is there
+    (``len(gammas) ** 4`` per canonization state, both states); None otherwise.
+    """
+    if table.empty:
+        return None
+    inside = table[GROUPS].isin([float(g) for g in gammas]).all(axis=1)
+    part = table[inside].drop_duplicates([*GROUPS, "canonized"])
+    expected = len(set(gammas)) ** len(GROUPS) * 2
+    return part.reset_index(drop=True) if len(part) == expected else None
+
+
+def largest_complete_grid(
+    table: pd.DataFrame, grids: Sequence[Sequence[float]] = SUBGRIDS
+) -> tuple[pd.DataFrame, tuple[float, ...]] | None:
+    """The first of ``grids`` that ``table`` holds completely, with its gammas; None when it holds none.
+
+    A search interrupted before its end still gives complete marginal curves on a coarser grid that it finished.
+    """
+    for gammas in grids:
+        part = complete_grid(table, gammas)
+        if part is not None:
+            return part, tuple(float(g) for g in gammas)
+    return None
 
 
 def _metrics_of(table: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
@@ -190,7 +220,10 @@ def check_search_claims(table: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = [
+    "SUBGRIDS",
     "best_and_worst",
+    "complete_grid",
+    "largest_complete_grid",
     "check_search_claims",
     "group_effects",
     "marginal_curves",
