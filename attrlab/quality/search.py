@@ -245,7 +245,8 @@ def config_maps(
     """
     maps = []
     for _, row in configs.iterrows():
-        config = GammaConfig(*(float(row[g]) for g in GROUPS), canonized=bool(row["canonized"]))
+        low, middle, high, head = (float(row[g]) for g in GROUPS)
+        config = GammaConfig(low, middle, high, head, canonized=bool(row["canonized"]))
         maps.append(config_method(model, model_name, config).attribute(x, target=y).detach().sum(1))
     return torch.stack(maps)
 
