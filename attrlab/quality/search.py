@@ -5,7 +5,7 @@ A search lives in one output folder::
     setup.json            what every configuration is evaluated on (model, image set, metric settings)
     model.pt              the model's weights (a state dict, loaded with ``weights_only=True``)
     configs/<key>.json    one finished configuration: its gammas, canonization, metric means, seconds
-    results.csv           all finished configurations, one row each (written at the end)
+    results.csv           all finished configurations, one row each (written when an invocation's grid is complete)
     timing.json           wall time and counts of every invocation
 
 Each configuration is one Dask task; the client stores its row as soon as it arrives (a temporary file, then a
@@ -443,8 +443,9 @@ def run_search(
             bar.close()
     wall = time.perf_counter() - start
     table = read_results(output)
-    _record_timing(output, wall, len(computed), len(skipped), len(failed), scheduler, workers)
-    if not failed and len(table) >= len(configs):
+    if pending:  # an invocation that only found finished configurations ran nothing to time
+        _record_timing(output, wall, len(computed), len(skipped), len(failed), scheduler, workers)
+    if not failed and all(_config_path(output, c).exists() for c in configs):  # this grid complete
         csv = table.to_csv(index=False, float_format="%.6g")
         atomic_write_text(output / RESULTS_NAME, csv)
     return SearchResult(computed, skipped, failed, wall, table)
@@ -468,7 +469,7 @@ def _record_timing(output: Path, wall: float, computed: int, skipped: int, faile
 
 
 def export_results(output: str | Path, destination: str | Path, name: str = "gamma_search") -> tuple[Path, Path]:
-    """Copy a finished search's table and a timing summary to ``destination`` (e.g. the book's results folder).
+    """Copy a search's finished configurations and a timing summary to ``destination`` (e.g. the book's results).
 
     Writes ``<name>.csv`` (one row per configuration) and ``<name>_timing.json`` (configurations, images, the wall time
     from the first start to the last end of the invocations, their summed seconds, the summed CPU seconds of the
@@ -489,10 +490,9 @@ def export_results(output: str | Path, destination: str | Path, name: str = "gam
         The table's and the summary's paths.
     """
     output, destination = Path(output), Path(destination)
-    results = output / RESULTS_NAME
-    if not results.exists():
-        raise SearchError(f"{output} holds no finished search ({results} is missing): run it to the end first")
-    table = pd.read_csv(results)
+    table = read_results(output)
+    if table.empty:
+        raise SearchError(f"{output} holds no finished configuration to export")
     setup = stored_setup(output)
     history = json.loads((output / "timing.json").read_text())
     summary = {
