@@ -30,7 +30,7 @@ def complete_grid(table: pd.DataFrame, gammas: Sequence[float]) -> pd.DataFrame 
     """
     if table.empty:
         return None
-    inside = table[GROUPS].isin([float(g) for g in gammas]).all(axis=1)
+    inside = table[list(GROUPS)].isin([float(g) for g in gammas]).all(axis=1)
     part = table[inside].drop_duplicates([*GROUPS, "canonized"])
     expected = len(set(gammas)) ** len(GROUPS) * 2
     return part.reset_index(drop=True) if len(part) == expected else None
