@@ -137,8 +137,10 @@ def test_search_stores_rows_and_resumes(tmp_path):
     assert json.loads(summary_path.read_text())["configurations"] == 3
     live = evaluate_grid(model, "vgg_small_bn", configs, image_set(2), _small_setup().settings, progress=False)
     stored = table.set_index("low").sort_index()
-    for metric in SEARCH_METRICS:  # the in-process grid gives the Dask search's numbers
-        assert live.set_index("low").sort_index()[metric].to_numpy() == pytest.approx(stored[metric].to_numpy())
+    for metric in SEARCH_METRICS:  # the in-process grid gives the Dask search's numbers (torch threads may differ)
+        assert live.set_index("low").sort_index()[metric].to_numpy() == pytest.approx(
+            stored[metric].to_numpy(), rel=1e-4, abs=1e-6
+        )
     maps = config_maps(model, "vgg_small_bn", table, image_set(2).x, image_set(2).y)
     assert maps.shape == (3, 2, 64, 64)
     other = SearchSetup(model="vgg_small_bn", images=3, settings=SMALL["settings"])  # type: ignore[arg-type]
