@@ -4,6 +4,8 @@
   attrlab run SWEEP.yml [--workers N | --gpus] [--dry-run]
                                                   execute a chapter over a parameter grid (papermill on Dask)
   attrlab book [--incremental] [--no-strict]      build the Jupyter Book into _build/html, warnings as errors
+  attrlab gamma-search OUTPUT [--run RUN_DIR] [--images N] [--scheduler ADDRESS]
+                                                  the LRP gamma search of Pahde et al. (2023) on Dask, resumable
 
 Errors are reported in one line (exit status 2); add --debug for the full traceback.
 """
@@ -181,6 +183,110 @@ def _add_book(subparsers, common) -> None:
     )
 
 
+def _add_gamma_search(subparsers, common) -> None:
+    from .quality.gamma import GAMMAS, LAYER_GROUPS
+
+    parser = subparsers.add_parser(
+        "gamma-search",
+        parents=[common],
+        help="the LRP gamma search of Pahde et al. (2023): per-layer-group gammas, canonized or not, on Dask",
+        description="Score every per-layer-group gamma configuration with the quality metrics; resumable: a rerun "
+        "computes only the configurations not stored in OUTPUT yet.",
+    )
+    parser.add_argument("output", help="the search folder (created, or reopened to resume)")
+    parser.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="a finished training run whose model is explained (default: train one into OUTPUT/train)",
+    )
+    parser.add_argument(
+        "--model", choices=sorted(LAYER_GROUPS), help="the model (default: vgg_small_bn, or the stored search's)"
+    )
+    parser.add_argument(
+        "--images", type=_positive_int, help="size of the image set (default: 8, or the stored search's)"
+    )
+    parser.add_argument("--image-seed", type=int, help="seed of the image set (default: 0, or the stored search's)")
+    parser.add_argument(
+        "--gammas",
+        default=",".join(f"{g:g}" for g in GAMMAS),
+        help="comma-separated gamma values of each group (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--canonized",
+        default="both",
+        choices=("both", "yes", "no"),
+        help="BatchNorm canonized, passed, or both (default: both)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a new LocalCluster)",
+    )
+    parser.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="LocalCluster worker threads (default: the CPU cores)"
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=8, help="training epochs without --run (default: 8)")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="when the grid is complete, write its table and timing summary to DIR (gamma_search.csv, "
+        "gamma_search_timing.json)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _gamma_search(args: argparse.Namespace) -> int:
+    from .quality.gamma import gamma_grid
+    from .quality.search import SearchSetup, run_search, stored_setup
+    from .quality.setup import train_quality_model
+
+    try:
+        gammas = [float(g) for g in args.gammas.split(",")]
+    except ValueError as err:
+        raise ValueError(f"--gammas must be comma-separated numbers, got {args.gammas!r}") from err
+    states = {"both": (False, True), "yes": (True,), "no": (False,)}[args.canonized]
+    configs = gamma_grid(gammas, states)
+    output = Path(args.output)
+    given = {"model": args.model, "images": args.images, "image_seed": args.image_seed}
+    given = {name: value for name, value in given.items() if value is not None}
+    setup = stored_setup(output)
+    if setup is None:
+        setup = SearchSetup(**given)
+    else:  # resuming: the stored setup, which options may repeat but not change
+        changed = {name: value for name, value in given.items() if getattr(setup, name) != value}
+        if changed:
+            raise ValueError(f"{output} holds a search with {setup.to_dict()}; it cannot change {changed}")
+    model = None
+    if not (output / "model.pt").exists():
+        if args.run:
+            from .train import Run
+
+            model = Run(args.run).load_model(device="cpu").eval()
+        else:
+            model = train_quality_model(output / "train", model=args.model, epochs=args.epochs)
+    result = run_search(
+        output,
+        configs,
+        setup,
+        model=model,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{len(result.computed)} computed, {len(result.skipped)} already finished, {len(result.failed)} failed "
+        f"in {result.wall_seconds:.1f} s; rows in {output / 'configs'}"
+    )
+    for key, error in result.failed.items():
+        print(f"FAILED {key}: {error}", file=sys.stderr)
+    if args.export and not result.failed:
+        from .quality.search import export_results
+
+        for path in export_results(output, args.export):
+            print(f"wrote {path}")
+    return 1 if result.failed else 0
+
+
 def _jupyter_book() -> str:
     beside = Path(sys.executable).with_name("jupyter-book")
     found = str(beside) if beside.is_file() else shutil.which("jupyter-book")
@@ -245,7 +351,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``attrlab`` command (its subcommands train, run and book)."""
+    """The argument parser of the ``attrlab`` command (its subcommands train, run, book and gamma-search)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug",
@@ -259,16 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error instead of its one-line message"
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,run,book}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,run,book,gamma-search}")
     _add_train(subparsers, common)
     _add_run(subparsers, common)
     _add_book(subparsers, common)
+    _add_gamma_search(subparsers, common)
     return parser
 
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "gamma-search":
+        return _gamma_search(args)
     if args.command == "book":
         return build_book(args.root, incremental=args.incremental, strict=not args.no_strict, builder=args.builder)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_OPTIONS}

@@ -1,0 +1,154 @@
+"""The analyses of the quality studies: marginal curves, Pareto front, best/worst, the claims of Pahde et al. (2023)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from attrlab.quality.canonization import check_canonization_claims, summarise_study, table_one
+from attrlab.quality.gamma import GAMMAS, GROUPS, gamma_grid
+from attrlab.quality.search_analysis import (
+    best_and_worst,
+    check_search_claims,
+    complete_grid,
+    group_effects,
+    largest_complete_grid,
+    marginal_curves,
+    pareto_front,
+)
+
+
+def synthetic_search(shift_faithfulness: bool = True) -> pd.DataFrame:
+    """A full grid whose metrics are known functions of the gammas."""
+    rows = [c.as_row() for c in gamma_grid()]
+    table = pd.DataFrame(rows)
+    log = {g: np.log1p(table[g]) for g in GROUPS}
+    table["avg_sensitivity"] = 1.0 - 0.2 * log["low"] - 0.01 * log["head"]  # lower is better: falls with low gamma
+    table["random_logit"] = 0.5 - 0.1 * log["head"] - 0.01 * log["low"]  # mostly the head
+    optimum = np.where(table.canonized & shift_faithfulness, 10.0, 50.0)
+    table["aopc"] = -((table["low"] - optimum) ** 2) / 1000 + 0.001 * log["middle"]
+    table["sparseness"] = 0.5 + 0.05 * log["low"] + 0.01 * log["high"]
+    return table
+
+
+def test_marginal_curves_average_over_the_other_groups():
+    table = synthetic_search()
+    curves = marginal_curves(table, ["sparseness"])
+    assert len(curves) == len(GROUPS) * 7 * 2
+    one = curves[(curves.group == "low") & (curves.gamma == 10.0) & curves.canonized]
+    expected = table[(table["low"] == 10.0) & table.canonized]["sparseness"].mean()
+    assert one["value"].item() == pytest.approx(expected)
+    effects = group_effects(table, ["sparseness"])
+    assert (effects.idxmax(axis=1) == "low").all()
+
+
+def test_complete_grids():
+    table = synthetic_search()
+    full, gammas = largest_complete_grid(table)
+    assert len(full) == 4802 and len(gammas) == 7
+    missing = table[~((table["low"] == 0.1) & (table["head"] == 10.0))]
+    coarse, gammas = largest_complete_grid(missing)
+    assert gammas == (0.0, 0.25, 1.0, 50.0) and len(coarse) == 4**4 * 2
+    assert complete_grid(missing, GAMMAS) is None
+    assert largest_complete_grid(missing[missing["low"] != 0.0]) is None
+
+
+def test_pareto_front_by_brute_force():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"rra": rng.random(300), "avg_sensitivity": rng.random(300), "canonized": True})
+    front = pareto_front(table, ["rra", "avg_sensitivity"])
+    for i in range(len(table)):  # rra higher is better, sensitivity lower is better
+        better = (table.rra >= table.rra[i]) & (table.avg_sensitivity <= table.avg_sensitivity[i])
+        strictly = (table.rra > table.rra[i]) | (table.avg_sensitivity < table.avg_sensitivity[i])
+        assert front[i] == (not (better & strictly).any())
+    assert front.sum() >= 1
+
+
+def test_best_and_worst_follow_the_metric_direction():
+    table = synthetic_search()
+    bw = best_and_worst(table, ["avg_sensitivity", "sparseness"]).set_index(["metric", "which"])
+    assert bw.loc[("avg_sensitivity", "best"), "low"] == 50.0
+    assert bw.loc[("avg_sensitivity", "worst"), "low"] == 0.0
+    assert bw.loc[("sparseness", "best"), "value"] == table.sparseness.max()
+
+
+def test_search_claims_hold_on_a_table_built_to_satisfy_them_and_fail_otherwise():
+    claims = check_search_claims(synthetic_search()).set_index("claim")
+    assert claims["holds"].all(), claims
+    assert len(claims) == 4
+    unshifted = check_search_claims(synthetic_search(shift_faithfulness=False))
+    assert not unshifted.loc[unshifted.claim.str.startswith("(3)"), "holds"].item()
+    flipped = synthetic_search()
+    flipped["avg_sensitivity"] = 1.0 - 0.2 * np.log1p(flipped["head"]) + 0.01 * np.log1p(flipped["low"])
+    claims = check_search_claims(flipped)
+    assert not claims.loc[claims.claim.str.startswith("(1)"), "holds"].item()
+    assert not claims.loc[claims.claim.str.startswith("(4)"), "holds"].item()
+
+
+def synthetic_scores(effect: float) -> pd.DataFrame:
+    """Per-image scores where canonization adds ``effect`` to every metric."""
+    rng = np.random.default_rng(1)
+    frames = []
+    for model in ("vgg_small_bn", "densenet_small"):
+        for method in ("EB", "LRP-ε+"):
+            for metric in ("sparseness", "aopc", "rra", "random_logit"):
+                base = rng.random(20)
+                for canonized in (False, True):
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "model": model,
+                                "method": method,
+                                "canonized": canonized,
+                                "metric": metric,
+                                "image": np.arange(20),
+                                "value": base + (effect if canonized else 0.0),
+                            }
+                        )
+                    )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_summary_intervals_and_claims():
+    summary = summarise_study(synthetic_scores(0.1), n_resamples=200)
+    assert np.allclose(summary["diff"], 0.1) and np.allclose(summary.diff_low, 0.1)
+    assert (summary.orig_low <= summary.orig).all() and (summary.orig <= summary.orig_high).all()
+    assert summary.loc[summary.metric == "random_logit", "improves"].eq(False).all()  # lower is better
+    claims = check_canonization_claims(summary).set_index("claim")
+    holds = claims["holds"].to_dict()
+    assert holds["(1) canonization mostly improves complexity"]
+    assert holds["(4) Random Logit scores rise (worse) with canonization"]
+    assert not holds["(5) DenseNet maps get less sparse when canonized"]
+    worse = check_canonization_claims(summarise_study(synthetic_scores(-0.1), n_resamples=200)).set_index("claim")
+    assert not worse.loc["(3) canonization mostly improves localisation", "holds"]
+    assert worse.loc["(5) DenseNet maps get less sparse when canonized", "holds"]
+    table = table_one(summary)
+    assert table.loc[("vgg_small_bn", "EB"), "aopc"].count("/") == 1
+
+
+def test_canonization_study_runs_every_combination():
+    from attrlab.models import build_model
+    from attrlab.quality.battery import BatterySettings
+    from attrlab.quality.canonization import STUDY_METHODS, run_canonization_study
+    from attrlab.quality.setup import image_set
+
+    model = build_model("vgg_small_bn", input_shape=(1, 64, 64), seed=0).eval()
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():  # fresh BatchNorms are identities: give them statistics to canonize
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(0.3 * torch.randn(size, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(size, generator=generator))
+            module.weight.data.copy_(0.5 + torch.rand(size, generator=generator))
+            module.bias.data.copy_(0.2 * torch.randn(size, generator=generator))
+    images = image_set(3)
+    settings = BatterySettings.scaled(64)
+    scores = run_canonization_study({"vgg_small_bn": model}, images, settings, metrics=("sparseness", "rma"))
+    assert len(scores) == len(STUDY_METHODS) * 2 * 2 * 3
+    wide = scores.pivot_table(index=["metric", "image"], columns=["method", "canonized"], values="value")
+    assert not np.allclose(wide[("EB", True)], wide[("LRP-ε+", True)])  # the 1x1 head gets epsilon in LRP-ε+
+    assert not np.allclose(wide[("LRP-ε+", True)], wide[("LRP-ε+", False)])  # canonizing changes the maps
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_canonization_study({"vgg_small_bn": model}, images, settings, methods=("LRP-z",))
