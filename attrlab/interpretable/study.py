@@ -1,0 +1,340 @@
+"""The B-cos study of Böhle (2024, ch. 6) as code: which nets the chapter trains, its result tables and its claims.
+
+The chapter *B-cos networks* (``book/interpretable_networks.md``) trains B-cos nets named by a compact list
+(:func:`parse_models`: ``"1.5,2,2.5m"``, a trailing ``m`` for MaxOut), evaluates them with the thesis' GridPG
+protocol and keeps one row per (model, method) in a *result table* (:func:`result_rows`). Run by the sweep
+``book/regimes/bcos-b-sweep.yml`` with a ``run_dir`` per point, the chapter writes that table into the point's folder;
+:func:`collect_sweep` gathers the points into the small committed table ``book/results/bcos_b_sweep.csv`` that the
+chapter reads for the thesis' Table 6.1 layout (:func:`accuracy_table`), Fig. 6.5 (:func:`localisation_table`) and
+its claims (:func:`check_claims`)::
+
+    attrlab run book/regimes/bcos-b-sweep.yml
+    python -m attrlab.interpretable.study runs/regimes/bcos-b-sweep book/results/bcos_b_sweep.csv
+
+This module sits in the evaluations layer (it reads result tables of grid evaluations); the rest of
+:mod:`attrlab.interpretable` is the models layer, and its ``__init__`` does not import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..models.bcos import THESIS_B
+from ..runstore import atomic_write_text
+
+#: Table 6.1 of the thesis (CIFAR10, the nine-layer simple B-cos net): (B, MaxOut) -> test accuracy in %
+THESIS_ACCURACY: dict[tuple[float, bool], float] = {
+    (1.0, True): 93.5,
+    (1.25, True): 93.8,
+    (1.5, True): 93.7,
+    (1.75, True): 93.7,
+    (2.0, True): 93.2,
+    (2.25, True): 92.6,
+    (2.5, True): 92.4,
+    (2.0, False): 91.5,
+}
+#: the registry name of the conventional model of the same shape
+TWIN = "bcos_relu_twin"
+#: columns of a result table, one row per (model, method)
+RESULT_COLUMNS = ("model", "b", "maxout", "accuracy", "method", "median", "mean", "n_grids", "epochs")
+#: the label of the inherent explanation (smoothed by 3x3, as the thesis' CIFAR10 protocol)
+INHERENT = "S-B-cos"
+#: the post-hoc labels of the chapter's protocol
+POSTHOC = ("S-IxG", "S-IntGrad", "Grad-CAM")
+#: the file name a chapter run with a ``run_dir`` writes its result table to
+RESULT_FILE = "bcos_results.csv"
+
+
+def parse_models(text: str) -> list[tuple[float, bool]]:
+    """``"1.5,2,2.5m"`` -> ``[(1.5, False), (2.0, False), (2.5, True)]``: B values, a trailing ``m`` for MaxOut.
+
+    Raises a ``ValueError`` naming a bad entry and the valid B (:data:`attrlab.models.bcos.THESIS_B`).
+    """
+    valid = ", ".join(f"{b:g}" for b in THESIS_B)
+    entries = [entry.strip() for entry in str(text).split(",") if entry.strip()]
+    if not entries:
+        raise ValueError(f"no B given in {text!r}; valid B: {valid} (a trailing m adds MaxOut, as 2m)")
+    models = []
+    for entry in entries:
+        maxout = entry.endswith("m")
+        try:
+            b = float(entry[:-1] if maxout else entry)
+        except ValueError:
+            b = math.nan
+        if b not in THESIS_B:
+            raise ValueError(f"unknown B {entry!r} in {text!r}; valid B: {valid} (a trailing m adds MaxOut, as 2m)")
+        if (b, maxout) in models:
+            raise ValueError(f"{entry!r} appears twice in {text!r}")
+        models.append((b, maxout))
+    return models
+
+
+def model_name(b: float, maxout: bool) -> str:
+    """The registry name of the digits B-cos net with exponent ``b`` (and MaxOut)."""
+    return f"bcos_b{b:g}" + ("_maxout" if maxout else "")
+
+
+def model_label(b: float, maxout: bool) -> str:
+    """``"B = 2"`` or ``"B = 2, MaxOut"``: how the chapter's figures name a net."""
+    return f"B = {b:g}" + (", MaxOut" if maxout else "")
+
+
+def result_rows(
+    model: str,
+    b: float,
+    maxout: bool,
+    accuracy: float,
+    scores: pd.DataFrame,
+    n_grids: int,
+    epochs: int,
+) -> pd.DataFrame:
+    """One model's rows of a result table: its accuracy and each method's median and mean localisation.
+
+    Parameters
+    ----------
+    model : str
+        The registry name.
+    b : float
+        Its B (NaN for the conventional model).
+    maxout : bool
+        Whether it has MaxOut units.
+    accuracy : float
+        Test accuracy in [0, 1].
+    scores : pandas.DataFrame
+        The score table of :func:`attrlab.grids.evaluate_setting` for this model (columns method, score).
+    n_grids : int
+        Grids evaluated.
+    epochs : int
+        Training epochs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`RESULT_COLUMNS`, one row per method.
+    """
+    by_method = scores.groupby("method", sort=False)["score"]
+    frame = pd.DataFrame({"median": by_method.median(), "mean": by_method.mean()}).reset_index()
+    frame = frame.assign(
+        model=model, b=b, maxout=bool(maxout), accuracy=float(accuracy), n_grids=n_grids, epochs=epochs
+    )
+    return frame[list(RESULT_COLUMNS)]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} is not a result table: it lacks columns {missing}")
+    return frame
+
+
+def write_results(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a result table as CSV, atomically (a temporary file, then a rename)."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.6g")
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A result table written by :func:`write_results` (checked for its columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no result table at {path}; run the sweep and collect it (see {__name__})")
+    return _read(path)
+
+
+def collect_sweep(output: str | Path) -> pd.DataFrame:
+    """The result tables of every finished point of a sweep's ``output`` folder, in one table.
+
+    Each point's folder (its ``run_dir``) holds :data:`RESULT_FILE`. The conventional model is trained and evaluated
+    by every point; its rows are averaged over the points (its grids differ with the nets it shares them with).
+    """
+    output = Path(output)
+    files = sorted(output.glob(f"*/{RESULT_FILE}"))
+    if not files:
+        raise FileNotFoundError(f"no point of {output} has a {RESULT_FILE}; has the sweep run?")
+    frame = pd.concat([_read(path) for path in files], ignore_index=True)
+    nets = frame[frame["model"] != TWIN].drop_duplicates(["model", "method"], keep="last")
+    twin = frame[frame["model"] == TWIN]
+    if len(twin):
+        twin = twin.groupby(["model", "method"], as_index=False, sort=False).agg(
+            {
+                "b": "first",
+                "maxout": "first",
+                "accuracy": "mean",
+                "median": "mean",
+                "mean": "mean",
+                "n_grids": "sum",
+                "epochs": "first",
+            }
+        )
+    columns = list(RESULT_COLUMNS)
+    combined = pd.concat([nets[columns], twin[columns]], ignore_index=True) if len(twin) else nets[columns]
+    return combined.sort_values(["maxout", "b", "model", "method"], na_position="last", ignore_index=True)
+
+
+def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The thesis' Table 6.1 layout: accuracy (%) against B, with MaxOut and plain, here and on CIFAR10 there."""
+    nets = results[results["model"] != TWIN].drop_duplicates("model")
+    rows = []
+    for b in THESIS_B:
+        row: dict[str, object] = {"B": f"{b:g}"}
+        for maxout, kind in ((True, "MaxOut"), (False, "plain")):
+            here = nets[(nets["b"] == b) & (nets["maxout"] == maxout)]["accuracy"]
+            row[f"{kind}, digits here"] = round(100 * float(here.iloc[0]), 1) if len(here) else math.nan
+            row[f"{kind}, thesis CIFAR10"] = THESIS_ACCURACY.get((b, maxout), math.nan)
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("B")
+    return table.dropna(axis=1, how="all").dropna(axis=0, how="all")
+
+
+def _family(results: pd.DataFrame, maxout: bool | None) -> tuple[pd.DataFrame, bool]:
+    """The nets with (or without) MaxOut; ``None``: the family with more rows (the sweep's MaxOut nets)."""
+    nets = results[results["model"] != TWIN]
+    with_maxout = nets["maxout"].astype(bool)
+    if maxout is None:
+        maxout = bool(with_maxout.sum() >= (~with_maxout).sum())
+    return nets[with_maxout == maxout], maxout
+
+
+def localisation_table(results: pd.DataFrame, maxout: bool | None = None) -> pd.DataFrame:
+    """Fig. 6.5's numbers: per B, the accuracy and each method's median localisation.
+
+    ``maxout`` picks the nets with or without MaxOut; ``None`` the family with more of them.
+    """
+    nets, maxout = _family(results, maxout)
+    if nets.empty:
+        raise ValueError(f"the result table has no nets with maxout={maxout}")
+    table = nets.pivot_table(index="b", columns="method", values="median")
+    table.insert(0, "accuracy", nets.groupby("b")["accuracy"].first())
+    return table.sort_index()
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    return float(pd.Series(list(x)).corr(pd.Series(list(y)), method="spearman"))
+
+
+def check_claims(results: pd.DataFrame, rank_threshold: float = 0.5, slow_drop: float = 3.0) -> pd.DataFrame:
+    """The thesis' claims of ch. 6 tested on a result table, one row each.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        A result table (:data:`RESULT_COLUMNS`) with MaxOut nets for several B, plain nets and the conventional model.
+    rank_threshold : float
+        The smallest Spearman correlation of the inherent maps' median localisation with B that counts as "rises".
+    slow_drop : float
+        The largest drop in accuracy (percentage points) from the best B to the largest B that counts as "slowly".
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns "claim (thesis ch. 6)", "test", "measured", "holds"; "holds" is None where the table lacks the data.
+    """
+    claims: list[tuple[str, str, str, bool | None]] = []
+    nets = results[results["model"] != TWIN]
+    # the B trend is read on the family with more B values (the sweep's MaxOut nets; plain nets in a default run)
+    family, use_maxout = _family(results, None)
+    kind = "MaxOut nets" if use_maxout else "nets without MaxOut"
+    inherent = family[family["method"] == INHERENT].sort_values("b")
+    if len(inherent) >= 3:
+        rho = _spearman(inherent["b"], inherent["median"])
+        text = ", ".join(f"{b:g}: {m:.3f}" for b, m in zip(inherent["b"], inherent["median"]))
+        claims.append(
+            (
+                "Localisation of the inherent maps rises with B (Fig. 6.5)",
+                f"Spearman correlation of the median with B ({kind}) >= {rank_threshold:g}",
+                f"{rho:.2f} (medians by B: {text})",
+                bool(rho >= rank_threshold),
+            )
+        )
+    else:
+        claims.append(("Localisation of the inherent maps rises with B (Fig. 6.5)", "needs 3 or more B", "-", None))
+    medians = nets.pivot_table(index="model", columns="method", values="median")
+    posthoc = [m for m in POSTHOC if m in medians.columns]
+    if INHERENT in medians.columns and posthoc:
+        wins = medians[INHERENT] > medians[posthoc].max(axis=1)
+        claims.append(
+            (
+                "Inherent maps beat every post-hoc method on the same B-cos net (Fig. 6.6)",
+                f"median {INHERENT} > the best of {', '.join(posthoc)}, on every net",
+                f"on {int(wins.sum())} of {len(wins)} nets",
+                bool(wins.all()),
+            )
+        )
+    twin = results[results["model"] == TWIN].set_index("method")["median"]
+    twin_posthoc = [m for m in POSTHOC if m in twin.index]
+    if INHERENT in medians.columns and twin_posthoc:
+        best_twin = float(twin[twin_posthoc].max())
+        wins = medians[INHERENT] > best_twin
+        claims.append(
+            (
+                "Inherent maps beat every post-hoc method on the conventional model (Fig. 6.6)",
+                f"median {INHERENT} of each net > the best post-hoc median on the conventional model",
+                f"on {int(wins.sum())} of {len(wins)} nets (conventional best: {best_twin:.3f})",
+                bool(wins.all()),
+            )
+        )
+    accuracy = family.drop_duplicates("model").sort_values("b")
+    if len(accuracy) >= 3:
+        rho = _spearman(accuracy["b"], accuracy["accuracy"])
+        drop = 100 * (float(accuracy["accuracy"].max()) - float(accuracy["accuracy"].iloc[-1]))
+        claims.append(
+            (
+                "Accuracy falls slowly with B (Table 6.1: 1.4 points from the best to B = 2.5)",
+                f"Spearman correlation of accuracy with B < 0, and at most {slow_drop:g} points from the best to the "
+                f"largest B ({kind})",
+                f"correlation {rho:.2f}, drop {drop:.1f} points to B = {float(accuracy['b'].iloc[-1]):g}",
+                bool(rho < 0 and drop <= slow_drop),
+            )
+        )
+    else:
+        claims.append(("Accuracy falls slowly with B (Table 6.1)", "needs 3 or more B", "-", None))
+    return pd.DataFrame(claims, columns=["claim (thesis ch. 6)", "test", "measured", "holds"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m attrlab.interpretable.study OUTPUT TABLE``: collect a sweep's points into one result table."""
+    parser = argparse.ArgumentParser(description="Collect the B-cos sweep's result tables into one CSV.")
+    parser.add_argument("output", help="the sweep's output folder (its YAML's 'output')")
+    parser.add_argument("table", help="the CSV to write, e.g. book/results/bcos_b_sweep.csv")
+    args = parser.parse_args(argv)
+    try:
+        frame = collect_sweep(args.output)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_results(frame, args.table)
+    print(f"wrote {len(frame)} rows of {frame['model'].nunique()} models to {args.table}")
+    return 0
+
+
+__all__ = [
+    "INHERENT",
+    "POSTHOC",
+    "RESULT_COLUMNS",
+    "RESULT_FILE",
+    "THESIS_ACCURACY",
+    "TWIN",
+    "accuracy_table",
+    "check_claims",
+    "collect_sweep",
+    "localisation_table",
+    "main",
+    "model_label",
+    "model_name",
+    "parse_models",
+    "read_results",
+    "result_rows",
+    "write_results",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The B-cos study's tables and claims (attrlab.interpretable.study) on small made-up result tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from attrlab.interpretable import study
+
+
+def _scores(medians: dict[str, float]) -> pd.DataFrame:
+    """A score table whose per-method median is the given value (three cells each: m - 0.1, m, m + 0.2)."""
+    rows = [(method, value + delta) for method, value in medians.items() for delta in (-0.1, 0.0, 0.2)]
+    return pd.DataFrame(rows, columns=["method", "score"])
+
+
+def _sweep(inherent: dict[float, float], accuracy: dict[float, float], twin_best: float = 0.2) -> pd.DataFrame:
+    frames = []
+    for b in inherent:
+        scores = _scores({"S-IxG": 0.15, "S-IntGrad": 0.2, "Grad-CAM": 0.3, "S-B-cos": inherent[b]})
+        frames.append(study.result_rows(study.model_name(b, True), b, True, accuracy[b], scores, 10, 20))
+    scores = _scores({"S-IxG": 0.12, "S-IntGrad": twin_best, "Grad-CAM": 0.18})
+    frames.append(study.result_rows(study.TWIN, math.nan, False, 0.95, scores, 10, 8))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_parse_models_reads_b_and_maxout_and_names_bad_entries():
+    assert study.parse_models("1.5, 2,2.5m") == [(1.5, False), (2.0, False), (2.5, True)]
+    assert study.model_name(2.0, True) == "bcos_b2_maxout" and study.model_name(1.25, False) == "bcos_b1.25"
+    with pytest.raises(ValueError, match=r"unknown B '3'.*valid B: 1, 1.25"):
+        study.parse_models("2,3")
+    with pytest.raises(ValueError, match="unknown B 'x'"):
+        study.parse_models("x")
+    with pytest.raises(ValueError, match="twice"):
+        study.parse_models("2m,2m")
+    with pytest.raises(ValueError, match="no B given"):
+        study.parse_models(" , ")
+
+
+def test_result_rows_hold_medians_means_and_settings():
+    rows = study.result_rows("bcos_b2", 2.0, False, 0.9, _scores({"S-B-cos": 0.5, "Grad-CAM": 0.3}), 7, 3)
+    assert list(rows.columns) == list(study.RESULT_COLUMNS)
+    assert rows.set_index("method")["median"].to_dict() == pytest.approx({"S-B-cos": 0.5, "Grad-CAM": 0.3})
+    assert rows.set_index("method")["mean"]["S-B-cos"] == pytest.approx(0.5 + 0.1 / 3)
+    assert set(rows["n_grids"]) == {7} and set(rows["epochs"]) == {3} and not rows["maxout"].any()
+
+
+def test_collect_sweep_merges_points_and_averages_the_twin(tmp_path):
+    sweep = _sweep({1.0: 0.3, 2.0: 0.5}, {1.0: 0.97, 2.0: 0.95})
+    nets = sweep[sweep["model"] != study.TWIN]
+    twin = sweep[sweep["model"] == study.TWIN]
+    other_twin = twin.assign(median=twin["median"] + 0.1, accuracy=0.85)
+    for index, (b, part) in enumerate(nets.groupby("b")):
+        twin_rows = twin if index == 0 else other_twin
+        study.write_results(pd.concat([part, twin_rows]), tmp_path / f"b_values-{b:g}m" / study.RESULT_FILE)
+    collected = study.collect_sweep(tmp_path)
+    assert set(collected["model"]) == {"bcos_b1_maxout", "bcos_b2_maxout", study.TWIN}
+    twin_rows = collected[collected["model"] == study.TWIN].set_index("method")
+    assert twin_rows["accuracy"].iloc[0] == pytest.approx(0.9)
+    assert twin_rows.loc["S-IntGrad", "median"] == pytest.approx(0.25)
+    assert twin_rows["n_grids"].iloc[0] == 20
+    target = tmp_path / "table.csv"
+    assert study.main([str(tmp_path), str(target)]) == 0
+    pd.testing.assert_frame_equal(study.read_results(target), collected, check_dtype=False, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="has the sweep run"):
+        study.collect_sweep(tmp_path / "empty")
+
+
+def test_accuracy_table_has_table_6_1_layout():
+    sweep = _sweep({1.0: 0.3, 2.0: 0.5}, {1.0: 0.97, 2.0: 0.95})
+    plain = study.result_rows("bcos_b2", 2.0, False, 0.9, _scores({"S-B-cos": 0.6}), 10, 20)
+    table = study.accuracy_table(pd.concat([sweep, plain]))
+    assert table.loc["1", "MaxOut, digits here"] == 97.0 and table.loc["1", "MaxOut, thesis CIFAR10"] == 93.5
+    assert table.loc["2", "plain, digits here"] == 90.0 and table.loc["2", "plain, thesis CIFAR10"] == 91.5
+    assert math.isnan(table.loc["1.25", "MaxOut, digits here"])  # the thesis' row stays, ours is missing
+    local = study.localisation_table(pd.concat([sweep, plain]))
+    assert list(local.index) == [1.0, 2.0] and local.loc[2.0, "S-B-cos"] == pytest.approx(0.5)
+
+
+def test_check_claims_hold_on_a_table_that_shows_them():
+    sweep = _sweep({1.0: 0.35, 1.5: 0.4, 2.0: 0.5, 2.5: 0.6}, {1.0: 0.97, 1.5: 0.965, 2.0: 0.96, 2.5: 0.95})
+    claims = study.check_claims(sweep)
+    assert len(claims) == 4 and claims["holds"].tolist() == [True, True, True, True]
+    assert "1: 0.350" in claims["measured"].iloc[0]
+
+
+def test_check_claims_fail_on_a_table_that_contradicts_them():
+    # localisation falls with B, the post-hoc Grad-CAM (0.3) beats the inherent maps at B = 1, accuracy drops 10 points
+    sweep = _sweep({1.0: 0.25, 1.5: 0.4, 2.0: 0.35, 2.5: 0.31}, {1.0: 0.97, 1.5: 0.9, 2.0: 0.88, 2.5: 0.87}, 0.45)
+    claims = study.check_claims(sweep).set_index("claim (thesis ch. 6)")["holds"]
+    assert not any(claims.tolist())
+    few = study.check_claims(_sweep({2.0: 0.5}, {2.0: 0.9}))
+    assert few["holds"].iloc[0] is None and few["holds"].iloc[-1] is None
