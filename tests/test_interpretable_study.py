@@ -89,7 +89,60 @@ def test_check_claims_hold_on_a_table_that_shows_them():
 def test_check_claims_fail_on_a_table_that_contradicts_them():
     # localisation falls with B, the post-hoc Grad-CAM (0.3) beats the inherent maps at B = 1, accuracy drops 10 points
     sweep = _sweep({1.0: 0.25, 1.5: 0.4, 2.0: 0.35, 2.5: 0.31}, {1.0: 0.97, 1.5: 0.9, 2.0: 0.88, 2.5: 0.87}, 0.45)
-    claims = study.check_claims(sweep).set_index("claim (thesis ch. 6)")["holds"]
+    claims = study.check_claims(sweep).set_index("claim")["holds"]
     assert not any(claims.tolist())
     few = study.check_claims(_sweep({2.0: 0.5}, {2.0: 0.9}))
     assert few["holds"].iloc[0] is None and few["holds"].iloc[-1] is None
+
+
+def test_plan_nets_lists_bcos_and_coda_nets_and_checks_them():
+    plan = study.plan_nets("2,2.5m", "0.1, 10", temperature=1.0)
+    assert [net.model for net in plan] == ["bcos_b2", "bcos_b2.5_maxout", "coda", "coda"]
+    assert [net.temperature for net in plan] == [1.0, 1.0, 0.1, 10.0]
+    assert [net.inherent for net in plan] == ["B-cos", "B-cos", "CoDA", "CoDA"]
+    assert plan[1].label == "B = 2.5, MaxOut" and plan[3].label == "CoDA, T = 10"
+    assert [net.model for net in study.plan_nets("", "1", 1.0)] == ["coda"]
+    with pytest.raises(ValueError, match="no nets to train"):
+        study.plan_nets("", "", 1.0)
+    with pytest.raises(ValueError, match="temperature '-1'"):
+        study.plan_nets("2", "-1", 1.0)
+    with pytest.raises(ValueError, match="twice"):
+        study.parse_temperatures("1,1.0")
+
+
+def _coda(medians: dict[float, float], accuracy: dict[float, float]) -> pd.DataFrame:
+    frames = []
+    for t in medians:
+        scores = _scores({"S-IxG": 0.15, "Grad-CAM": 0.3, "S-CoDA": medians[t]})
+        frames.append(study.result_rows(study.CODA, math.nan, False, accuracy[t], scores, 10, 8, temperature=t))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_coda_claims_and_temperature_table():
+    table = _coda({0.1: 0.3, 1.0: 0.4, 10.0: 0.6}, {0.1: 0.95, 1.0: 0.96, 10.0: 0.94})
+    local = study.temperature_table(table)
+    assert list(local.index) == [0.1, 1.0, 10.0] and local.loc[10.0, "S-CoDA"] == pytest.approx(0.6)
+    claims = study.coda_claims(table)
+    assert list(claims.columns) == list(study.CLAIM_COLUMNS)
+    assert claims["holds"].tolist() == [True, True, False]  # at T = 0.1 Grad-CAM (0.3) ties the inherent maps
+    falling = study.coda_claims(_coda({0.1: 0.6, 1.0: 0.5, 10.0: 0.4}, {0.1: 0.99, 1.0: 0.9, 10.0: 0.8}))
+    assert falling["holds"].tolist() == [False, False, True]
+    # B-cos tables and CoDA rows stay apart
+    mixed = pd.concat([_sweep({1.0: 0.3, 2.0: 0.5, 2.5: 0.6}, {1.0: 0.97, 2.0: 0.95, 2.5: 0.94}), table])
+    assert list(study.localisation_table(mixed).index) == [1.0, 2.0, 2.5]
+    assert (
+        study.check_claims(mixed)["holds"].tolist()
+        == study.check_claims(mixed[mixed["model"] != "coda"])["holds"].tolist()
+    )
+    with pytest.raises(ValueError, match="no 'coda' nets"):
+        study.temperature_table(_sweep({2.0: 0.5}, {2.0: 0.9}))
+
+
+def test_claims_of_a_table_without_bcos_nets_are_undecided():
+    claims = study.check_claims(_coda({1.0: 0.5}, {1.0: 0.9}))
+    assert claims["holds"].isna().all()
+
+
+def test_alignment_claim():
+    assert study.alignment_claim([0.99, 0.98, 0.97])["holds"].item() is True
+    assert study.alignment_claim([0.99, 0.5, 0.97])["holds"].item() is False

@@ -23,6 +23,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -43,11 +44,16 @@ THESIS_ACCURACY: dict[tuple[float, bool], float] = {
 #: the registry name of the conventional model of the same shape
 TWIN = "bcos_relu_twin"
 #: columns of a result table, one row per (model, method)
-RESULT_COLUMNS = ("model", "b", "maxout", "accuracy", "method", "median", "mean", "n_grids", "epochs")
+RESULT_COLUMNS = ("model", "b", "maxout", "accuracy", "method", "median", "mean", "n_grids", "epochs", "temperature")
 #: the label of the inherent explanation (smoothed by 3x3, as the thesis' CIFAR10 protocol)
 INHERENT = "S-B-cos"
+#: the registry name of the CoDA net of the temperature ablation, and the label of its inherent explanation
+CODA = "coda"
+CODA_INHERENT = "S-CoDA"
 #: the post-hoc labels of the chapter's protocol
 POSTHOC = ("S-IxG", "S-IntGrad", "Grad-CAM")
+#: columns of every claims table: the claim (with the thesis' figure or table), its test, what was measured, the verdict
+CLAIM_COLUMNS = ("claim", "test", "measured", "holds")
 #: the file name a chapter run with a ``run_dir`` writes its result table to
 RESULT_FILE = "bcos_results.csv"
 
@@ -76,6 +82,48 @@ def parse_models(text: str) -> list[tuple[float, bool]]:
     return models
 
 
+def parse_temperatures(text: str) -> list[float]:
+    """``"0.1,1,10"`` -> ``[0.1, 1.0, 10.0]``: the CoDA nets' loss temperatures (positive; empty text: none)."""
+    values = []
+    for entry in (entry.strip() for entry in str(text).split(",")):
+        if not entry:
+            continue
+        try:
+            value = float(entry)
+        except ValueError:
+            value = math.nan
+        if not value > 0 or math.isinf(value):
+            raise ValueError(f"temperature {entry!r} in {text!r} is not a positive number")
+        if value in values:
+            raise ValueError(f"temperature {entry!r} appears twice in {text!r}")
+        values.append(value)
+    return values
+
+
+class Net(NamedTuple):
+    """One interpretable net of a chapter run: what to build and train, and how to label it."""
+
+    model: str  #: registry name
+    b: float  #: B (NaN for CoDA)
+    maxout: bool
+    temperature: float  #: of the binary cross-entropy it trains with
+    label: str  #: how figures and tables name it
+    inherent: str  #: the label of its inherent explanation's MethodSpec ("B-cos" or "CoDA"; "S-" once smoothed)
+
+
+def plan_nets(b_values: str, coda_temperatures: str, temperature: float) -> list[Net]:
+    """The nets of a chapter run: B-cos nets (:func:`parse_models`, at ``temperature``) and CoDA nets, one per
+    temperature of :func:`parse_temperatures`. Raises a ``ValueError`` when both lists are empty."""
+    nets = [
+        Net(model_name(b, maxout), b, maxout, float(temperature), model_label(b, maxout), "B-cos")
+        for b, maxout in (parse_models(b_values) if str(b_values).strip() else [])
+    ]
+    nets += [Net(CODA, math.nan, False, t, f"CoDA, T = {t:g}", "CoDA") for t in parse_temperatures(coda_temperatures)]
+    if not nets:
+        raise ValueError("no nets to train: give B values (b_values) or CoDA temperatures (coda_temperatures)")
+    return nets
+
+
 def model_name(b: float, maxout: bool) -> str:
     """The registry name of the digits B-cos net with exponent ``b`` (and MaxOut)."""
     return f"bcos_b{b:g}" + ("_maxout" if maxout else "")
@@ -94,6 +142,7 @@ def result_rows(
     scores: pd.DataFrame,
     n_grids: int,
     epochs: int,
+    temperature: float = math.nan,
 ) -> pd.DataFrame:
     """One model's rows of a result table: its accuracy and each method's median and mean localisation.
 
@@ -113,6 +162,8 @@ def result_rows(
         Grids evaluated.
     epochs : int
         Training epochs.
+    temperature : float
+        The temperature of its training loss (NaN where it has none).
 
     Returns
     -------
@@ -122,13 +173,21 @@ def result_rows(
     by_method = scores.groupby("method", sort=False)["score"]
     frame = pd.DataFrame({"median": by_method.median(), "mean": by_method.mean()}).reset_index()
     frame = frame.assign(
-        model=model, b=b, maxout=bool(maxout), accuracy=float(accuracy), n_grids=n_grids, epochs=epochs
+        model=model,
+        b=b,
+        maxout=bool(maxout),
+        accuracy=float(accuracy),
+        n_grids=n_grids,
+        epochs=epochs,
+        temperature=float(temperature),
     )
     return frame[list(RESULT_COLUMNS)]
 
 
 def _read(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
+    if "temperature" not in frame.columns:  # tables written before the CoDA ablation
+        frame["temperature"] = math.nan
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} is not a result table: it lacks columns {missing}")
@@ -161,7 +220,7 @@ def collect_sweep(output: str | Path) -> pd.DataFrame:
     if not files:
         raise FileNotFoundError(f"no point of {output} has a {RESULT_FILE}; has the sweep run?")
     frame = pd.concat([_read(path) for path in files], ignore_index=True)
-    nets = frame[frame["model"] != TWIN].drop_duplicates(["model", "method"], keep="last")
+    nets = frame[frame["model"] != TWIN].drop_duplicates(["model", "temperature", "method"], keep="last")
     twin = frame[frame["model"] == TWIN]
     if len(twin):
         twin = twin.groupby(["model", "method"], as_index=False, sort=False).agg(
@@ -173,16 +232,23 @@ def collect_sweep(output: str | Path) -> pd.DataFrame:
                 "mean": "mean",
                 "n_grids": "sum",
                 "epochs": "first",
+                "temperature": "first",
             }
         )
     columns = list(RESULT_COLUMNS)
     combined = pd.concat([nets[columns], twin[columns]], ignore_index=True) if len(twin) else nets[columns]
-    return combined.sort_values(["maxout", "b", "model", "method"], na_position="last", ignore_index=True)
+    order = ["maxout", "b", "model", "temperature", "method"]
+    return combined.sort_values(order, na_position="last", ignore_index=True)
+
+
+def _bcos_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of B-cos nets (neither the conventional twin nor CoDA nets)."""
+    return results[results["model"].astype(str).str.startswith("bcos_b")]
 
 
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     """The thesis' Table 6.1 layout: accuracy (%) against B, with MaxOut and plain, here and on CIFAR10 there."""
-    nets = results[results["model"] != TWIN].drop_duplicates("model")
+    nets = _bcos_rows(results).drop_duplicates("model")
     rows = []
     for b in THESIS_B:
         row: dict[str, object] = {"B": f"{b:g}"}
@@ -197,7 +263,7 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def _family(results: pd.DataFrame, maxout: bool | None) -> tuple[pd.DataFrame, bool]:
     """The nets with (or without) MaxOut; ``None``: the family with more rows (the sweep's MaxOut nets)."""
-    nets = results[results["model"] != TWIN]
+    nets = _bcos_rows(results)
     with_maxout = nets["maxout"].astype(bool)
     if maxout is None:
         maxout = bool(with_maxout.sum() >= (~with_maxout).sum())
@@ -236,10 +302,10 @@ def check_claims(results: pd.DataFrame, rank_threshold: float = 0.5, slow_drop: 
     Returns
     -------
     pandas.DataFrame
-        Columns "claim (thesis ch. 6)", "test", "measured", "holds"; "holds" is None where the table lacks the data.
+        Columns :data:`CLAIM_COLUMNS`; "holds" is None where the table lacks the data.
     """
     claims: list[tuple[str, str, str, bool | None]] = []
-    nets = results[results["model"] != TWIN]
+    nets = _bcos_rows(results)
     # the B trend is read on the family with more B values (the sweep's MaxOut nets; plain nets in a default run)
     family, use_maxout = _family(results, None)
     kind = "MaxOut nets" if use_maxout else "nets without MaxOut"
@@ -297,7 +363,92 @@ def check_claims(results: pd.DataFrame, rank_threshold: float = 0.5, slow_drop: 
         )
     else:
         claims.append(("Accuracy falls slowly with B (Table 6.1)", "needs 3 or more B", "-", None))
-    return pd.DataFrame(claims, columns=["claim (thesis ch. 6)", "test", "measured", "holds"])
+    return pd.DataFrame(claims, columns=list(CLAIM_COLUMNS))
+
+
+def temperature_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The CoDA ablation's numbers: per loss temperature T, the accuracy and each method's median localisation."""
+    nets = results[results["model"] == CODA]
+    if nets.empty:
+        raise ValueError(f"the result table has no {CODA!r} nets")
+    table = nets.pivot_table(index="temperature", columns="method", values="median")
+    table.insert(0, "accuracy", nets.groupby("temperature")["accuracy"].first())
+    return table.sort_index()
+
+
+def coda_claims(results: pd.DataFrame, rank_threshold: float = 0.5, slow_drop: float = 3.0) -> pd.DataFrame:
+    """The thesis' claims of the CoDA temperature ablation (ch. 5) tested on a result table, one row each.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        A result table with ``coda`` nets for several temperatures (and the conventional model).
+    rank_threshold : float
+        The smallest Spearman correlation of the inherent maps' median localisation with T that counts as "rises".
+    slow_drop : float
+        The largest drop in accuracy (percentage points) from the best T to the largest T that counts as "slightly".
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns as :func:`check_claims`.
+    """
+    nets = results[results["model"] == CODA]
+    inherent = nets[nets["method"] == CODA_INHERENT].sort_values("temperature")
+    claims: list[tuple[str, str, str, bool | None]] = []
+    if len(inherent) >= 3:
+        rho = _spearman(inherent["temperature"], inherent["median"])
+        text = ", ".join(f"{t:g}: {m:.3f}" for t, m in zip(inherent["temperature"], inherent["median"]))
+        claims.append(
+            (
+                "CoDA: localisation of the inherent maps rises with the temperature T (ch. 5)",
+                f"Spearman correlation of the median with T >= {rank_threshold:g}",
+                f"{rho:.2f} (medians by T: {text})",
+                bool(rho >= rank_threshold),
+            )
+        )
+        accuracy = inherent["accuracy"]
+        drop = 100 * (float(accuracy.max()) - float(accuracy.iloc[-1]))
+        claims.append(
+            (
+                "CoDA: accuracy falls only slightly at high T (93.6 % at T = 10, 93.2 % at T = 1000)",
+                f"at most {slow_drop:g} points from the best T to the largest",
+                f"drop {drop:.1f} points to T = {float(inherent['temperature'].iloc[-1]):g}",
+                bool(drop <= slow_drop),
+            )
+        )
+    else:
+        claims.append(("CoDA: localisation rises with the temperature T (ch. 5)", "needs 3 or more T", "-", None))
+    medians = nets.pivot_table(index="temperature", columns="method", values="median")
+    posthoc = [m for m in POSTHOC if m in medians.columns]
+    if CODA_INHERENT in medians.columns and posthoc:
+        wins = medians[CODA_INHERENT] > medians[posthoc].max(axis=1)
+        claims.append(
+            (
+                "CoDA: inherent maps beat every post-hoc method on the same net (Fig. 5.8)",
+                f"median {CODA_INHERENT} > the best of {', '.join(posthoc)}, at every T",
+                f"at {int(wins.sum())} of {len(wins)} temperatures",
+                bool(wins.all()),
+            )
+        )
+    return pd.DataFrame(claims, columns=list(CLAIM_COLUMNS))
+
+
+def alignment_claim(matched: Sequence[float], threshold: float = 0.95) -> pd.DataFrame:
+    """Fig. 5.4's claim on :func:`attrlab.interpretable.alignment.matched_similarity`'s output, as one claims row."""
+    values = [float(v) for v in matched]
+    return pd.DataFrame(
+        [
+            (
+                "A rank-3 DAU trained on noisy copies of three digits encodes the clean digits as eigenvectors "
+                "(Fig. 5.4)",
+                f"cosine similarity of each digit with its eigenvector of A B >= {threshold:g}",
+                ", ".join(f"{v:.3f}" for v in values),
+                bool(min(values) >= threshold),
+            )
+        ],
+        columns=list(CLAIM_COLUMNS),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,22 +468,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "CLAIM_COLUMNS",
+    "CODA",
+    "CODA_INHERENT",
     "INHERENT",
+    "Net",
     "POSTHOC",
     "RESULT_COLUMNS",
     "RESULT_FILE",
     "THESIS_ACCURACY",
     "TWIN",
     "accuracy_table",
+    "alignment_claim",
     "check_claims",
+    "coda_claims",
     "collect_sweep",
     "localisation_table",
     "main",
     "model_label",
     "model_name",
     "parse_models",
+    "plan_nets",
+    "parse_temperatures",
     "read_results",
     "result_rows",
+    "temperature_table",
     "write_results",
 ]
 
