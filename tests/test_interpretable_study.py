@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from attrlab.interpretable import study
 
@@ -146,3 +147,45 @@ def test_claims_of_a_table_without_bcos_nets_are_undecided():
 def test_alignment_claim():
     assert study.alignment_claim([0.99, 0.98, 0.97])["holds"].item() is True
     assert study.alignment_claim([0.99, 0.5, 0.97])["holds"].item() is False
+
+
+def test_removal_curves_follow_pixel_flipping_in_both_orders():
+    from attrlab.quality import pixel_flipping
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).eval()
+    x = torch.randn(8, 1, 6, 6)
+    y = model(x).argmax(1)
+    with torch.no_grad():  # the exact contributions of the linear model to the target logit
+        contributions = (model[1].weight[y] * x.flatten(1)).view_as(x)
+    noise = torch.randn_like(x)
+    curves = {
+        order: study.removal_curves(model, x, y, {"exact": contributions, "noise": noise}, order, step=4, limit=0.5)
+        for order in study.REMOVAL_ORDERS
+    }
+    for order, table in curves.items():
+        assert list(table.columns) == ["method", "order", "fraction", "probability"]
+        exact = table[table["method"] == "exact"]
+        assert exact["fraction"].tolist() == pytest.approx([0, 4 / 36, 8 / 36, 12 / 36, 16 / 36])
+        with torch.no_grad():
+            start = float(model(x).softmax(1).gather(1, y[:, None]).mean())
+        assert exact["probability"].iloc[0] == pytest.approx(start)
+        signed = -contributions if order == "lerf" else contributions
+        expected = pixel_flipping(model, x, y, signed, features_in_step=4, baseline=0.0, normalise="none").mean(0)
+        assert exact["probability"].iloc[1:].tolist() == pytest.approx(expected[:4].tolist())
+    # removing the most relevant pixels first hurts more than removing them by a random map; the least, less
+    morf = curves["morf"].groupby("method")["probability"].mean()
+    lerf = curves["lerf"].groupby("method")["probability"].mean()
+    assert morf["exact"] < morf["noise"] and lerf["exact"] > lerf["noise"]
+    with pytest.raises(ValueError, match="unknown removal order"):
+        study.removal_curves(model, x, y, {"exact": contributions}, "random")
+
+
+def test_removal_claims_compare_the_inherent_curve_with_the_post_hoc_ones():
+    rows = []
+    for method, lerf, morf in (("B-cos", 0.9, 0.3), ("IxG", 0.8, 0.5), ("Grad-CAM", 0.85, 0.2)):
+        rows += [(method, "lerf", f, lerf) for f in (0.0, 0.1)] + [(method, "morf", f, morf) for f in (0.0, 0.1)]
+    curves = pd.DataFrame(rows, columns=["method", "order", "fraction", "probability"])
+    claims = study.removal_claims(curves, "B-cos")
+    assert list(claims.columns) == list(study.CLAIM_COLUMNS)
+    assert claims["holds"].tolist() == [True, False]  # Grad-CAM's MoRF curve falls lower

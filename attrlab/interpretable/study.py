@@ -21,11 +21,12 @@ import argparse
 import io
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+import torch
 
 from ..models.bcos import THESIS_B
 from ..runstore import atomic_write_text
@@ -451,6 +452,100 @@ def alignment_claim(matched: Sequence[float], threshold: float = 0.95) -> pd.Dat
     )
 
 
+#: pixel-removal orders: least relevant first (the thesis' Fig. 5.9) and most relevant first (its App. B.10a)
+REMOVAL_ORDERS = ("lerf", "morf")
+
+
+def removal_curves(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    order: str = "lerf",
+    step: int = 8,
+    limit: float = 0.25,
+    baseline: float = 0.0,
+) -> pd.DataFrame:
+    """Pixel-removal curves (thesis Fig. 5.9): the mean target probability as pixels are removed in a map's order.
+
+    Each curve is :func:`attrlab.quality.pixel_flipping` (softmax scores, the maps' signed order) on the map, or on its
+    negation for ``"lerf"``; the unperturbed images are its first point.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier.
+    x, y : torch.Tensor
+        Images (N, C, H, W) and their explained classes (N,).
+    maps : mapping of str to torch.Tensor
+        Method label -> maps (N, 1, H, W) of ``x`` for ``y``.
+    order : str
+        ``"lerf"`` (least relevant first) or ``"morf"`` (most relevant first).
+    step : int
+        Pixels removed per step.
+    limit : float
+        The largest fraction of the pixels removed that the table keeps (the thesis plots up to 25 %).
+    baseline : float
+        The value a removed pixel gets (0: the middle of attrlab's [-1, 1] range).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns method, order, fraction, probability: one row per point of each curve.
+    """
+    from ..quality import pixel_flipping
+
+    if order not in REMOVAL_ORDERS:
+        raise ValueError(f"unknown removal order {order!r}; valid orders: {', '.join(REMOVAL_ORDERS)}")
+    if not 0 < limit <= 1:
+        raise ValueError(f"limit must lie in (0, 1], got {limit!r}")
+    pixels = x[0, 0].numel()
+    with torch.no_grad():
+        start = float(model.eval()(x).softmax(1).gather(1, y[:, None]).mean())
+    frames = []
+    for label, a in maps.items():
+        ordered = -a if order == "lerf" else a
+        curves = pixel_flipping(model, x, y, ordered, features_in_step=step, baseline=baseline, normalise="none")
+        removed = torch.arange(1, curves.shape[1] + 1).clamp(max=math.ceil(pixels / step)) * step
+        fraction = (removed.clamp(max=pixels) / pixels).tolist()
+        points = [(0.0, start)] + [(f, float(p)) for f, p in zip(fraction, curves.mean(0).tolist()) if f <= limit]
+        frames.append(pd.DataFrame(points, columns=["fraction", "probability"]).assign(method=label, order=order))
+    return pd.concat(frames, ignore_index=True)[["method", "order", "fraction", "probability"]]
+
+
+def removal_claims(curves: pd.DataFrame, inherent: str) -> pd.DataFrame:
+    """The thesis' pixel-removal claims (Fig. 5.9, App. B.10a) on one net's :func:`removal_curves`, one row each.
+
+    Removing the least relevant pixels first keeps the target probability higher, and removing the most relevant
+    first lowers it faster, for the inherent maps (label ``inherent``) than for every other method; each curve is
+    summarised by its mean probability.
+    """
+    means = curves.groupby(["order", "method"])["probability"].mean()
+    claims = []
+    claim_texts = {
+        "lerf": "Removing the least relevant pixels first keeps the probability higher for the inherent maps than for "
+        "post-hoc methods (Fig. 5.9)",
+        "morf": "Removing the most relevant pixels first lowers the probability faster for the inherent maps than for "
+        "post-hoc methods (App. B.10a)",
+    }
+    for order, better, text in (("lerf", max, "higher"), ("morf", min, "lower")):
+        if order not in means.index.get_level_values("order"):
+            continue
+        part = means.loc[order]
+        others = part.drop(inherent)
+        best_other = better(others.items(), key=lambda item: item[1])
+        holds = part[inherent] > best_other[1] if order == "lerf" else part[inherent] < best_other[1]
+        claims.append(
+            (
+                claim_texts[order],
+                f"mean probability of the {inherent} curve {text} than of every other method's",
+                f"{inherent} {part[inherent]:.3f}, best other {best_other[0]} {best_other[1]:.3f}",
+                bool(holds),
+            )
+        )
+    return pd.DataFrame(claims, columns=list(CLAIM_COLUMNS))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attrlab.interpretable.study OUTPUT TABLE``: collect a sweep's points into one result table."""
     parser = argparse.ArgumentParser(description="Collect the B-cos sweep's result tables into one CSV.")
@@ -475,6 +570,7 @@ __all__ = [
     "Net",
     "POSTHOC",
     "RESULT_COLUMNS",
+    "REMOVAL_ORDERS",
     "RESULT_FILE",
     "THESIS_ACCURACY",
     "TWIN",
@@ -491,6 +587,8 @@ __all__ = [
     "plan_nets",
     "parse_temperatures",
     "read_results",
+    "removal_claims",
+    "removal_curves",
     "result_rows",
     "temperature_table",
     "write_results",
