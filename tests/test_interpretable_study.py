@@ -189,3 +189,22 @@ def test_removal_claims_compare_the_inherent_curve_with_the_post_hoc_ones():
     claims = study.removal_claims(curves, "B-cos")
     assert list(claims.columns) == list(study.CLAIM_COLUMNS)
     assert claims["holds"].tolist() == [True, False]  # Grad-CAM's MoRF curve falls lower
+
+
+def test_convergence_measures_the_approach_to_the_final_maps():
+    final = torch.randn(4, 5, 5)
+    start = torch.randn(4, 5, 5)
+    weights = [0.0, 0.5, 0.9, 0.2, 1.0, 1.0]  # a dip at step 40: converged only from step 50 on
+    maps = torch.stack([(1 - w) * start + w * final for w in weights])
+    frame = study.convergence([10, 20, 30, 40, 50, 60], maps.numpy())
+    assert frame["similarity"].iloc[-1] == pytest.approx(1.0)
+    cosine = torch.nn.functional.cosine_similarity(start.flatten(1), final.flatten(1), dim=1).mean()
+    assert frame["similarity"].iloc[0] == pytest.approx(float(cosine))
+    assert study.convergence_step(frame, level=0.99) == 50
+    assert study.convergence_step(frame, level=-1.0) == 10
+    late = study.convergence([10, 20, 30, 40, 50, 60], torch.stack([start] * 5 + [final]).numpy())
+    claim = study.convergence_claim(frame, late, level=0.99)
+    assert claim["holds"].item() is True and "B-cos at 83%, LRP at 100%" in claim["measured"].item()
+    assert study.convergence_claim(late, frame, level=0.99)["holds"].item() is False
+    with pytest.raises(ValueError, match="maps hold 6 steps"):
+        study.convergence([1, 2], maps.numpy())

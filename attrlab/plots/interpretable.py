@@ -135,4 +135,37 @@ def removal_curves(curves: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
-__all__ = ["against_parameter", "image_rows", "removal_curves"]
+@book_figure
+def convergence_curves(
+    similarity: Mapping[str, pd.DataFrame], summary: Mapping[str, pd.Series], summary_label: str = "mean Gini index"
+) -> Figure:
+    """Two panels over training: each method's similarity to its final maps (left), and one tracked summary (right).
+
+    Parameters
+    ----------
+    similarity : mapping of str to pandas.DataFrame
+        Label -> :func:`attrlab.interpretable.study.convergence` table (columns step, similarity).
+    summary : mapping of str to pandas.Series
+        Label -> a tracked per-step summary indexed by step (:func:`attrlab.track.tracked_frame`).
+    summary_label : str
+        The right panel's y label.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 2.8))
+    for label, frame in similarity.items():
+        left.plot(frame["step"] / frame["step"].iloc[-1], frame["similarity"], marker=".", label=label)
+    left.set_xlabel("fraction of training")
+    left.set_ylabel("similarity to the final maps")
+    left.legend(fontsize="small")
+    for label, series in summary.items():
+        right.plot(series.index / series.index[-1], series.to_numpy(), label=label)
+    right.set_xlabel("fraction of training")
+    right.set_ylabel(summary_label)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["against_parameter", "convergence_curves", "image_rows", "removal_curves"]
