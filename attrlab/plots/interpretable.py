@@ -127,8 +127,8 @@ def removal_curves(curves: pd.DataFrame, title: str | None = None) -> Figure:
             ax.plot(100 * part["fraction"], part["probability"], label=str(method))
         ax.set_title(str(model), fontsize="medium")
         ax.set_xlabel("pixels removed (%)")
+        ax.legend(fontsize="small")  # each panel its own: the inherent maps exist only for the interpretable net
     axes[0, 0].set_ylabel("mean target probability")
-    axes[0, -1].legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
