@@ -3,12 +3,13 @@
 The chapter *B-cos networks* (``book/interpretable_networks.md``) trains B-cos nets named by a compact list
 (:func:`parse_models`: ``"1.5,2,2.5m"``, a trailing ``m`` for MaxOut), evaluates them with the thesis' GridPG
 protocol and keeps one row per (model, method) in a *result table* (:func:`result_rows`). Run by the sweep
-``book/regimes/bcos-b-sweep.yml`` with a ``run_dir`` per point, the chapter writes that table into the point's folder;
-:func:`collect_sweep` gathers the points into the small committed table ``book/results/bcos_b_sweep.csv`` that the
+``book/regimes/interpretable/bcos-b-sweep.yml`` (a subfolder: ``book/regimes/*.yml`` are the training-dynamics
+regimes) with a ``run_dir`` per point, the chapter writes that table into the point's folder; :func:`collect_sweep`
+gathers the points into the small committed table ``book/results/bcos_b_sweep.csv`` that the
 chapter reads for the thesis' Table 6.1 layout (:func:`accuracy_table`), Fig. 6.5 (:func:`localisation_table`) and
 its claims (:func:`check_claims`)::
 
-    attrlab run book/regimes/bcos-b-sweep.yml
+    attrlab run book/regimes/interpretable/bcos-b-sweep.yml
     python -m attrlab.interpretable.study runs/regimes/bcos-b-sweep book/results/bcos_b_sweep.csv
 
 This module sits in the evaluations layer (it reads result tables of grid evaluations); the rest of
