@@ -428,7 +428,7 @@ def coda_claims(results: pd.DataFrame, rank_threshold: float = 0.5, slow_drop: f
         wins = medians[CODA_INHERENT] > medians[posthoc].max(axis=1)
         claims.append(
             (
-                "CoDA: inherent maps beat every post-hoc method on the same net (Fig. 5.8)",
+                "CoDA: inherent maps beat every post-hoc method on the same net (ch. 5)",
                 f"median {CODA_INHERENT} > the best of {', '.join(posthoc)}, at every T",
                 f"at {int(wins.sum())} of {len(wins)} temperatures",
                 bool(wins.all()),
