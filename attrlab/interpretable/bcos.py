@@ -64,16 +64,37 @@ class _Bcos(DynamicLinear, nn.Module):
         flat = self.weight.flatten(1)
         return self.weight / flat.norm(dim=1).view(-1, *([1] * (self.weight.dim() - 1)))
 
+    def scaled_unit_weight(self) -> torch.Tensor:
+        """``scale × ŵ``: the fixed output scale folded into the (small) weight instead of the (large) output."""
+        flat = self.weight.flatten(1)
+        factor = flat.norm(dim=1).reciprocal() * self.scale if self.scale != 1.0 else flat.norm(dim=1).reciprocal()
+        return self.weight * factor.view(-1, *([1] * (self.weight.dim() - 1)))
+
     def bcos(self, linear: torch.Tensor, norm_squared: torch.Tensor) -> torch.Tensor:
-        """``linear × |linear / ‖a‖|^(B-1)``, MaxOut over groups of ``max_out`` channels, times ``scale``."""
-        if self.b == 2.0:  # |cos| itself: fewer elementwise passes, and no singular gradient to guard against
-            linear = linear * self.dynamic(linear.abs() * (norm_squared + NORM_EPS).rsqrt())
-        elif self.b != 1.0:
-            cosine = linear * (norm_squared + NORM_EPS).rsqrt()
-            linear = linear * self.dynamic((cosine.abs() + COS_EPS).pow(self.b - 1.0))
+        """``linear × |linear / (scale ‖a‖)|^(B-1)``, MaxOut over groups of ``max_out`` channels.
+
+        ``linear`` is ``scale × ŵ^T a`` (:meth:`scaled_unit_weight`), so the output is ``scale`` times the B-cos unit's
+        and the cosine divides the scale out again, on the small (N, 1, ...) norm tensor. In
+        :func:`~attrlab.interpretable.dynamic.dynamic_linear` mode the cosine factor is computed without an autograd
+        graph (it is a constant there), so the explanation's backward pass is one multiplication per layer.
+        """
+        if self.b != 1.0:
+            with self.dynamic_scope():
+                inverse = (norm_squared + NORM_EPS).rsqrt()
+                if self.scale != 1.0:
+                    inverse = inverse * (1.0 / self.scale)
+                # without a graph (dynamic-linear mode) the factor is built in place: one buffer instead of three
+                in_place = self.detach_dynamics
+                if self.b == 2.0:  # |cos| itself: fewer elementwise passes, and no singular gradient to guard against
+                    factor = linear.abs().mul_(inverse) if in_place else linear.abs() * inverse
+                elif in_place:
+                    factor = (linear * inverse).abs_().add_(COS_EPS).pow_(self.b - 1.0)
+                else:
+                    factor = (linear * inverse).abs().add(COS_EPS).pow(self.b - 1.0)
+            linear = linear * self.dynamic(factor)
         if self.max_out > 1:
             linear = linear.unflatten(1, (-1, self.max_out)).amax(2)
-        return linear * self.scale if self.scale != 1.0 else linear
+        return linear
 
 
 class BcosLinear(_Bcos):
@@ -100,8 +121,10 @@ class BcosLinear(_Bcos):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        linear = F.linear(a, self.unit_weight())
-        return self.bcos(linear, a.pow(2).sum(-1, keepdim=True))
+        linear = F.linear(a, self.scaled_unit_weight())
+        with self.dynamic_scope():
+            norm_squared = a.pow(2).sum(-1, keepdim=True)
+        return self.bcos(linear, norm_squared)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, b={self.b:g}, max_out={self.max_out}, scale={self.scale:g}"
@@ -153,8 +176,10 @@ class BcosConv2d(_Bcos):
         return pooled * window
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        linear = F.conv2d(a, self.unit_weight(), stride=self.stride, padding=self.padding)
-        return self.bcos(linear, self.patch_norm_squared(a))
+        linear = F.conv2d(a, self.scaled_unit_weight(), stride=self.stride, padding=self.padding)
+        with self.dynamic_scope():
+            norm_squared = self.patch_norm_squared(a)
+        return self.bcos(linear, norm_squared)
 
     def cellwise(self, n: int) -> nn.Module:
         """The layer applied to each cell of an n x n grid alone (DiFull); a 1x1 layer already is."""

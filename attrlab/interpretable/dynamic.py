@@ -14,7 +14,7 @@ second half a black pixel (0) could never contribute to a bias-free network, wha
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -28,6 +28,11 @@ class DynamicLinear:
     def dynamic(self, factor: torch.Tensor) -> torch.Tensor:
         """``factor`` detached in :func:`dynamic_linear` mode, as it is otherwise."""
         return factor.detach() if self.detach_dynamics else factor
+
+    def dynamic_scope(self) -> AbstractContextManager[object]:
+        """Where a layer computes its dynamic factors: without an autograd graph in :func:`dynamic_linear` mode (the
+        factors are constants there, so recording their graph would only cost time and memory), else as usual."""
+        return torch.no_grad() if self.detach_dynamics else nullcontext()
 
 
 @contextmanager
