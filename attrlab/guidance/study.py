@@ -520,8 +520,8 @@ def _flagged(row: pd.Series, within: bool) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- results and findings
-#: where the chapter reads the study's rows (committed), relative to the book
-RESULTS_FILE = "results/model_guidance.csv"
+#: where the chapter reads the study rows (committed), relative to the repository root
+RESULTS_FILE = "book/results/model_guidance.csv"
 #: the regimes of the study (book/regimes/guidance-<name>.yml)
 REGIMES = ("losses", "vanilla", "layers", "annotations", "dilated", "spurious")
 
@@ -681,7 +681,7 @@ def check_findings(rows: pd.DataFrame) -> pd.DataFrame:
             _finding(
                 "R7",
                 "1 % of the boxes nearly suffices",
-                part1 >= 0.5 * full > 0,
+                full > 0 and part1 >= 0.5 * full,
                 f"Energy EPG gain with all boxes {full:+.1f}, 10 % {part10:+.1f}, 1 % {part1:+.1f} "
                 "(holds: 1 % reaches at least half the full gain)",
             )
@@ -698,8 +698,9 @@ def check_findings(rows: pd.DataFrame) -> pd.DataFrame:
             _finding(
                 "R8",
                 "Energy is robust to coarse boxes",
-                e50 >= 0.8 * e0 and (e0 - e50) <= (l0 - l50),
-                f"EPG gain with exact / 50 %-dilated boxes: Energy {e0:+.1f} / {e50:+.1f}, L1 {l0:+.1f} / {l50:+.1f}",
+                e0 > 0 and e50 >= 0.8 * e0 and (e0 - e50) <= (l0 - l50),
+                f"EPG gain with exact / 50 %-dilated boxes: Energy {e0:+.1f} / {e50:+.1f}, L1 {l0:+.1f} / {l50:+.1f} "
+                "(holds: Energy gains and keeps 80 % of it, losing less than L1)",
             )
         )
     at_input = _gain(rows, "epg_input", setup="bcos@input", loss="energy")
@@ -708,8 +709,9 @@ def check_findings(rows: pd.DataFrame) -> pd.DataFrame:
         _finding(
             "R9",
             "guidance at a middle layer improves the input-level maps too",
-            None if math.isnan(at_input) or math.isnan(at_mid) else at_mid >= 0.5 * at_input > 0,
-            f"input-level EPG gain guided at the input {at_input:+.1f}, at conv4 {at_mid:+.1f}",
+            None if math.isnan(at_input) or math.isnan(at_mid) else at_mid > 0 and at_mid >= 0.5 * at_input,
+            f"input-level EPG gain guided at the input {at_input:+.1f}, at conv4 {at_mid:+.1f} "
+            "(holds: conv4 gains, at least half the input's gain)",
         )
     )
     return pd.DataFrame(found)
