@@ -13,7 +13,7 @@ from torch import nn
 from ..attribution.model_state import eval_semantics
 from .explain import TrainingExplanation
 from .losses import map_similarity, resize_maps
-from .teacher import teacher_targets
+from .teacher import teacher_targets, to_image_size
 
 
 @torch.no_grad()
@@ -52,8 +52,8 @@ def explanation_similarity(
 ) -> torch.Tensor:
     """Per-image cosine (N,) between the teacher's and the student's maps of the teacher's top class.
 
-    The maps take the loss' path (the teacher's through the image size), so on training images this is
-    ``1 - `` the explanation loss of a live teacher without augmentation.
+    The maps take the loss' path (both through the image size, then to ``size``), so on training images this is
+    ``1 - `` the explanation loss of a live teacher without augmentation, and a model compared with itself scores 1.
 
     Parameters
     ----------
@@ -79,6 +79,7 @@ def explanation_similarity(
         logits, teacher_maps = teacher_targets(teacher, chunk, teacher_explanation)
         with eval_semantics(student):
             student_maps = student_explanation(student, chunk, logits.argmax(1), create_graph=False).detach()
+        student_maps = to_image_size(student_maps, chunk.shape[-2], chunk.shape[-1])
         values.append(map_similarity(resize_maps(teacher_maps, size), resize_maps(student_maps, size)))
     return torch.cat(values)
 

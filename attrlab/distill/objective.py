@@ -7,7 +7,7 @@ KD and no explanation is computed. The labels ``y`` are not used (thesis eq. 8.2
 
 Per step, live: the teacher's logits and its map of its top class ``ŷ_T`` on the augmented batch (no graph); frozen:
 both looked up (:class:`~attrlab.distill.teacher.FrozenTeacher`). Then the student's map of ``ŷ_T`` with a graph to
-its parameters, and :func:`~attrlab.distill.losses.kd_loss` + ``lam`` :func:`~attrlab.distill.losses.explanation_loss`.
+its parameters, taken through the image size as the teacher's is, and :func:`~attrlab.distill.losses.kd_loss` + ``lam`` :func:`~attrlab.distill.losses.explanation_loss`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..attribution.model_state import eval_semantics
 from ..train import Callback
 from .explain import TrainingExplanation
 from .losses import explanation_loss, kd_loss
-from .teacher import FrozenTeacher, teacher_targets
+from .teacher import FrozenTeacher, teacher_targets, to_image_size
 
 if TYPE_CHECKING:
     from ..train import Trainer
@@ -95,7 +95,9 @@ class Distillation(Callback):
         if trainer is None or trainer.batch_index is None:
             raise RuntimeError("a frozen teacher needs the trainer's batch: pass the objective to train(objective=...)")
         config = trainer.config
-        logits, maps = self.frozen.batch(trainer.batch_index, config.augment, config.augment_pad, config.seed, trainer.step)
+        logits, maps = self.frozen.batch(
+            trainer.batch_index, config.augment, config.augment_pad, config.seed, trainer.step
+        )
         return logits, (None if self.lam == 0 else maps)
 
     def losses(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +108,8 @@ class Distillation(Callback):
             return kd, kd.new_zeros(())
         top = teacher_logits.argmax(1)
         student_maps = self.student_explanation(model, x, top, create_graph=True)
+        # the teacher's path: through the image size, so equal models give equal maps (cosine 1)
+        student_maps = to_image_size(student_maps, x.shape[-2], x.shape[-1])
         return kd, explanation_loss(teacher_maps, student_maps, self.size)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
