@@ -15,6 +15,8 @@ added, so ``load_dataset("canvas")``, the trainer and the models use the data se
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,3 +246,254 @@ def canvas_dataset(
     train = make_canvases(source.train.x, source.train.y, train_count, seed=seed, **settings)
     test = make_canvases(source.test.x, source.test.y, test_count, seed=seed + 1, **settings)
     return ImageDataset("canvas", train, test, list(source.classes))
+
+
+# ----------------------------------------------------------------------------- coarse and partial annotations
+def dilate_boxes(split: CanvasSplit, percent: float) -> CanvasSplit:
+    """The split with every box grown by ``percent`` % of its side (half on each side), clipped to the canvas.
+
+    The coarse annotations of thesis Fig. 7.11 (10, 25, 50 %). Images, labels and pixel masks are kept; only
+    ``boxes`` (and so ``box_masks``) change.
+
+    Parameters
+    ----------
+    split : CanvasSplit
+        The canvases.
+    percent : float
+        Growth of each box side in percent (>= 0).
+
+    Returns
+    -------
+    CanvasSplit
+        A new split sharing ``x``, ``y``, ``labels`` and ``masks`` with ``split``.
+    """
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not percent >= 0:
+        raise ValueError(f"percent must be a number >= 0, got {percent!r}")
+    top, left, bottom, right = split.boxes.unbind(-1)
+    grow_rows = torch.round((bottom - top).float() * percent / 200.0).long()
+    grow_cols = torch.round((right - left).float() * percent / 200.0).long()
+    size = split.x.shape[-1]
+    grown = torch.stack(
+        [
+            (top - grow_rows).clamp(min=0),
+            (left - grow_cols).clamp(min=0),
+            (bottom + grow_rows).clamp(max=size),
+            (right + grow_cols).clamp(max=size),
+        ],
+        -1,
+    )
+    boxes = torch.where(split.labels[..., None] >= 0, grown, split.boxes)  # empty slots stay -1
+    dilated = copy.copy(split)
+    dilated.boxes = boxes
+    return dilated
+
+
+def annotated_subset(count: int, fraction: float, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(count,) booleans: which images carry box annotations when only ``fraction`` of them are annotated.
+
+    Thesis R7 annotates 1 % or 10 % of the training images; at least one image is always annotated.
+
+    Parameters
+    ----------
+    count : int
+        Images in the split.
+    fraction : float
+        In (0, 1].
+    seed : int
+        Seeds which images.
+    device : torch.device or str
+        Where the result lives.
+
+    Returns
+    -------
+    torch.Tensor
+        A boolean (count,) tensor with ``max(1, round(fraction * count))`` True entries.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[: max(1, round(fraction * count))]
+    annotated = torch.zeros(count, dtype=torch.bool)
+    annotated[chosen] = True
+    return annotated.to(device)
+
+
+# ----------------------------------------------------------------------------- the spurious-correlation set
+#: the two digit groups of the spurious set (the "landbirds" and "waterbirds" of Waterbirds): class 0 and class 1
+SPURIOUS_GROUPS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+#: background textures of the spurious set: 0 horizontal stripes ("land"), 1 vertical stripes ("water")
+SPURIOUS_BACKGROUNDS = ("horizontal", "vertical")
+
+
+@dataclass
+class SpuriousSplit(CanvasSplit):
+    """A :class:`CanvasSplit` of the spurious set: ``y`` is the digit group (0: digits 0-4, 1: 5-9), ``background``
+    (N,) the texture (0 horizontal, 1 vertical stripes) and ``digits`` (N,) the digit class.
+
+    ``group`` numbers the four (class, background) groups as Waterbirds does: G1 = (0, 0), G2 = (0, 1),
+    G3 = (1, 0), G4 = (1, 1), as 0..3; the training split holds only G1 and G4.
+    """
+
+    background: torch.Tensor = None  # type: ignore[assignment]
+    digits: torch.Tensor = None  # type: ignore[assignment]
+
+    def to(self, device: torch.device | str) -> SpuriousSplit:
+        return self._with(slice(None), device)
+
+    def select(self, index: torch.Tensor | slice) -> SpuriousSplit:
+        return self._with(index, None)
+
+    def _with(self, index: torch.Tensor | slice, device: torch.device | str | None) -> SpuriousSplit:
+        def take(value: torch.Tensor) -> torch.Tensor:
+            value = value[index]
+            return value if device is None else value.to(device)
+
+        return SpuriousSplit(
+            take(self.x),
+            take(self.y),
+            take(self.labels),
+            take(self.boxes),
+            take(self.masks),
+            self.num_classes,
+            take(self.background),
+            take(self.digits),
+        )
+
+    @property
+    def group(self) -> torch.Tensor:
+        """(N,) the group index 0..3 (G1..G4): ``2 * y + background``."""
+        return 2 * self.y + self.background
+
+
+def _stripes(background: torch.Tensor, size: int, generator: torch.Generator, strength: float) -> torch.Tensor:
+    """(n, 1, size, size) stripes in [0, strength]: horizontal where ``background`` is 0, vertical where 1."""
+    n = len(background)
+    period = 4.0 + 3.0 * torch.rand((n, 1, 1), generator=generator)
+    phase = 2 * math.pi * torch.rand((n, 1, 1), generator=generator)
+    r = torch.arange(size, dtype=torch.float32)
+    rows = (0.5 + 0.5 * torch.sin(2 * math.pi * r[None, :, None] / period + phase)).expand(n, size, size)
+    cols = rows.transpose(1, 2)
+    texture = torch.where(background.bool()[:, None, None], cols, rows)
+    return (texture * strength)[:, None]
+
+
+def make_spurious(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    count: int,
+    correlated: bool,
+    size: int = 32,
+    scale: tuple[int, int] = (12, 16),
+    strength: float = 0.5,
+    seed: int = 0,
+) -> SpuriousSplit:
+    """``count`` canvases of one digit on a striped background, in the style of Waterbirds (Sagawa et al. 2020).
+
+    The label is the digit's group (:data:`SPURIOUS_GROUPS`). With ``correlated`` (the training split) the background
+    always equals the label (groups G1 and G4 only), so the stripes alone predict it; otherwise (the test split) the
+    background is drawn independently, half and half, and a model that reads the stripes fails on G2 and G3.
+
+    Parameters
+    ----------
+    images, labels : torch.Tensor
+        Source digits in [-1, 1] and their classes (0-9).
+    count : int
+        Canvases.
+    correlated : bool
+        Background = label (training) or independent of it (test).
+    size : int
+        Canvas side (even, >= 16).
+    scale : tuple of int
+        Smallest and largest digit side (at most ``size // 2``: each digit lies in one quadrant).
+    strength : float
+        Brightest stripe value on the [0, 1] scale.
+    seed : int
+        Seed of every draw.
+
+    Returns
+    -------
+    SpuriousSplit
+        Two classes; one box and pixel mask per canvas (the digit).
+    """
+    if not isinstance(correlated, bool):
+        raise ValueError(f"correlated must be True or False, got {correlated!r}")
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    base = make_canvases(images, labels, count, size=size, digits=(1, 1), scale=scale, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 7919)
+    digit = base.y.cpu()
+    group = (digit >= len(SPURIOUS_GROUPS[0])).long()
+    background = group.clone() if correlated else (torch.rand(count, generator=generator) < 0.5).long()
+    ink = (base.x + 1.0) / 2.0
+    texture = _stripes(background, size, generator, strength).to(ink.device)
+    x = normalise(torch.maximum(ink, texture)).contiguous()
+    device = base.x.device
+    return SpuriousSplit(
+        x,
+        group.to(device),
+        group.to(device)[:, None],
+        base.boxes,
+        base.masks,
+        len(SPURIOUS_GROUPS),
+        background.to(device),
+        digit.to(device),
+    )
+
+
+def spurious_dataset(
+    size: int = 32, train_count: int = 2000, test_count: int = 1000, strength: float = 0.5, seed: int = 0
+) -> ImageDataset:
+    """The spurious-correlation data set: training canvases with background = label, test canvases without.
+
+    Parameters
+    ----------
+    size : int
+        Canvas side.
+    train_count, test_count : int
+        Canvases per split.
+    strength : float
+        Stripe brightness (see :func:`make_spurious`).
+    seed : int
+        Seed of the training canvases; the test canvases use ``seed + 1``.
+
+    Returns
+    -------
+    ImageDataset
+        Named "spurious", classes "digits 0-4" and "digits 5-9", :class:`SpuriousSplit` splits on the CPU.
+    """
+    from .data import load_dataset
+
+    source = load_dataset("digits", device="cpu")
+    scale = (size * 3 // 8, size // 2)
+    train = make_spurious(source.train.x, source.train.y, train_count, True, size, scale, strength, seed)
+    test = make_spurious(source.test.x, source.test.y, test_count, False, size, scale, strength, seed + 1)
+    return ImageDataset("spurious", train, test, ["digits 0-4", "digits 5-9"])
+
+
+def group_accuracy(predictions: torch.Tensor, split: SpuriousSplit) -> dict[str, float]:
+    """Accuracy per group (G1..G4), the worst group's and the overall accuracy (thesis Table 7.1).
+
+    Parameters
+    ----------
+    predictions : torch.Tensor
+        (N,) predicted classes of ``split``'s images.
+    split : SpuriousSplit
+        The canvases.
+
+    Returns
+    -------
+    dict
+        ``{"G1": ..., "G2": ..., "G3": ..., "G4": ..., "worst": ..., "overall": ...}`` in percent; a group
+        without images is NaN and left out of ``worst``.
+    """
+    if predictions.shape != split.y.shape:
+        raise ValueError(f"predictions must have shape {tuple(split.y.shape)}, got {tuple(predictions.shape)}")
+    correct = (predictions.to(split.y.device) == split.y).float()
+    group = split.group
+    counts = torch.zeros(4, device=correct.device).index_add(0, group, torch.ones_like(correct))
+    hits = torch.zeros(4, device=correct.device).index_add(0, group, correct)
+    per_group = (100 * hits / counts).tolist()
+    result = {f"G{g + 1}": value for g, value in enumerate(per_group)}
+    present = [value for value, n in zip(per_group, counts.tolist()) if n > 0]
+    result["worst"] = min(present)
+    result["overall"] = 100 * float(correct.mean())
+    return result
