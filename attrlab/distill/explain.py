@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from ..attribution.base import feature_layer
-from ..attribution.differentiable import explain_for_training
+from ..attribution.differentiable import TRAINING_METHODS, explain_for_training
 from ..interpretable.bcos import BcosConv2d, BcosLinear
 
 #: the methods :func:`~attrlab.attribution.differentiable.explain_for_training` offers
-METHODS = ("ixg", "ig_xdnn", "gradcam", "bcos")
+METHODS = TRAINING_METHODS
 
 
 @dataclass(frozen=True)
