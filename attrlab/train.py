@@ -300,9 +300,6 @@ class Trainer:
         self.step = 0
         self._last_checkpoint = time.monotonic()
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        #: positions in the training split of the current step's batch, set before its forward pass (for objectives
-        #: that look up something stored per training image, e.g. a teacher's frozen maps)
-        self.batch_index: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -411,14 +408,13 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start, desc=f"train {self.config.model}", disable=not self.progress)
         for step in range(start + 1, self.total_steps + 1):
             index = self.sampler.indices(step - 1)
-            self.step, self.batch_index = step, index  # the objective sees the step it is computing
             xb, yb = x_train[index], y_train[index]
             xb = augment(xb, self.config.augment, self.config.augment_pad, self.config.seed, step, fill)
             logits = self.model(xb)
             loss = self._loss(logits, xb, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.batch, self.loss = (xb, yb), loss.detach()
+            self.step, self.batch, self.loss = step, (xb, yb), loss.detach()
             for callback in self.callbacks:
                 callback.before_step(self, step)
             self._set_learning_rate(step)

@@ -119,8 +119,10 @@ def test_lambda_zero_is_plain_kd_and_lambda_changes_training(tmp_path, small, te
     assert not torch.allclose(guided.fc1.weight, trained.fc1.weight)
 
 
-class _Batches(Callback):
-    """Records the live and the frozen objective's losses on every step's batch (with the student as it is)."""
+class _Both(Callback):
+    """Trains with the live objective and records both objectives' losses on every step's batch."""
+
+    __name__ = "both"
 
     def __init__(self, live, frozen):
         self.live, self.frozen, self.rows = live, frozen, []
@@ -128,11 +130,9 @@ class _Batches(Callback):
     def on_start(self, trainer, step):
         self.frozen.on_start(trainer, step)
 
-    def before_step(self, trainer, step):
-        xb, _ = trainer.batch
-        self.rows.append(
-            [torch.stack(o.losses(trainer.model, xb, trainer.model(xb))) for o in (self.live, self.frozen)]
-        )
+    def __call__(self, model, x, y, logits):
+        self.rows.append([torch.stack(o.losses(model, x, logits)).detach() for o in (self.live, self.frozen)])
+        return self.live(model, x, y, logits)
 
 
 @pytest.mark.parametrize("augmentation", ["none", "crop"])
@@ -141,9 +141,9 @@ def test_frozen_and_live_teachers_agree_without_augmentation(tmp_path, small, te
     live = Distillation(teacher, 2.0, 1.0, GRADCAM_T, GRADCAM_S, 7)
     frozen = Distillation(teacher, 2.0, 1.0, GRADCAM_T, GRADCAM_S, 7, frozen=frozen_teacher)
     assert frozen.__name__ == live.__name__ + "_frozen"
-    recorder = _Batches(live, frozen)
+    recorder = _Both(live, frozen)
     config = TrainConfig(**QUICK, augment=augmentation, augment_pad=3)
-    train(tmp_path / "run", config, dataset=small, objective=live, callbacks=[recorder], progress=False)
+    train(tmp_path / "run", config, dataset=small, objective=recorder, progress=False)
     live_losses = torch.stack([row[0] for row in recorder.rows])
     frozen_losses = torch.stack([row[1] for row in recorder.rows])
     assert live_losses.shape == (8, 2) and (live_losses[:, 1] > 0).all()

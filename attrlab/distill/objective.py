@@ -92,12 +92,17 @@ class Distillation(Callback):
                     return self.teacher(x), None
             return teacher_targets(self.teacher, x, self.teacher_explanation)
         trainer = self._trainer
-        if trainer is None or trainer.batch_index is None:
+        if trainer is None:
             raise RuntimeError("a frozen teacher needs the trainer's batch: pass the objective to train(objective=...)")
+        # during a step's loss trainer.step is still the previous step (the trainer sets it after the backward pass)
+        step = trainer.step + 1
+        index = trainer.sampler.indices(step - 1)
+        if len(index) != len(x):
+            raise RuntimeError(
+                f"the trainer's batch of step {step} has {len(index)} images but the objective got {len(x)}"
+            )
         config = trainer.config
-        logits, maps = self.frozen.batch(
-            trainer.batch_index, config.augment, config.augment_pad, config.seed, trainer.step
-        )
+        logits, maps = self.frozen.batch(index, config.augment, config.augment_pad, config.seed, step)
         return logits, (None if self.lam == 0 else maps)
 
     def losses(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,7 +232,7 @@ def compare_students(
     -------
     pandas.DataFrame
         One row per (regime, method): ``data``, ``shots``, ``method``, ``accuracy``, ``agreement``, ``similarity``
-        (in %) and ``teacher_accuracy``.
+        (in %), ``teacher_accuracy`` and ``run`` (the student's run directory).
     """
     for method in methods:
         if method not in METHODS:
@@ -270,6 +270,7 @@ def compare_students(
                     "shots": regime,
                     "method": method,
                     **{name: 100.0 * value for name, value in scores.items()},
+                    "run": str(run.root),
                 }
             )
     return pd.DataFrame(rows)
