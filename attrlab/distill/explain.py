@@ -5,7 +5,7 @@ The thesis (§8.2) uses Grad-CAM for conventional models and the B-cos explanati
 :func:`attrlab.attribution.differentiable.explain_for_training` at a layer; it is called with ``create_graph=True``
 for the student (the explanation loss trains it) and ``False`` for the teacher. :func:`default_explanation` picks the
 thesis' choice for a model: Grad-CAM at the last spatial feature layer (``relu6`` of ``vgg_small``, ``relu2`` of
-the shallow seed model), or the B-cos map at the input.
+the shallow model of Terzieva et al.), or the B-cos map at the input.
 """
 
 from __future__ import annotations

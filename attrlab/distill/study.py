@@ -7,7 +7,7 @@ alone is the baseline. Students are scored on the test split (:func:`~attrlab.di
 Every regime gets about the same number of optimiser steps, so few shots means more epochs, not less training.
 
 The explanation pairs follow the thesis: Grad-CAM for conventional models, the B-cos map for B-cos models. A B-cos
-teacher distilled into the conventional shallow seed model is compared with the student's Input x Gradient at the
+teacher distilled into the conventional shallow model is compared with the student's Input x Gradient at the
 input: for a piecewise-linear ReLU network ``W(x) = ∂f/∂x`` (up to biases), so ``W(x)^T ⊙ x`` is exactly the
 analogue of the B-cos map (the thesis distils B-cos teachers into B-cos students instead).
 """
