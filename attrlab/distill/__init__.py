@@ -13,13 +13,12 @@ teacher's top class as the teacher does: ``L = L_KD + lambda (1 - cos(E_T, E_S))
 """
 
 from .evaluate import agreement, explanation_similarity, predictions, student_scores
-from .explain import METHODS, TrainingExplanation, default_explanation, is_bcos
+from .explain import TrainingExplanation, default_explanation, is_bcos
 from .losses import explanation_loss, kd_loss, map_similarity, resize_maps
 from .objective import Distillation
 from .teacher import FrozenTeacher, teacher_targets, to_image_size
 
 __all__ = [
-    "METHODS",
     "Distillation",
     "FrozenTeacher",
     "TrainingExplanation",

@@ -52,8 +52,8 @@ def explanation_similarity(
 ) -> torch.Tensor:
     """Per-image cosine (N,) between the teacher's and the student's maps of the teacher's top class.
 
-    The maps take the loss' path (both through the image size, then to ``size``), so on training images this is
-    ``1 - `` the explanation loss of a live teacher without augmentation, and a model compared with itself scores 1.
+    The maps take the loss' path (both through the image size, then to ``size``), so on training images the mean
+    is one minus the explanation loss of a live teacher without augmentation, and a model compared with itself scores 1.
 
     Parameters
     ----------

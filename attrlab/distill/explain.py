@@ -19,9 +19,6 @@ from ..attribution.base import feature_layer
 from ..attribution.differentiable import TRAINING_METHODS, explain_for_training
 from ..interpretable.bcos import BcosConv2d, BcosLinear
 
-#: the methods :func:`~attrlab.attribution.differentiable.explain_for_training` offers
-METHODS = TRAINING_METHODS
-
 
 @dataclass(frozen=True)
 class TrainingExplanation:
@@ -30,7 +27,7 @@ class TrainingExplanation:
     Parameters
     ----------
     method : str
-        One of :data:`METHODS`.
+        One of :data:`~attrlab.attribution.differentiable.TRAINING_METHODS`.
     layer : str
         ``"input"`` or the name of a module of the model explained.
     """
@@ -39,8 +36,10 @@ class TrainingExplanation:
     layer: str = "input"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown explanation method {self.method!r}; valid choices: {', '.join(METHODS)}")
+        if self.method not in TRAINING_METHODS:
+            raise ValueError(
+                f"unknown explanation method {self.method!r}; valid choices: {', '.join(TRAINING_METHODS)}"
+            )
         if not isinstance(self.layer, str) or not self.layer:
             raise ValueError(f"layer must be 'input' or a module name, got {self.layer!r}")
 
@@ -80,4 +79,4 @@ def default_explanation(model: nn.Module) -> TrainingExplanation:
     return TrainingExplanation("gradcam", feature_layer(model))
 
 
-__all__ = ["METHODS", "TrainingExplanation", "default_explanation", "is_bcos"]
+__all__ = ["TrainingExplanation", "default_explanation", "is_bcos"]

@@ -7,7 +7,8 @@ KD and no explanation is computed. The labels ``y`` are not used (thesis eq. 8.2
 
 Per step, live: the teacher's logits and its map of its top class ``ŷ_T`` on the augmented batch (no graph); frozen:
 both looked up (:class:`~attrlab.distill.teacher.FrozenTeacher`). Then the student's map of ``ŷ_T`` with a graph to
-its parameters, taken through the image size as the teacher's is, and :func:`~attrlab.distill.losses.kd_loss` + ``lam`` :func:`~attrlab.distill.losses.explanation_loss`.
+its parameters, taken through the image size as the teacher's is, and :func:`~attrlab.distill.losses.kd_loss`
++ ``lam`` :func:`~attrlab.distill.losses.explanation_loss`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class Distillation(Callback):
     def on_start(self, trainer: Trainer, step: int) -> None:
         if self.frozen is not None and len(self.frozen) != len(trainer.data.train):
             raise ValueError(
-                f"the frozen teacher holds {len(self.frozen)} images but the training split has {len(trainer.data.train)}"
+                f"the frozen teacher holds {len(self.frozen)} images but the training split has "
+                f"{len(trainer.data.train)}"
             )
         self._trainer = trainer
 

@@ -32,7 +32,7 @@ from .objective import Distillation
 from .teacher import FrozenTeacher
 
 #: the distillation methods of the tables: labels only, KD, e²KD, and both with frozen teacher outputs
-METHODS = ("baseline", "kd", "e2kd", "kd_frozen", "e2kd_frozen")
+DISTILLATION_METHODS = ("baseline", "kd", "e2kd", "kd_frozen", "e2kd_frozen")
 #: how the tables name them (❄: frozen, as in the thesis' Table 8.3)
 METHOD_LABELS = {
     "baseline": "Baseline (labels)",
@@ -144,7 +144,7 @@ def distill_student(
     lam: float = 5.0,
     progress: bool = False,
 ) -> Run:
-    """Train (or resume, or reopen) one student of ``method`` (:data:`METHODS`) on ``dataset``'s training split.
+    """Train (or resume, or reopen) one student by ``method`` (:data:`DISTILLATION_METHODS`) on ``dataset``.
 
     Parameters
     ----------
@@ -157,7 +157,7 @@ def distill_student(
     config : TrainConfig
         The student's training: model, epochs, augmentation, seed, ...; the loss is set here.
     method : str
-        One of :data:`METHODS`.
+        One of :data:`DISTILLATION_METHODS`.
     tau, lam : float
         KD temperature and explanation loss weight (``lam`` is ignored by KD).
     progress : bool
@@ -168,8 +168,8 @@ def distill_student(
     Run
         The finished student run.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown distillation method {method!r}; valid choices: {', '.join(METHODS)}")
+    if method not in DISTILLATION_METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; valid choices: {', '.join(DISTILLATION_METHODS)}")
     if method == "baseline":
         return train(run_dir, dataclasses.replace(config, loss="cross_entropy"), dataset=dataset, progress=progress)
     if teacher is None:
@@ -220,7 +220,7 @@ def compare_students(
     shots : list of int or None
         The regimes: images per class, ``None`` for the full training split.
     methods : list of str
-        Of :data:`METHODS`.
+        Of :data:`DISTILLATION_METHODS`.
     steps : int
         Optimiser steps per student (at least; whole epochs).
     tau, lam : float
@@ -235,8 +235,10 @@ def compare_students(
         (in %), ``teacher_accuracy`` and ``run`` (the student's run directory).
     """
     for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown distillation method {method!r}; valid choices: {', '.join(METHODS)}")
+        if method not in DISTILLATION_METHODS:
+            raise ValueError(
+                f"unknown distillation method {method!r}; valid choices: {', '.join(DISTILLATION_METHODS)}"
+            )
     device = next(teacher.parameters()).device
     probe = build_model(config.model, dataset.input_shape, dataset.num_classes).to(device)
     teacher_explanation, student_explanation = explanations_for(teacher, probe)
@@ -282,7 +284,7 @@ def thesis_layout(table: pd.DataFrame, metrics: tuple[str, ...] = ("accuracy", "
     wide = wide.swaplevel(0, 1, axis=1)
     regimes = list(dict.fromkeys(table["data"]))
     wide = wide.reindex(columns=[(regime, metric) for regime in regimes for metric in metrics])
-    methods = [method for method in METHODS if method in set(table["method"])]
+    methods = [method for method in DISTILLATION_METHODS if method in set(table["method"])]
     wide = wide.reindex(methods)
     wide.index = [METHOD_LABELS[method] for method in methods]
     return wide
@@ -360,7 +362,7 @@ def check_claims(table: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = [
-    "METHODS",
+    "DISTILLATION_METHODS",
     "METHOD_LABELS",
     "THESIS_TABLES",
     "check_claims",
