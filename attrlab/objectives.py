@@ -5,7 +5,9 @@
 * **losses** (:func:`data_loss`): ``"cross_entropy"`` (the seed code's), or ``"bce"``, the one-vs-all binary
   cross-entropy of the B-cos and CoDA networks (Böhle et al. 2021, 2022; thesis eqs. 5.12 and 6.17) on
   ``sigmoid(logit / T + b)`` with temperature ``T`` and the logit bias ``b = log(1 / (C - 1))``, so that an
-  untrained network whose logits are near zero predicts the prior ``1 / C`` for every class;
+  untrained network whose logits are near zero predicts the prior ``1 / C`` for every class; or ``"none"``: no
+  loss on the labels, the user objective is the whole loss (knowledge distillation trains on the teacher's outputs,
+  :mod:`attrlab.distill`);
 * a user **objective** (:data:`Objective`): a callable ``objective(model, x, y, logits) -> scalar`` whose value is
   added to the data loss, for losses on explanations (it sees the model and the batch); it cannot be serialised, so
   a run's config records its name and resuming checks that a callable of that name is passed again;
@@ -14,7 +16,9 @@
   ``lr_gamma`` every ``lr_step_epochs`` epochs);
 * **augmentation** (:func:`augment`): padded random crops (random shifts with the background value filled in) and
   optional horizontal flips, for a whole batch at once on its device, drawn from a generator seeded by
-  ``(seed, step)``: a resumed run draws the same crops without storing any RNG state.
+  ``(seed, step)``: a resumed run draws the same crops without storing any RNG state, and the same call replays a
+  step's crops on anything stored per image (a teacher's maps, :mod:`attrlab.distill`), since the draw depends only on
+  the seed, the step and the batch size.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("cross_entropy", "bce")
+LOSSES = ("cross_entropy", "bce", "none")
 SCHEDULES = ("constant", "cosine", "step")
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 #: datasets whose images must not be mirrored (a mirrored digit is another symbol or none)
@@ -70,7 +74,7 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.
 
 
 def data_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """The configured loss of (logits, labels): ``"cross_entropy"`` or ``"bce"`` (see :func:`bce_loss`).
+    """The configured loss of (logits, labels): ``"cross_entropy"``, ``"bce"`` (see :func:`bce_loss`) or ``"none"`` (0).
 
     Parameters
     ----------
@@ -90,6 +94,8 @@ def data_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, temperature
         return F.cross_entropy(logits, labels)
     if kind == "bce":
         return bce_loss(logits, labels, temperature)
+    if kind == "none":  # the user objective is the whole loss
+        return logits.new_zeros(())
     raise ValueError(f"unknown loss {kind!r}; valid choices: {', '.join(LOSSES)}")
 
 

@@ -270,10 +270,14 @@ class Trainer:
                 f"the config names objective {config.objective!r} but the objective passed is {given!r}; "
                 "pass the same objective callable (train() sets the config's name from it)"
             )
+        if config.loss == "none" and objective is None:
+            raise ValueError("loss 'none' trains on the user objective alone, but no objective was passed")
         self.config = config
         self.objective = objective
         self.device = resolve_device(config.device)
         self.callbacks = list(callbacks)
+        if isinstance(objective, Callback) and objective not in self.callbacks:
+            self.callbacks.insert(0, objective)  # an objective that needs the trainer (step, batch) hooks in itself
         self.progress = progress
         if dataset is None:
             dataset = load_dataset(config.dataset, data_root=config.data_root, device=self.device)
