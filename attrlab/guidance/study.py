@@ -4,7 +4,7 @@ One study *point* fine-tunes a trained baseline with ``lambda * L_loc`` (:class:
 GuidanceObjective`) for one setup (model, attribution method, layer), loss and lambda, optionally with a fraction of
 the images annotated or dilated boxes, and evaluates F1, EPG and IoU on a validation split after every
 ``eval_every`` steps (and before the first: the baseline), at the guided layer and at the input. ``attrlab run``
-executes the chapter ``guided_training`` once per point (``book/regimes/guidance-*.yml``); :func:`collect` gathers
+executes the chapter ``guided_training`` once per point (``book/regimes/guidance/*.yml``); :func:`collect` gathers
 their tables, :func:`pareto_front` keeps the non-dominated checkpoints of a configuration over its lambdas and
 evaluations (maximising F1, EPG and IoU), :func:`shown_model` picks the thesis' representative (the highest EPG
 within 5 points of the baseline's F1) and :func:`check_findings` computes R1-R9 as holding or not.
@@ -522,7 +522,7 @@ def _flagged(row: pd.Series, within: bool) -> pd.Series:
 # ----------------------------------------------------------------------------- results and findings
 #: where the chapter reads the study rows (committed), relative to the repository root
 RESULTS_FILE = "book/results/model_guidance.csv"
-#: the regimes of the study (book/regimes/guidance-<name>.yml)
+#: the regimes of the study (book/regimes/guidance/<name>.yml)
 REGIMES = ("losses", "vanilla", "layers", "annotations", "dilated", "spurious")
 
 
