@@ -472,7 +472,7 @@ def export_results(output: str | Path, destination: str | Path, name: str = "gam
     """Copy a search's finished configurations and a timing summary to ``destination`` (e.g. the book's results).
 
     Writes ``<name>.csv`` (one row per configuration) and ``<name>_timing.json`` (configurations, images, the wall time
-    from the first start to the last end of the invocations, their summed seconds, the summed CPU seconds of the
+    during which an invocation ran (the union of their intervals), their summed seconds, the summed CPU seconds of the
     tasks, every invocation's record), each through a temporary file and a rename.
 
     Parameters
@@ -511,16 +511,21 @@ def export_results(output: str | Path, destination: str | Path, name: str = "gam
 
 
 def wall_span_seconds(history: Sequence[dict[str, Any]]) -> float:
-    """Seconds from the earliest start to the latest end of the invocations in ``history`` (``timing.json``).
-
-    Invocations may overlap (two commands on disjoint parts of one grid), so this span, not their sum, is the
-    search's wall time.
+    """Seconds during which at least one invocation in ``history`` (``timing.json``) ran: the union of their
+    intervals (invocations may overlap, two commands on disjoint parts of one grid, or leave gaps between them).
     """
     if not history:
         return math.nan
     ends = [calendar.timegm(time.strptime(entry["finished"], "%Y-%m-%dT%H:%M:%SZ")) for entry in history]
-    starts = [end - entry["wall_seconds"] for end, entry in zip(ends, history)]
-    return float(max(ends) - min(starts))
+    intervals = sorted((end - entry["wall_seconds"], end) for end, entry in zip(ends, history))
+    total, current_start, current_end = 0.0, intervals[0][0], intervals[0][1]
+    for start, end in intervals[1:]:
+        if start > current_end:
+            total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    return float(total + current_end - current_start)
 
 
 def total_wall_seconds(output: str | Path) -> float:
