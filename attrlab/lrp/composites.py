@@ -4,27 +4,27 @@ The built-in composites give every layer the rule zennit 0.5.1's composite of th
 "first layer" is the first module, in model order, that matches the first-layer types), plus seed 000's
 configuration and the two configurations of Böhle's thesis (ch. 4):
 
-=======================  ==================  ======================  =========================  =================
-name                     dense (Linear)      conv (Conv2d)           first layer                max pooling
-=======================  ==================  ======================  =========================  =================
-``epsilon``              epsilon             epsilon                 (same)                     gradient
-``epsilon_plus_flat``    epsilon (1e-6)      z+                      flat (first Conv/Linear)   gradient
-``epsilon_gamma_box``    epsilon (1e-6)      gamma (0.25)            z^B (first Conv)           gradient
-``seed000``              LRP-0               gamma (0.25)            z^B [-1, 1] (first Conv)   as average pooling
-``lrp_focus``            epsilon (0.25)      z+                      z^B (first Conv)           gradient
-``lrp_composite``        epsilon (0.25)      gamma (``gamma``)       z^B (first Conv)           gradient
-``lrp_z``                LRP-z (epsilon 0)   LRP-z                   (same)                     gradient
-``alpha_beta``           alpha-beta          alpha-beta              (same)                     gradient
-``alpha1_beta0``         alpha 1, beta 0     alpha 1, beta 0         (same)                     gradient
-``alpha2_beta1``         alpha 2, beta 1     alpha 2, beta 1         (same)                     gradient
-``alpha5_beta4``         alpha 5, beta 4     alpha 5, beta 4         (same)                     gradient
-``cmp_alpha1_beta0``     epsilon (1e-10)     alpha 1, beta 0         (same)                     gradient
-``cmp_alpha2_beta1``     epsilon (1e-10)     alpha 2, beta 1         (same)                     gradient
-``dtd``                  z+                  z+                      z^B (first Conv/Linear)    gradient
-``excitation_backprop``  z+                  z+                      (same)                     gradient
-``epsilon_plus``         epsilon (1e-6)      z+                      (same)                     gradient
-``epsilon_alpha2_beta1`` epsilon (1e-6)      alpha 2, beta 1         (same)                     gradient
-=======================  ==================  ======================  =========================  =================
+=========================  ==================  ======================  =========================  =================
+name                       dense (Linear)      conv (Conv2d)           first layer                max pooling
+=========================  ==================  ======================  =========================  =================
+``epsilon``                epsilon             epsilon                 (same)                     gradient
+``epsilon_plus_flat``      epsilon (1e-6)      z+                      flat (first Conv/Linear)   gradient
+``epsilon_gamma_box``      epsilon (1e-6)      gamma (0.25)            z^B (first Conv)           gradient
+``seed000``                LRP-0               gamma (0.25)            z^B [-1, 1] (first Conv)   as average pooling
+``lrp_focus``              epsilon (0.25)      z+                      z^B (first Conv)           gradient
+``lrp_composite``          epsilon (0.25)      gamma (``gamma``)       z^B (first Conv)           gradient
+``lrp_z``                  LRP-z (epsilon 0)   LRP-z                   (same)                     gradient
+``alpha_beta``             alpha-beta          alpha-beta              (same)                     gradient
+``alpha1_beta0``           alpha 1, beta 0     alpha 1, beta 0         (same)                     gradient
+``alpha2_beta1``           alpha 2, beta 1     alpha 2, beta 1         (same)                     gradient
+``alpha5_beta4``           alpha 5, beta 4     alpha 5, beta 4         (same)                     gradient
+``cmp_alpha1_beta0``       epsilon (1e-10)     alpha 1, beta 0         (same)                     gradient
+``cmp_alpha2_beta1``       epsilon (1e-10)     alpha 2, beta 1         (same)                     gradient
+``dtd``                    z+                  z+                      z^B (first Conv/Linear)    gradient
+``excitation_backprop``    z+                  z+                      (same)                     gradient
+``epsilon_plus``           epsilon (1e-6)      z+                      (same)                     gradient
+``epsilon_alpha2_beta1``   epsilon (1e-6)      alpha 2, beta 1         (same)                     gradient
+=========================  ==================  ======================  =========================  =================
 
 ``lrp_z`` to ``excitation_backprop`` are the method list of Sixt et al. (2020), "When Explanations Lie", which ran
 them through iNNvestigate; ``epsilon_plus`` and ``epsilon_alpha2_beta1`` are zennit's composites of those names, two of
