@@ -15,10 +15,9 @@ Target (issue 15): training step <= 2.5x, explanation <= 1.5x.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import paired  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution import make_method
 from attrlab.data import load_dataset
@@ -56,31 +55,12 @@ def main() -> None:
         logits = twin(inputs)
         torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), inputs)
 
-    # the two sides alternate within every repeat, so load from other processes hits both alike; the ratio is the
-    # median of the per-repeat ratios
-    def paired(ours, reference) -> tuple[float, float, float]:
-        for function in (ours, reference):
-            function()
-        times = []
-        for _ in range(repeats):
-            pair = []
-            for function in (ours, reference):
-                start = time.perf_counter()
-                function()
-                pair.append(time.perf_counter() - start)
-            times.append(pair)
-        return (
-            1000 * statistics.median(t[0] for t in times),
-            1000 * statistics.median(t[1] for t in times),
-            statistics.median(t[0] / t[1] for t in times),
-        )
-
     for model in models.values():
         model.train()
-    rows = [("training step", *paired(training_step("bcos"), training_step("twin")))]
+    rows = [("training step", *paired(training_step("bcos"), training_step("twin"), repeats))]
     for model in models.values():
         model.eval()
-    rows.append(("explanation", *paired(lambda: bcos_method.attribute(x), input_gradient)))
+    rows.append(("explanation", *paired(lambda: bcos_method.attribute(x), input_gradient, repeats)))
     print(f"{'measure':<15} {'B-cos ms':>10} {'twin ms':>10} {'ratio':>7} {'target':>7}")
     for label, ours, reference, ratio in rows:
         verdict = "ok" if ratio <= TARGETS[label] else "MISSED"

@@ -20,12 +20,11 @@ of the per-repeat ratios. Target (issue 16): guided step <= 3x a plain step.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import paired  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution.differentiable import explain_for_training
 from attrlab.data import load_dataset
@@ -56,24 +55,6 @@ def step_function(model_name: str, method: str | None, layer: str = "input") -> 
         optimizer.step()
 
     return step
-
-
-def paired(ours: Callable[[], None], reference: Callable[[], None], repeats: int) -> tuple[float, float, float]:
-    for function in (ours, reference):
-        function()
-    times = []
-    for _ in range(repeats):
-        pair = []
-        for function in (ours, reference):
-            start = time.perf_counter()
-            function()
-            pair.append(time.perf_counter() - start)
-        times.append(pair)
-    return (
-        1000 * statistics.median(t[0] for t in times),
-        1000 * statistics.median(t[1] for t in times),
-        statistics.median(t[0] / t[1] for t in times),
-    )
 
 
 def main() -> None:
