@@ -208,3 +208,47 @@ def test_bcos_training_is_deterministic_and_resumes_exactly(tmp_path, digits):
     resumed = train(tmp_path / "c", config, dataset=small, progress=False).metrics
     pd.testing.assert_frame_equal(reference, resumed)
     assert reference["train_loss"].notna().all() and len(reference) == 8
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "seed000"])
+def test_lrp_on_the_twin_folds_zennits_relevance_of_the_encoding(composite, device):
+    """LRP explains the conventional twin in its [u, 1 - u] encoding (zennit on the net behind the encoding, with the
+    encoding's bounds [0, 1] for z^B) and gives each pixel the sum of its two channels' relevances."""
+    zennit_attribution = pytest.importorskip("zennit.attribution")
+    zennit_composites = pytest.importorskip("zennit.composites")
+    zennit_rules = pytest.importorskip("zennit.rules")
+    zennit_types = pytest.importorskip("zennit.types")
+    torch.manual_seed(0)
+    model = build_model("bcos_relu_twin").eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.bias.normal_(0.0, 0.1)  # the twin starts with zero biases: make them matter
+    model = model.to(device)
+    x = (torch.rand(3, 1, 28, 28) * 2 - 1).to(device)
+    target = [1, 4, 9]
+    settings = {} if composite == "epsilon_plus_flat" else {"low": 0.0, "high": 1.0}
+    explanation = make_method("lrp", model, composite=composite, **settings).explain(x, target=target)
+    if composite == "seed000":  # LRP-0 dense, gamma 0.25 conv, z^B first conv, average pooling as zennit's Norm
+        layer_map = zennit_composites.layer_map_base() + [
+            (zennit_types.Convolution, zennit_rules.Gamma(0.25)),
+            (nn.Linear, zennit_rules.Epsilon(0.0)),
+        ]
+        first = [(zennit_types.Convolution, zennit_rules.ZBox(0.0, 1.0))]
+        reference = zennit_composites.SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first)
+    elif composite == "epsilon_plus_flat":
+        reference = zennit_composites.EpsilonPlusFlat()
+    else:
+        reference = zennit_composites.EpsilonGammaBox(low=0.0, high=1.0)
+    encoded = PairEncoding()(x)
+    with zennit_attribution.Gradient(model[1:], reference) as attributor:
+        onehot = torch.eye(10, device=device)[target]
+        _, relevance = attributor(encoded, lambda out: out * onehot)
+    expected = relevance[:, :1] + relevance[:, 1:]  # u's channel and 1 - u's channel of each pixel
+    assert explanation.attribution.shape == x.shape
+    scale = expected.abs().max()
+    assert (explanation.attribution - expected).abs().max() <= 1e-4 * scale
+    # layer="encode": the two channels apart, which fold to the pixels' relevance
+    apart = make_method("lrp", model, composite=composite, **settings).attribute(x, target=target, layer="encode")
+    assert apart.shape == (3, 2, 28, 28)
+    assert torch.allclose(PairEncoding.fold(apart), explanation.attribution, rtol=0, atol=1e-6 * float(scale))

@@ -19,6 +19,11 @@ groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropo
 (see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
 ``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair. ``batchnorm="gradient"`` / ``"pass"``
 keep the BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
+
+An input encoding in front (:class:`~attrlab.interpretable.dynamic.PairEncoding`, ``[u, 1 - u]``: an affine map of
+the pixels concatenated along the channels) is part of the input for LRP: the rules explain the encoded input (the
+first Conv2d/Linear is the input layer, so give z^B the encoding's bounds [0, 1]) and each pixel gets the sum of its
+channels' relevances, as the inherent B-cos contributions do; ``layer=<the encoding's name>`` keeps them apart.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..attribution.autograd import target_gradient
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.checks import check_batch
 from ..canonize import BatchNorm, canonize_layers
+from ..interpretable.dynamic import PairEncoding
 from .autograd import reusable_backward
 from .composites import Composite, make_composite
 from .graph import graph_plan, layer_nodes
@@ -122,11 +128,12 @@ def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "can
         One step per layer, a Conv2d/Linear and the ReLU after it fused into one; unsupported layers and misplaced
         input-space rules raise an error naming the layer.
     """
+    walked = walk(model)[1 if _leading_encoding(model) else 0 :]  # an encoding is part of the input (explain)
     if check_batchnorm_mode(batchnorm) == "canonize":
-        layers = canonize_layers(walk(model))
+        layers = canonize_layers(walked)
         rules = composite.rules(layers)
     else:
-        layers = walk(model)
+        layers = walked
         rules = composite.rules(layers, fallback=[(BatchNorm, _BATCHNORM_RULES[batchnorm])])
     steps: list[Step] = []
     nonnegative, only_reshapes, skip_until = False, True, -1
@@ -283,8 +290,12 @@ class LRP(Attribution):
         # the plan is rebuilt when the parameters changed (training)
         steps = self._plans.steps(self.model, self.composite, self.batchnorm, self._build)
         several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2
+        encoding = None if self.traced else _leading_encoding(self.model)
+        fold = encoding is not None and capture != encoding[0]  # relevance of the encoded channels summed per pixel
+        capture = None if encoding is not None and capture == encoding[0] else capture
         with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
-            x = inputs.detach().requires_grad_(True)
+            x = inputs.detach() if encoding is None else encoding[1].forward(inputs.detach())
+            x = x.requires_grad_(True)
             if self.traced:
                 logits, captured, input_space = _run_graph(steps, x, capture)
             else:
@@ -310,6 +321,8 @@ class LRP(Attribution):
         else:
             activation = wrt.detach()
             relevance = (activation[:, None] if target_index.dim() == 2 else activation) * gradient
+        if fold:
+            relevance = PairEncoding.fold(relevance)
         return Explanation(attribution=relevance, logits=logits.detach(), target=target_index)
 
     def _graph_capture(self, layer: Layer) -> str | None:
@@ -363,6 +376,15 @@ def _is_sequential(model: nn.Module) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _leading_encoding(model: nn.Module) -> tuple[str, PairEncoding] | None:
+    """(name, layer) of a :class:`PairEncoding` that is the first layer of a Sequential ``model``, else None."""
+    layers = walk(model)
+    if not layers:
+        return None
+    name, first = layers[0]
+    return (name, first) if isinstance(first, PairEncoding) else None
 
 
 def _first_affine(steps: list[Step]) -> int:
