@@ -15,6 +15,10 @@ The normalisation layers (eqs. 6.19-6.27) normalise over different dimensions (B
 W; InstanceNorm: H, W; PositionNorm: C; AllNorm: N, C, H, W) by the standard deviation, a dynamic scale factor, and
 have no additive term: no β, and no centring by the batch mean (which is a constant, i.e. a bias, at inference).
 Centring over a single image's own dimensions is linear in the image and is kept.
+:class:`BiasedNorm` is the conventional layer (eq. 6.19: β, and for the batch norms centring by the batch mean, a
+running mean at inference) that the thesis trains only to show what its biases do (Fig. 6.13, eq. 6.31): the
+network's logits are then ``W(x) x + b(x)``, and :func:`bias_probes` reads ``b(x)`` off
+(:mod:`attrlab.interpretable.bias`).
 
 These are written here rather than taken from the authors' ``bcos`` package (not a dependency): attrlab's version
 adds the detachable dynamics mode and the per-cell variant the grid evaluations need.
@@ -23,6 +27,8 @@ adds the detachable dynamics mode and the per-cell variant the grid evaluations 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -279,6 +285,78 @@ class BiasFreeNorm(DynamicLinear, nn.Module):
         return f"{self.kind}, {self.channels}"
 
 
+class BiasedNorm(BiasFreeNorm):
+    """``γ (a - mean) / std + β`` over the dimensions of :data:`NORMS` (eq. 6.19): the conventional normalisation.
+
+    Unlike :class:`BiasFreeNorm` it has the additive β and centres the batch norms too: by the batch mean in training,
+    by a running mean at inference, a constant there, i.e. a bias. In eval mode its output is ``w ⊙ c(a) + t``, with
+    ``c(a)`` the input (or, for the norms over one image's own dimensions, the input minus its mean: linear in it),
+    ``w = γ / std`` the dynamic factor and ``t = β - w ⊙ running mean`` (batch norms) or ``β`` the additive term.
+    Inside :func:`bias_probes` the additive term is multiplied by a probe of ones, whose gradient is the term's share
+    of a logit.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`NORMS`.
+    channels : int
+        Channels (γ and β have one entry per channel).
+    eps : float
+        Added to the variance.
+    momentum : float
+        Update rate of the running mean and variance (batch norms only).
+    """
+
+    running_mean: torch.Tensor  # a buffer, registered in __init__ for the batch norms only
+    bias_probe: torch.Tensor | None = None
+
+    def __init__(self, kind: str, channels: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(kind, channels, eps, momentum)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        if self.uses_batch:
+            self.register_buffer("running_mean", torch.zeros_like(self.running_var))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        beta = self.bias.view(1, -1, 1, 1)
+        gamma = self.weight.view(1, -1, 1, 1)
+        if self.uses_batch and not self.training:
+            scale = self.dynamic((self.running_var + self.eps).rsqrt()) * gamma
+            additive = beta - self.running_mean * scale  # the running mean is a constant: a bias
+            linear = a * scale
+        else:
+            mean = a.mean(dim=self.dims, keepdim=True)
+            variance = a.var(dim=self.dims, keepdim=True, unbiased=False)
+            if self.uses_batch:
+                with torch.no_grad():
+                    count = a.numel() / variance.numel()
+                    self.running_mean.lerp_(mean.detach(), self.momentum)
+                    self.running_var.lerp_(variance.detach() * count / max(count - 1, 1), self.momentum)
+            linear = (a - mean) * self.dynamic((variance + self.eps).rsqrt()) * gamma
+            additive = beta
+        if self.bias_probe is not None:
+            additive = additive * self.bias_probe
+        return linear + additive
+
+
+@contextmanager
+def bias_probes(model: nn.Module, count: int, device: torch.device | str | None = None) -> Iterator[list[torch.Tensor]]:
+    """Give every :class:`BiasedNorm` of ``model`` a probe of ones, (count, 1, 1, 1) with a gradient, for the block.
+
+    Each layer's additive term is multiplied by its probe, which changes no output; the gradient of a logit with
+    respect to a probe is what that layer's biases add to the logit of each of ``count`` images. Yields the probes
+    (an empty list for a model without biased norms); the layers are left as they were.
+    """
+    layers = [module for module in model.modules() if isinstance(module, BiasedNorm)]
+    probes = [torch.ones(count, 1, 1, 1, device=device, requires_grad=True) for _ in layers]
+    for layer, probe in zip(layers, probes):
+        layer.bias_probe = probe
+    try:
+        yield probes
+    finally:
+        for layer in layers:
+            layer.bias_probe = None
+
+
 def bias_free_norm(kind: str, channels: int) -> BiasFreeNorm:
     """The bias-free normalisation ``kind`` (one of :data:`NORMS`) for ``channels`` channels."""
     return BiasFreeNorm(kind, channels)
@@ -289,7 +367,9 @@ __all__ = [
     "BcosConv2d",
     "BcosLinear",
     "BiasFreeNorm",
+    "BiasedNorm",
     "CellwiseBcosConv2d",
     "bias_free_norm",
+    "bias_probes",
     "thesis_scale",
 ]

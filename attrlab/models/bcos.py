@@ -17,7 +17,12 @@ T serve the same purpose for its deeper net, App. C.3.1.1; with this scale no ou
 temperature of the training loss, ``TrainConfig(loss="bce", temperature=T)``, sets the logits' scale). The scales are
 constants, so the contributions sum to the logits exactly.
 
-Registered names: ``bcos`` (B = 2, no MaxOut), ``bcos_b{B}`` and ``bcos_b{B}_maxout`` for the thesis' B in
+With ``norm`` every 3x3 B-cos convolution is followed by a normalisation layer (``norm1`` ... ``norm6``, one of
+:data:`~attrlab.interpretable.bcos.NORMS`): bias-free (eq. 6.27) by default, or the conventional one with β and
+centring (``norm_bias=True``, eq. 6.19) whose biases the thesis measures (Fig. 6.13).
+
+Registered names: ``bcos`` (B = 2, no MaxOut), ``bcos_{kind}norm`` and ``bcos_{kind}norm_bias`` for every
+normalisation kind (B = 2), ``bcos_b{B}`` and ``bcos_b{B}_maxout`` for the thesis' B in
 :data:`THESIS_B` (MaxOut with two units), ``bcos_cifar`` (App. C.3.1.1's nine-layer net, B = 2, for 3x32x32), and ``bcos_relu_twin``, the conventional
 ReLU CNN of the same shape (:func:`relu_twin`) the B-cos nets are compared with.
 """
@@ -29,7 +34,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..interpretable.bcos import BcosConv2d
+from ..interpretable.bcos import NORMS, BcosConv2d, BiasedNorm, BiasFreeNorm
 from ..interpretable.dynamic import PairEncoding
 
 #: the exponents of the thesis' B sweep (Table 6.1)
@@ -54,8 +59,19 @@ def _layer(in_channels: int, out_channels: int, kernel: int, stride: int, b: flo
     return BcosConv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, b=b, max_out=max_out, scale=scale)
 
 
-def bcos_digits(in_channels: int, image_size: int, num_classes: int, b: float = 2.0, max_out: int = 1) -> nn.Sequential:
-    """The digits B-cos CNN (see the module docstring) with exponent ``b`` and ``max_out`` units per channel."""
+def bcos_digits(
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    b: float = 2.0,
+    max_out: int = 1,
+    norm: str | None = None,
+    norm_bias: bool = False,
+) -> nn.Sequential:
+    """The digits B-cos CNN (see the module docstring) with exponent ``b`` and ``max_out`` units per channel, and a
+    normalisation layer of kind ``norm`` (None: none) after every 3x3 convolution, with biases if ``norm_bias``."""
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"unknown normalisation {norm!r}; valid choices: None, {', '.join(NORMS)}")
     if image_size % SIDE_MULTIPLE:
         raise ValueError(f"B-cos digits nets need an image side divisible by {SIDE_MULTIPLE}, got {image_size}")
     layers: list[tuple[str, nn.Module]] = [("encode", PairEncoding())]
@@ -66,6 +82,8 @@ def bcos_digits(in_channels: int, image_size: int, num_classes: int, b: float = 
             index += 1
             stride = 2 if second and block < len(WIDTHS) else 1
             layers.append((f"conv{index}", _layer(previous, width, 3, stride, b, max_out)))
+            if norm is not None:
+                layers.append((f"norm{index}", (BiasedNorm if norm_bias else BiasFreeNorm)(norm, width)))
             previous = width
     head = _layer(previous, num_classes, 1, 1, b, max_out)
     layers += [("head", head), ("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
@@ -126,12 +144,28 @@ def _builder(b: float, max_out: int):
     return build
 
 
+def _norm_builder(kind: str, norm_bias: bool):
+    def build(in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
+        return bcos_digits(in_channels, image_size, num_classes, norm=kind, norm_bias=norm_bias)
+
+    build.__doc__ = f"The digits B-cos CNN (B = 2) with {kind} normalisation" + (" with biases." if norm_bias else ".")
+    return build
+
+
+def norm_model_name(kind: str, norm_bias: bool) -> str:
+    """The registry name of the digits B-cos net (B = 2) with normalisation ``kind``, with or without biases."""
+    return f"bcos_{kind}norm" + ("_bias" if norm_bias else "")
+
+
 def registry() -> dict[str, tuple[Callable[[int, int, int], nn.Module], int]]:
     """name -> (builder, smallest image side) for :data:`attrlab.models.MODELS`."""
     models: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {"bcos": (_builder(2.0, 1), SIDE_MULTIPLE)}
     for b in THESIS_B:
         models[f"bcos_b{b:g}"] = (_builder(b, 1), SIDE_MULTIPLE)
         models[f"bcos_b{b:g}_maxout"] = (_builder(b, 2), SIDE_MULTIPLE)
+    for kind in NORMS:
+        for norm_bias in (False, True):
+            models[norm_model_name(kind, norm_bias)] = (_norm_builder(kind, norm_bias), SIDE_MULTIPLE)
     models["bcos_cifar"] = (bcos_cifar, SIDE_MULTIPLE)
     models["bcos_relu_twin"] = (relu_twin, SIDE_MULTIPLE)
     return models
