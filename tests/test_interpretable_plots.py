@@ -27,6 +27,7 @@ def test_figures_draw_and_fit_the_page():
         interpretable.image_rows({"a": torch.rand(3, 4, 4), "b": torch.randn(3, 4, 4)}, signed=True),
         interpretable.removal_curves(curves, title="t"),
         interpretable.convergence_curves(similarity, {"m": pd.Series([0.4, 0.5, 0.6], index=[1, 2, 3])}),
+        interpretable.bias_shares(pd.DataFrame({"net": ["a", "a", "b", "b"], "share": [0.0, 0.1, 3.0, -0.5]})),
     ]
     for figure in figures:
         assert figure.get_size_inches()[0] <= PAGE_WIDTH_IN + 1e-6

@@ -208,3 +208,39 @@ def test_convergence_measures_the_approach_to_the_final_maps():
     assert study.convergence_claim(late, frame, level=0.99)["holds"].item() is False
     with pytest.raises(ValueError, match="maps hold 6 steps"):
         study.convergence([1, 2], maps.numpy())
+
+
+def test_bias_share_table_and_claims_follow_the_shares():
+    shares = {
+        "BatchNorm": [0.9, 0.7, 0.6, float("nan")],  # the NaN (a tie) is dropped
+        "InstanceNorm": [0.8, 0.6, 0.55],
+        "LayerNorm": [0.1, -0.1, 0.0],
+        "PositionNorm": [-0.3, 0.1, -0.2],
+        "AllNorm": [0.2, 0.3, 0.1],
+        "bias-free": [0.0, 0.0, 0.0],
+    }
+    frame = study.bias_share_frame(shares)
+    assert len(frame) == 18 and list(dict.fromkeys(frame["net"])) == list(shares)
+    table = study.bias_share_table(frame)
+    assert table.loc["BatchNorm", "median"] == pytest.approx(0.7)
+    assert table.loc["BatchNorm", "share >= 0.5"] == pytest.approx(1.0)
+    assert table.loc["PositionNorm", "mean"] == pytest.approx(-0.4 / 3)
+    biased = {kind: label for kind, label in zip(study.NORM_LABELS, study.NORM_LABELS.values())}
+    claims = study.bias_claims(table, biased, "bias-free")
+    assert list(claims.columns) == list(study.CLAIM_COLUMNS)
+    assert claims["holds"].tolist() == [True, True, True, True]
+    # the opposite shares contradict every claim
+    flipped = study.bias_share_table(
+        study.bias_share_frame(
+            {
+                "BatchNorm": [0.1],
+                "InstanceNorm": [0.9],
+                "LayerNorm": [0.9],
+                "PositionNorm": [0.2],
+                "bias-free": [0.0, 1e-9],
+            }
+        )
+    )
+    assert study.bias_claims(flipped, biased, "bias-free")["holds"].tolist() == [False, False, False, False]
+    # a missing net leaves its claim undecided
+    assert study.bias_claims(table.drop("InstanceNorm"), biased, "none")["holds"].tolist() == [None, True, True, None]

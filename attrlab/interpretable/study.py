@@ -603,6 +603,122 @@ def convergence_claim(inherent: pd.DataFrame, posthoc: pd.DataFrame, level: floa
     )
 
 
+#: Fig. 6.13's normalisation layers, in the thesis' order, and how the chapter names them
+NORM_LABELS = {
+    "batch": "BatchNorm",
+    "layer": "LayerNorm",
+    "instance": "InstanceNorm",
+    "position": "PositionNorm",
+    "all": "AllNorm",
+}
+
+
+def bias_share_frame(shares: Mapping[str, np.ndarray | torch.Tensor]) -> pd.DataFrame:
+    """Long table of Fig. 6.13: one row per (net, image) with the bias share of its top-2 logit difference.
+
+    ``shares`` maps a net's label to its per-image :func:`attrlab.interpretable.bias.bias_share` values; images whose
+    top-2 logits tie (NaN) are dropped.
+    """
+    frames = []
+    for label, values in shares.items():
+        array = torch.as_tensor(np.asarray(values), dtype=torch.float64).flatten().numpy()
+        frames.append(pd.DataFrame({"net": label, "share": array[~np.isnan(array)]}))
+    if not frames:
+        raise ValueError("no nets given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def bias_share_table(frame: pd.DataFrame, decisive: float = 0.5) -> pd.DataFrame:
+    """Per net: the median, mean and quartiles of the bias share, and the fraction of images where it is at least
+    ``decisive`` (the biases make at least that part of the top-2 difference)."""
+    grouped = frame.groupby("net", sort=False)["share"]
+    table = pd.DataFrame(
+        {
+            "median": grouped.median(),
+            "mean": grouped.mean(),
+            "q25": grouped.quantile(0.25),
+            "q75": grouped.quantile(0.75),
+            f"share >= {decisive:g}": grouped.apply(lambda s: float((s >= decisive).mean())),
+            "images": grouped.size(),
+        }
+    )
+    table.index.name = "net"
+    return table
+
+
+def bias_claims(table: pd.DataFrame, biased: Mapping[str, str], bias_free: str, decisive: float = 0.5) -> pd.DataFrame:
+    """The thesis' claims of Fig. 6.13 tested on :func:`bias_share_table`'s rows, one row each.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`bias_share_table`'s output.
+    biased : mapping of str to str
+        Normalisation kind (``"batch"``, ``"layer"``, ...) -> the label of its net with biases in ``table``.
+    bias_free : str
+        The label of a net with bias-free norms.
+    decisive : float
+        The median share from which the biases "account for most of the difference".
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`CLAIM_COLUMNS`; "holds" is None where the table lacks the net.
+    """
+    claims: list[tuple[str, str, str, bool | None]] = []
+
+    def median(kind: str) -> float | None:
+        label = biased.get(kind)
+        return float(table.loc[label, "median"]) if label in table.index else None
+
+    known = {kind: median(kind) for kind in ("batch", "instance")}
+    measured = ", ".join(f"{NORM_LABELS[k]} {v:.3f}" for k, v in known.items() if v is not None) or "-"
+    complete = all(v is not None for v in known.values())
+    claims.append(
+        (
+            "With BatchNorm and InstanceNorm (with biases) the bias term accounts for most of the top-2 logit "
+            "difference (Fig. 6.13)",
+            f"median share >= {decisive:g} for each",
+            measured,
+            bool(all(v is not None and v >= decisive for v in known.values())) if complete else None,
+        )
+    )
+    layer = median("layer")
+    claims.append(
+        (
+            "With LayerNorm the bias term is not decisive (Fig. 6.13)",
+            f"median share < {decisive:g}",
+            "-" if layer is None else f"{layer:.3f}",
+            None if layer is None else bool(layer < decisive),
+        )
+    )
+    label = biased.get("position")
+    mean = float(table.loc[label, "mean"]) if label in table.index else None
+    claims.append(
+        (
+            "With PositionNorm the bias term on average favours the second class (Fig. 6.13)",
+            "mean share < 0",
+            "-" if mean is None else f"{mean:.3f}",
+            None if mean is None else bool(mean < 0),
+        )
+    )
+    if bias_free in table.index:
+        row = table.loc[bias_free]
+        exact = bool(row["median"] == 0 and row["q25"] == 0 and row["q75"] == 0 and row["mean"] == 0)
+        measured = f"median {row['median']:.3g}, mean {row['mean']:.3g} over {int(row['images'])} images"
+    else:
+        exact, measured = None, "-"  # type: ignore[assignment]
+    claims.append(
+        (
+            "Bias-free normalisation makes b(x) = 0, so the contributions explain the whole decision (eq. 6.27)",
+            "bias share exactly 0 on every image",
+            measured,
+            exact,
+        )
+    )
+    return pd.DataFrame(claims, columns=list(CLAIM_COLUMNS))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attrlab.interpretable.study OUTPUT TABLE``: collect a sweep's points into one result table."""
     parser = argparse.ArgumentParser(description="Collect the B-cos sweep's result tables into one CSV.")
@@ -621,6 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "CLAIM_COLUMNS",
+    "NORM_LABELS",
+    "bias_claims",
+    "bias_share_frame",
+    "bias_share_table",
     "CODA",
     "CODA_INHERENT",
     "INHERENT",

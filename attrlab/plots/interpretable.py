@@ -168,4 +168,36 @@ def convergence_curves(
     return fig
 
 
-__all__ = ["against_parameter", "convergence_curves", "image_rows", "removal_curves"]
+@book_figure
+def bias_shares(frame: pd.DataFrame, limits: tuple[float, float] = (-1.0, 2.0)) -> Figure:
+    """The thesis' Fig. 6.13: per net, the distribution of the bias share of the top-2 logit difference (box plots).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Columns net and share, one row per image (:func:`attrlab.interpretable.study.bias_share_frame`), nets in the
+        order to draw.
+    limits : tuple of float
+        The y range shown; shares outside it (a near tie of the top two logits makes the ratio large) are drawn at its
+        edge, and every box is computed from all shares.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not {"net", "share"} <= set(frame.columns):
+        raise ValueError(f"the table needs columns net and share; it has {list(frame.columns)}")
+    nets = list(dict.fromkeys(frame["net"]))
+    values = [frame.loc[frame["net"] == net, "share"].to_numpy() for net in nets]
+    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    ax.boxplot([np.clip(v, *limits) for v in values], showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks(range(1, len(nets) + 1), nets, fontsize="small")
+    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylim(limits[0] - 0.05, limits[1] + 0.05)
+    ax.set_ylabel("(b_c1 - b_c2) / (y_c1 - y_c2)")
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["against_parameter", "bias_shares", "convergence_curves", "image_rows", "removal_curves"]
