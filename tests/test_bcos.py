@@ -252,3 +252,15 @@ def test_lrp_on_the_twin_folds_zennits_relevance_of_the_encoding(composite, devi
     apart = make_method("lrp", model, composite=composite, **settings).attribute(x, target=target, layer="encode")
     assert apart.shape == (3, 2, 28, 28)
     assert torch.allclose(PairEncoding.fold(apart), explanation.attribution, rtol=0, atol=1e-6 * float(scale))
+
+
+def test_lrp_finds_the_encoding_behind_leading_identities():
+    """An identity in front (as a wrapper's named input) leaves the encoding the input of LRP's rules."""
+    from collections import OrderedDict
+
+    model = build_model("bcos_relu_twin", seed=0).eval()
+    wrapped = nn.Sequential(OrderedDict([("pre", nn.Identity()), *model.named_children()])).eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = make_method("lrp", model).attribute(x, target=[1, 2])
+    assert torch.allclose(make_method("lrp", wrapped).attribute(x, target=[1, 2]), expected)
+    assert torch.allclose(make_method("lrp", wrapped).attribute(x, target=[1, 2], layer="pre"), expected)

@@ -128,7 +128,8 @@ def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "can
         One step per layer, a Conv2d/Linear and the ReLU after it fused into one; unsupported layers and misplaced
         input-space rules raise an error naming the layer.
     """
-    walked = walk(model)[1 if _leading_encoding(model) else 0 :]  # an encoding is part of the input (explain)
+    encoding = _leading_encoding(model)
+    walked = walk(model)[0 if encoding is None else encoding[0] + 1 :]  # an encoding is part of the input (explain)
     if check_batchnorm_mode(batchnorm) == "canonize":
         layers = canonize_layers(walked)
         rules = composite.rules(layers)
@@ -291,10 +292,10 @@ class LRP(Attribution):
         steps = self._plans.steps(self.model, self.composite, self.batchnorm, self._build)
         several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2
         encoding = None if self.traced else _leading_encoding(self.model)
-        fold = encoding is not None and capture != encoding[0]  # relevance of the encoded channels summed per pixel
-        capture = None if encoding is not None and capture == encoding[0] else capture
+        fold = encoding is not None and capture != encoding[1]  # relevance of the encoded channels summed per pixel
+        capture = None if encoding is not None and capture == encoding[1] else capture
         with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
-            x = inputs.detach() if encoding is None else encoding[1].forward(inputs.detach())
+            x = inputs.detach() if encoding is None else encoding[2].forward(inputs.detach())
             x = x.requires_grad_(True)
             if self.traced:
                 logits, captured, input_space = _run_graph(steps, x, capture)
@@ -378,13 +379,14 @@ def _is_sequential(model: nn.Module) -> bool:
     return True
 
 
-def _leading_encoding(model: nn.Module) -> tuple[str, PairEncoding] | None:
-    """(name, layer) of a :class:`PairEncoding` that is the first layer of a Sequential ``model``, else None."""
-    layers = walk(model)
-    if not layers:
-        return None
-    name, first = layers[0]
-    return (name, first) if isinstance(first, PairEncoding) else None
+def _leading_encoding(model: nn.Module) -> tuple[int, str, PairEncoding] | None:
+    """(position, name, layer) of a :class:`PairEncoding` that only identities precede in a Sequential ``model``."""
+    for position, (name, layer) in enumerate(walk(model)):
+        if isinstance(layer, PairEncoding):
+            return position, name, layer
+        if not isinstance(layer, nn.Identity):
+            return None
+    return None
 
 
 def _first_affine(steps: list[Step]) -> int:
