@@ -37,11 +37,16 @@ cell, 1 minus the grid localisation score of :mod:`attrlab.grids.localisation`.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..attribution.spec import MethodSpec
 from ..cells import Cellwise
 from .data import cell_masks
 from .localisation import EMPTY_TOTAL, attribution_map, positive_mass
@@ -228,4 +233,145 @@ def outside_share(attribution: Tensor, n: int, cells: Tensor | int) -> Tensor:
     return torch.where(total > EMPTY_TOTAL, share, torch.full_like(share, float("nan")))
 
 
-__all__ = ["ShiftedDiFull", "outside_share", "shifted_difull"]
+def shift_methods() -> list[MethodSpec]:
+    """The methods the A.8 comparison runs: LRP with z+ everywhere (the thesis' rule), epsilon and alpha2-beta1
+    everywhere, the gradient and input x gradient (implementation invariant: they only see the function)."""
+    return [
+        MethodSpec("LRP z+", "lrp", {"composite": "alpha1_beta0"}),
+        MethodSpec("LRP epsilon", "lrp", {"composite": "epsilon"}),
+        MethodSpec("LRP alpha2-beta1", "lrp", {"composite": "alpha2_beta1"}),
+        MethodSpec("Gradient", "gradient"),
+        MethodSpec("IxG", "input_x_gradient"),
+    ]
+
+
+@dataclass
+class ShiftResult:
+    """The A.8 comparison on a set of grids (see :func:`compare_shift`)."""
+
+    table: pd.DataFrame  #: one row per method: outside shares before and after, how much the maps changed
+    maps: dict[tuple[str, str], Tensor]  #: (method label, "before" / "after") -> (G, C, H, W) input relevance
+    logit_change: float  #: the largest |logit after - logit before| over the grids, relative to the largest |logit|
+    logit_change_float64: float  #: the same in float64 (float32 rounds the two large aggregators' sums)
+
+
+def compare_shift(
+    grid: GridModel,
+    cell_size: int,
+    x: Tensor,
+    cells: Tensor,
+    targets: Tensor,
+    methods: Sequence[MethodSpec] | None = None,
+) -> ShiftResult:
+    """Every method on the DiFull grid model before and after the A.8 construction, on the same grids and logits.
+
+    Parameters
+    ----------
+    grid : GridModel
+        A DiFull grid model (see :class:`ShiftedDiFull`); it is explained as it is ("before").
+    cell_size : int
+        The side of one cell in pixels.
+    x : Tensor
+        (G, C, n*cell_size, n*cell_size) grids.
+    cells : Tensor
+        (G,) the explained cell of each grid.
+    targets : Tensor
+        (G,) the explained logit of each grid (:meth:`GridModel.head_targets` of the cell and its class).
+    methods : sequence of MethodSpec, optional
+        Default :func:`shift_methods`.
+
+    Returns
+    -------
+    ShiftResult
+        ``table`` columns: ``method``, ``outside before`` and ``outside after`` (medians over the grids of
+        :func:`outside_share`), ``outside after (mean)``, ``map change`` (the median over the grids of
+        ``|after - before| / |before|`` in L2 norm).
+    """
+    if x.shape[0] != cells.shape[0] or x.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"{x.shape[0]} grids need as many cells and targets, got {cells.shape[0]} and {targets.shape[0]}"
+        )
+    shifted = shifted_difull(grid, cell_size)
+    with torch.no_grad():
+        logit_change = _relative_change(grid(x), shifted(x))
+        grid64 = copy.deepcopy(grid).double()
+        logit_change64 = _relative_change(grid64(x.double()), shifted_difull(grid64, cell_size)(x.double()))
+    rows, maps = [], {}
+    for spec in methods if methods is not None else shift_methods():
+        before = spec.make(grid).attribute(x, target=targets)
+        after = spec.make(shifted).attribute(x, target=targets)
+        maps[(spec.label, "before")], maps[(spec.label, "after")] = before, after
+        outside_before, outside_after = outside_share(before, grid.n, cells), outside_share(after, grid.n, cells)
+        change = (after - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp(min=1e-12)
+        rows.append(
+            {
+                "method": spec.label,
+                "outside before": float(outside_before.nanmedian()),
+                "outside after": float(outside_after.nanmedian()),
+                "outside after (mean)": float(outside_after.nanmean()),
+                "map change": float(change.median()),
+            }
+        )
+    return ShiftResult(pd.DataFrame(rows), maps, logit_change, logit_change64)
+
+
+def _relative_change(before: Tensor, after: Tensor) -> float:
+    return float((after - before).abs().max() / before.abs().max().clamp(min=1e-300))
+
+
+def shift_claims(result: ShiftResult, nearly_all: float = 0.9, z_plus: str = "LRP z+") -> pd.DataFrame:
+    """The appendix A.8 claims, and the implementation invariance of the other methods, tested on ``result``.
+
+    Parameters
+    ----------
+    result : ShiftResult
+        :func:`compare_shift`'s result.
+    nearly_all : float
+        The median share of z+ relevance outside the explained cell that counts as "nearly all" (our reading).
+    z_plus : str
+        The label of the z+ method in ``result``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns "claim", "test", "measured", "holds".
+    """
+    table = result.table.set_index("method")
+    if z_plus not in table.index:
+        raise ValueError(f"no method {z_plus!r} in the result; methods: {', '.join(table.index)}")
+    rows = [
+        (
+            "The transformed model is functionally equivalent (thesis A.8)",
+            "largest |logit change| / largest |logit| <= 1e-10 in float64",
+            f"float64 {result.logit_change_float64:.1e}, float32 {result.logit_change:.1e}",
+            result.logit_change_float64 <= 1e-10,
+        ),
+        (
+            "z+ shifts nearly all relevance to the disconnected cells (thesis A.8)",
+            f"median share of positive z+ relevance outside the explained cell >= {nearly_all:g}",
+            f"before {table.loc[z_plus, 'outside before']:.3f}, after {table.loc[z_plus, 'outside after']:.3f}",
+            bool(table.loc[z_plus, "outside after"] >= nearly_all),
+        ),
+    ]
+    for method in table.index.drop(z_plus):
+        change = float(table.loc[method, "map change"])
+        rows.append(
+            (
+                f"{method} keeps its maps",
+                "median relative L2 change of the map <= 1e-3",
+                f"{change:.1e} (outside share after {table.loc[method, 'outside after']:.3f})",
+                change <= 1e-3,
+            )
+        )
+    return pd.DataFrame(rows, columns=["claim", "test", "measured", "holds"])
+
+
+__all__ = [
+    "ShiftResult",
+    "ShiftedDiFull",
+    "compare_shift",
+    "outside_share",
+    "shift_claims",
+    "shift_methods",
+    "shifted_difull",
+]
