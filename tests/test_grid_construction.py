@@ -7,7 +7,7 @@ import torch
 
 from attrlab.attribution import make_method
 from attrlab.grids import cell_masks, grid_model
-from attrlab.grids.construction import ShiftedDiFull, outside_share, shifted_difull
+from attrlab.grids.construction import ShiftedDiFull, compare_shift, outside_share, shift_claims, shifted_difull
 from attrlab.models import build_model
 
 CELL = 28
@@ -160,3 +160,21 @@ def test_outside_share():
     assert share[0] == 0.0 and share[1] == 0.75 and torch.isnan(share[2])
     with pytest.raises(ValueError, match="3x3"):
         outside_share(attribution, 3, 0)
+
+
+def test_compare_shift_and_its_claims():
+    grid, x = _setting()
+    cells, targets = _targets(grid, x)
+    result = compare_shift(grid, CELL, x, cells, targets)
+    table = result.table.set_index("method")
+    assert list(table.index) == ["LRP z+", "LRP epsilon", "LRP alpha2-beta1", "Gradient", "IxG"]
+    assert table.loc["LRP z+", "outside before"] == 0.0 and table.loc["LRP z+", "outside after"] > 0.9
+    assert table.loc["Gradient", "map change"] < 1e-4
+    assert result.logit_change_float64 < 1e-10 and result.logit_change < 1e-4
+    assert set(result.maps) == {(label, when) for label in table.index for when in ("before", "after")}
+    claims = shift_claims(result, nearly_all=0.9)
+    assert list(claims.columns) == ["claim", "test", "measured", "holds"]
+    assert claims["holds"].all(), claims
+    assert not shift_claims(result, nearly_all=1.0)["holds"].iloc[1]  # the threshold is read, not typed in
+    with pytest.raises(ValueError, match="no method"):
+        shift_claims(result, z_plus="LRP zplus")
