@@ -252,6 +252,9 @@ def test_lrp_on_the_twin_folds_zennits_relevance_of_the_encoding(composite, devi
     apart = make_method("lrp", model, composite=composite, **settings).attribute(x, target=target, layer="encode")
     assert apart.shape == (3, 2, 28, 28)
     assert torch.allclose(PairEncoding.fold(apart), explanation.attribution, rtol=0, atol=1e-6 * float(scale))
+    # a hidden layer's relevance is its own (shaped like its output), never folded
+    hidden = make_method("lrp", model, composite=composite, **settings).attribute(x, target=target, layer="conv2")
+    assert hidden.shape == (3, 16, 14, 14)
 
 
 def test_lrp_finds_the_encoding_behind_leading_identities():

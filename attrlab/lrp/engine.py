@@ -292,8 +292,10 @@ class LRP(Attribution):
         steps = self._plans.steps(self.model, self.composite, self.batchnorm, self._build)
         several = not isinstance(target, (int, type(None))) and torch.as_tensor(target).dim() == 2
         encoding = None if self.traced else _leading_encoding(self.model)
-        fold = encoding is not None and capture != encoding[1]  # relevance of the encoded channels summed per pixel
-        capture = None if encoding is not None and capture == encoding[1] else capture
+        if encoding is not None and capture in [name for name, _ in walk(self.model)[: encoding[0]]]:
+            capture = None  # an identity in front of the encoding: the input
+        fold = encoding is not None and capture is None  # the input: each pixel gets its encoded channels' relevance
+        capture = None if encoding is not None and capture == encoding[1] else capture  # the channels kept apart
         with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
             x = inputs.detach() if encoding is None else encoding[2].forward(inputs.detach())
             x = x.requires_grad_(True)
