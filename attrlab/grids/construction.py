@@ -251,7 +251,7 @@ class ShiftResult:
 
     table: pd.DataFrame  #: one row per method: outside shares before and after, how much the maps changed
     maps: dict[tuple[str, str], Tensor]  #: (method label, "before" / "after") -> (G, C, H, W) input relevance
-    logit_change: float  #: the largest |logit after - logit before| over the grids, relative to the largest |logit|
+    logit_change: float  #: the largest absolute logit change over the grids, relative to the largest absolute logit
     logit_change_float64: float  #: the same in float64 (float32 rounds the two large aggregators' sums)
 
 
