@@ -111,8 +111,10 @@ def test_lambda_zero_is_plain_kd_and_lambda_changes_training(tmp_path, small, te
     run = train(tmp_path / "kd", config, dataset=small, objective=kd, progress=False)
     reference = _plain_kd_loop(small, teacher, 3.0, config)
     trained = run.load_model()
+    # float32 sums in another order after 8 Adam steps: single-thread builds differ by up to ~2e-6 (Adam divides by
+    # small second moments); the e²KD run below differs by orders of magnitude more
     for name, value in reference.state_dict().items():
-        torch.testing.assert_close(trained.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=1e-4, atol=1e-5)
     e2kd = Distillation(teacher, 3.0, 5.0, GRADCAM_T, GRADCAM_S, 7)
     assert e2kd.__name__ == "e2kd_lam5_gradcam@relu6_gradcam@relu2_s7_tau3"
     guided = train(tmp_path / "e2kd", config, dataset=small, objective=e2kd, progress=False).load_model()

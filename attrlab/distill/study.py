@@ -6,6 +6,14 @@ class (50 and 200 shots of ImageNet there; 5 and 20 of digits here) or on the fu
 alone is the baseline. Students are scored on the test split (:func:`~attrlab.distill.evaluate.student_scores`).
 Every regime gets about the same number of optimiser steps, so few shots means more epochs, not less training.
 
+Run by the sweep ``book/regimes/distillation/seeds.yml`` with a ``run_dir`` per point, the chapter writes its rows
+into the point's folder (:data:`RESULT_FILE`); :func:`collect_sweep` gathers the points into the small committed
+table ``book/results/distillation/seeds.csv``, which the chapter summarises as means and spreads over the seeds
+(:func:`seed_summary`)::
+
+    attrlab run book/regimes/distillation/seeds.yml
+    python -m attrlab.distill.study runs/regimes/distillation-seeds book/results/distillation/seeds.csv
+
 The explanation pairs follow the thesis: Grad-CAM for conventional models, the B-cos map for B-cos models. A B-cos
 teacher distilled into the conventional shallow model is compared with the student's Input x Gradient at the
 input: for a piecewise-linear ReLU network ``W(x) = ∂f/∂x`` (up to biases), so ``W(x)^T ⊙ x`` is exactly the
@@ -14,8 +22,12 @@ analogue of the B-cos map (the thesis distils B-cos teachers into B-cos students
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import io
 import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +37,7 @@ from torch import nn
 
 from ..data import ImageDataset, Split
 from ..models import build_model
+from ..runstore import atomic_write_text
 from ..train import Run, TrainConfig, train
 from .evaluate import student_scores
 from .explain import TrainingExplanation, default_explanation, is_bcos
@@ -143,6 +156,7 @@ def distill_student(
     tau: float = 4.0,
     lam: float = 5.0,
     progress: bool = False,
+    explanations: tuple[TrainingExplanation, TrainingExplanation] | None = None,
 ) -> Run:
     """Train (or resume, or reopen) one student by ``method`` (:data:`DISTILLATION_METHODS`) on ``dataset``.
 
@@ -162,6 +176,8 @@ def distill_student(
         KD temperature and explanation loss weight (``lam`` is ignored by KD).
     progress : bool
         Show a progress bar.
+    explanations : tuple of TrainingExplanation, optional
+        The teacher's and the student's explanation; default :func:`explanations_for`.
 
     Returns
     -------
@@ -176,7 +192,7 @@ def distill_student(
         raise ValueError(f"method {method!r} needs a teacher")
     device = next(teacher.parameters()).device
     probe = build_model(config.model, dataset.input_shape, dataset.num_classes).to(device)
-    teacher_explanation, student_explanation = explanations_for(teacher, probe)
+    teacher_explanation, student_explanation = explanations or explanations_for(teacher, probe)
     size = common_size(teacher, probe, teacher_explanation, student_explanation, dataset.input_shape)
     frozen = None
     if method.endswith("_frozen"):
@@ -361,11 +377,156 @@ def check_claims(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(claims, columns=["claim", "thesis", "ours", "holds"])
 
 
+#: a sweep point's rows of :func:`compare_students` (all teachers), in its ``run_dir``
+RESULT_FILE = "distillation_results.csv"
+#: the columns of a result table (one row per teacher, regime and method of one seed)
+RESULT_COLUMNS = (
+    "teacher",
+    "seed",
+    "steps",
+    "data",
+    "shots",
+    "method",
+    "accuracy",
+    "agreement",
+    "similarity",
+    "teacher_accuracy",
+)
+#: the scores :func:`seed_summary` averages
+SCORES = ("accuracy", "agreement", "similarity", "teacher_accuracy")
+
+
+def write_results(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write result rows (:data:`RESULT_COLUMNS`, others dropped) as CSV, atomically (a temporary file, a rename)."""
+    missing = [column for column in RESULT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"result rows lack the columns {missing}; a result table has {list(RESULT_COLUMNS)}")
+    buffer = io.StringIO()
+    frame[list(RESULT_COLUMNS)].to_csv(buffer, index=False, float_format="%.6g")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A result table written by :func:`write_results` (checked for its columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no result table at {path}; run the sweep and collect it (see {__name__})")
+    frame = pd.read_csv(path)
+    missing = [column for column in RESULT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} is not a distillation result table: it lacks the columns {missing}")
+    frame["shots"] = frame["shots"].astype(object).where(frame["shots"].notna(), None)
+    return frame
+
+
+def collect_sweep(output: str | Path) -> pd.DataFrame:
+    """The result tables of every finished point of a sweep's ``output`` folder (``*/`` :data:`RESULT_FILE`), joined.
+
+    Parameters
+    ----------
+    output : str or Path
+        The sweep's output folder (its YAML's ``output``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        All rows, ordered by seed (points with the same seed and regime: the last one read wins).
+    """
+    files = sorted(Path(output).glob(f"*/{RESULT_FILE}"))
+    if not files:
+        raise FileNotFoundError(f"no point of {output} has a {RESULT_FILE}; has the sweep run?")
+    frame = pd.concat([read_results(path) for path in files], ignore_index=True)
+    frame = frame.drop_duplicates(["teacher", "seed", "data", "method"], keep="last")
+    return frame.sort_values("seed", kind="stable").reset_index(drop=True)
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation (over seeds, ``ddof = 1``) and seed count of every score, per teacher/regime/method.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Result rows of several seeds (:func:`collect_sweep`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (teacher, data, method), in the order first seen, with ``seeds`` and ``<score>_mean``,
+        ``<score>_std`` for each of :data:`SCORES` (std NaN for one seed).
+    """
+    keys = ["teacher", "data", "method"]
+    grouped = table.groupby(keys, sort=False)
+    summary = grouped.size().rename("seeds").reset_index()
+    for score in SCORES:
+        summary[f"{score}_mean"] = grouped[score].mean().to_numpy()
+        summary[f"{score}_std"] = grouped[score].std(ddof=1).to_numpy()
+    return summary
+
+
+def spread_layout(summary: pd.DataFrame, metrics: tuple[str, ...] = ("accuracy", "agreement")) -> pd.DataFrame:
+    """:func:`seed_summary` of one teacher in the layout of :func:`thesis_layout`, cells as ``"mean ± std"``."""
+    cells = summary.assign(
+        **{
+            metric: [f"{m:.1f} ± {s:.1f}" for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+            for metric in metrics
+        }
+    )
+    wide = cells.pivot(index="method", columns="data", values=list(metrics)).swaplevel(0, 1, axis=1)
+    regimes = list(dict.fromkeys(summary["data"]))
+    wide = wide.reindex(columns=[(regime, metric) for regime in regimes for metric in metrics])
+    methods = [method for method in DISTILLATION_METHODS if method in set(summary["method"])]
+    wide = wide.reindex(methods)
+    wide.index = [METHOD_LABELS[method] for method in methods]
+    return wide
+
+
+def claims_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`check_claims` on the seeds' means, with how many seeds each claim holds in on its own.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Result rows of one teacher and several seeds (a ``seed`` column).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`check_claims`' columns (``ours`` the difference of the means) and ``seeds holding`` as ``"k of n"``.
+    """
+    claims = check_claims(table)
+    per_seed = [check_claims(rows).set_index("claim")["holds"] for _, rows in table.groupby("seed")]
+    counts = [sum(bool(held.get(claim, False)) for held in per_seed) for claim in claims["claim"]]
+    claims["seeds holding"] = [f"{count} of {len(per_seed)}" for count in counts]
+    return claims
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m attrlab.distill.study OUTPUT TABLE``: collect the seed sweep's points into one result table."""
+    parser = argparse.ArgumentParser(description="Collect the distillation sweep's result tables into one CSV.")
+    parser.add_argument("output", help="the sweep's output folder (its YAML's 'output')")
+    parser.add_argument("table", help="the CSV to write, e.g. book/results/distillation/seeds.csv")
+    args = parser.parse_args(argv)
+    try:
+        frame = collect_sweep(args.output)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_results(frame, args.table)
+    print(f"wrote {len(frame)} rows of {frame['seed'].nunique()} seeds to {args.table}")
+    return 0
+
+
 __all__ = [
     "DISTILLATION_METHODS",
+    "RESULT_COLUMNS",
+    "RESULT_FILE",
+    "SCORES",
     "METHOD_LABELS",
     "THESIS_TABLES",
     "check_claims",
+    "claims_over_seeds",
+    "collect_sweep",
     "common_size",
     "compare_students",
     "data_label",
@@ -373,5 +534,14 @@ __all__ = [
     "epochs_for",
     "explanations_for",
     "few_shot",
+    "main",
+    "read_results",
+    "seed_summary",
+    "spread_layout",
     "thesis_layout",
+    "write_results",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
