@@ -617,8 +617,8 @@ def check_findings(rows: pd.DataFrame) -> pd.DataFrame:
         Columns ``finding``, ``claim``, ``here``, ``evidence``.
     """
     found = []
-    input_setups = [s for s in ("bcos@input", "vanilla-ixg@input") if s in set(rows["setup"])]
-    final_setups = [s for s in ("bcos@final", "vanilla-gradcam@final") if s in set(rows["setup"])]
+    input_setups = [s for s in ("bcos@input", "vanilla-ixg@input", "xdnn-ig@input") if s in set(rows["setup"])]
+    final_setups = [s for s in ("bcos@final", "vanilla-gradcam@final", "xdnn-ig@final") if s in set(rows["setup"])]
     holds, evidence = _compare(rows, "epg", "energy", input_setups + final_setups)
     found.append(_finding("R1", "the Energy loss gives the best EPG", holds, evidence))
     holds, evidence = _compare(rows, "iou", "l1", input_setups + final_setups)
@@ -639,20 +639,23 @@ def check_findings(rows: pd.DataFrame) -> pd.DataFrame:
                 f"L1 {l1['on_object']:.1f} %{_note(l1)}",
             )
         )
-    bcos, vanilla = (
-        _best(rows, "epg", setup="bcos@input", loss="energy"),
-        _best(rows, "epg", setup="vanilla-ixg@input", loss="energy"),
-    )
-    if bcos is None or vanilla is None:
-        found.append(_finding("R4", "B-cos explanations are best at the input", None, "needs both input setups"))
+    bcos = _best(rows, "epg", setup="bcos@input", loss="energy")
+    others = {
+        label: _best(rows, "epg", setup=setup, loss="energy")
+        for label, setup in (("conventional IxG", "vanilla-ixg@input"), ("X-DNN IntGrad", "xdnn-ig@input"))
+    }
+    others_run = {label: row for label, row in others.items() if row is not None}
+    if bcos is None or not others_run:
+        found.append(_finding("R4", "B-cos explanations are best at the input", None, "needs B-cos and another model"))
     else:
         found.append(
             _finding(
                 "R4",
                 "B-cos explanations are best at the input",
-                bool(bcos["within_tolerance"]) and float(bcos["epg"]) > float(vanilla["epg"]),
-                f"Energy at the input: B-cos EPG {bcos['epg']:.1f} @ F1 {bcos['f1']:.1f}{_note(bcos)}, conventional "
-                f"IxG {vanilla['epg']:.1f} @ {vanilla['f1']:.1f}{_note(vanilla)}",
+                bool(bcos["within_tolerance"])
+                and all(float(bcos["epg"]) > float(r["epg"]) for r in others_run.values()),
+                f"Energy at the input, EPG @ F1: B-cos {bcos['epg']:.1f} @ {bcos['f1']:.1f}{_note(bcos)}, "
+                + ", ".join(f"{k} {r['epg']:.1f} @ {r['f1']:.1f}{_note(r)}" for k, r in others_run.items()),
             )
         )
     gains = {setup: _gain(rows, "epg", setup=setup, loss="energy") for setup in final_setups}
@@ -720,13 +723,16 @@ def check_findings(rows: pd.DataFrame) -> pd.DataFrame:
         )
     at_input = _gain(rows, "epg_input", setup="bcos@input", loss="energy")
     at_mid = _gain(rows, "epg_input", setup="bcos@mid", loss="energy")
+    xdnn_input = _gain(rows, "epg_input", setup="xdnn-ig@input", loss="energy")
+    xdnn_mid = _gain(rows, "epg_input", setup="xdnn-ig@mid", loss="energy")
+    xdnn = "" if math.isnan(xdnn_mid) else f"; X-DNN IntGrad at the input {xdnn_input:+.1f}, at relu4 {xdnn_mid:+.1f}"
     found.append(
         _finding(
             "R9",
             "guidance at a middle layer improves the input-level maps too",
             None if math.isnan(at_input) or math.isnan(at_mid) else at_mid > 0 and at_mid >= 0.5 * at_input,
-            f"input-level EPG gain guided at the input {at_input:+.1f}, at conv4 {at_mid:+.1f} "
-            "(holds: conv4 gains, at least half the input's gain)",
+            f"input-level EPG gain, B-cos guided at the input {at_input:+.1f}, at conv4 {at_mid:+.1f}{xdnn} "
+            "(holds: B-cos at conv4 gains, at least half the input's gain)",
         )
     )
     return pd.DataFrame(found)
