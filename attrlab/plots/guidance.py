@@ -48,7 +48,7 @@ def pareto_fronts(
     if not setups:
         raise ValueError("pareto_fronts needs at least one setup")
     rows_n, cols_n = -(-len(setups) // columns), min(columns, len(setups))
-    fig, axes = plt.subplots(rows_n, cols_n, figsize=(2.6 * cols_n, 2.6 * rows_n), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows_n, cols_n, figsize=(2.6 * cols_n, 2.9 * rows_n), squeeze=False, sharey=True)
     for ax in axes.flat[len(setups) :]:
         ax.set_visible(False)
     for ax, setup in zip(axes.flat, setups):
