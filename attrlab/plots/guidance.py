@@ -64,7 +64,7 @@ def pareto_fronts(
     for row in axes:
         row[0].set_ylabel(f"{metric.replace('_input', ' at input').upper()} (%)")
     axes.flat[len(setups) - 1].legend(fontsize="small", loc="best")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)  # room between a row's axis labels and the next row's titles
     return fig
 
 
