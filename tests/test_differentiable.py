@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from attrlab.attribution import make_method
-from attrlab.attribution.differentiable import TRAINING_METHODS, explain_for_training
+from attrlab.attribution.differentiable import TRAINING_METHODS, explain_for_training, explain_with_logits
 from attrlab.interpretable.bcos import BcosConv2d, BiasFreeNorm
 from attrlab.interpretable.dynamic import PairEncoding, dynamic_linear
 from attrlab.models import build_model
@@ -146,6 +146,37 @@ def test_ig_xdnn_equals_integrated_gradients_on_an_xdnn():
     ours = explain_for_training(model, x, target, "ig_xdnn", create_graph=False)
     reference = make_method("integrated_gradients", model, n_steps=8).attribute(x, target=target).sum(1)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+#: (model, method, layer): the forward pass of each kind of map
+SHARED_FORWARD_CASES = [
+    ("bcos_relu_twin", "ixg", "input"),
+    ("bcos_relu_twin", "gradcam", "relu6"),
+    ("bcos_relu_twin_xdnn", "ig_xdnn", "relu4"),
+    ("bcos", "bcos", "input"),
+    ("bcos", "bcos", "conv4"),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "layer"), SHARED_FORWARD_CASES)
+def test_shared_forward_gives_the_models_logits_and_the_same_gradient(name, method, layer):
+    """The logits of the map's own forward pass are the model's, and a step on them gets the gradient of a step that
+    runs the model again (float64, so the two graphs agree to rounding)."""
+    model = build_model(name, seed=0).double().eval()
+    x = (torch.rand(3, 1, 28, 28, dtype=torch.float64) * 2 - 1).requires_grad_(False)
+    target = torch.tensor([1, 5, 9])
+    maps, logits = explain_with_logits(model, x, target, method, layer)
+    torch.testing.assert_close(logits, model(x))
+    torch.testing.assert_close(maps, explain_for_training(model, x, target, method, layer))
+    shared = torch.autograd.grad(logits.logsumexp(1).sum() + maps.clamp(min=0).sum(), list(model.parameters()))
+    separate_loss = (
+        model(x).logsumexp(1).sum() + explain_for_training(model, x, target, method, layer).clamp(min=0).sum()
+    )
+    separate = torch.autograd.grad(separate_loss, list(model.parameters()))
+    for ours, reference in zip(shared, separate, strict=True):
+        torch.testing.assert_close(ours, reference)
+    detached = explain_with_logits(model, x, target, method, layer, create_graph=False)
+    assert not detached[0].requires_grad and not detached[1].requires_grad
 
 
 def test_a_loss_on_the_map_trains_every_parameter():

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from attrlab.guidance.study import (
+    BASELINE_EPOCHS,
+    FINETUNE_LR,
+    SETUPS,
+    TRAIN_COUNT,
     Point,
+    baseline_path,
     baselines,
     check_findings,
     configuration_fronts,
@@ -52,6 +57,20 @@ def test_point_validates_its_choices():
         Point(annotated=0.5)
     with pytest.raises(ValueError, match="unknown mask"):
         Point(mask="edges")
+    with pytest.raises(ValueError, match="lr must be a number >= 0"):
+        Point(lr=-1.0)
+
+
+def test_point_fine_tunes_at_its_models_rate_and_baselines_are_named_by_their_recipe(tmp_path):
+    assert Point(setup="bcos@input").lr == FINETUNE_LR["bcos"] == 1e-4
+    assert Point(setup="xdnn-ig@mid").lr == FINETUNE_LR["bcos_relu_twin_xdnn"]
+    assert Point(setup="bcos@input", lr=3e-4).lr == 3e-4
+    path = baseline_path(Point(setup="xdnn-ig@final"), tmp_path, 0)
+    assert (
+        path.name
+        == f"bcos_relu_twin_xdnn-canvas-seed0-e{BASELINE_EPOCHS['bcos_relu_twin_xdnn']}-lr0.003-n{TRAIN_COUNT}"
+    )
+    assert SETUPS["xdnn-ig@mid"] == ("bcos_relu_twin_xdnn", "ig_xdnn", "relu4")
 
 
 def _rows() -> pd.DataFrame:
@@ -121,6 +140,11 @@ def test_findings_are_computed_and_missing_regimes_are_not_run():
     worse = rows.copy()
     worse.loc[(worse["loss"] == "rrr") & (worse["step"] == 4), "epg"] = 99.0
     assert check_findings(worse).set_index("finding").loc["R1", "here"] == "does not hold"
+    # an X-DNN at the input with a better Energy EPG than B-cos's makes R4 fail, and it is named in the evidence
+    xdnn = rows[rows["setup"] == "vanilla-ixg@input"].assign(setup="xdnn-ig@input")
+    xdnn.loc[xdnn["step"] == 4, "epg"] = 95.0
+    r4 = check_findings(pd.concat([rows, xdnn], ignore_index=True)).set_index("finding").loc["R4"]
+    assert r4["here"] == "does not hold" and "X-DNN IntGrad 95.0" in r4["evidence"]
 
 
 def test_fronts_and_baselines_and_an_empty_spurious_table():

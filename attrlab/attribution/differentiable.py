@@ -87,13 +87,14 @@ def _spatial(activation: torch.Tensor, method: str, layer: str | nn.Module) -> N
 
 def _gradient_map(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | nn.Module, cam: bool, create_graph: bool
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     split, activation = _activation(model, x, layer)
     _spatial(activation, "gradcam" if cam else "ixg", layer)
-    gradient = _selected_gradient(split.tail(activation, x), target, activation, create_graph)
+    logits = split.tail(activation, x)
+    gradient = _selected_gradient(logits, target, activation, create_graph)
     if cam:
-        return (gradient.mean((-2, -1), keepdim=True) * activation).sum(1).clamp(min=0)
-    return (activation * gradient).sum(1)
+        return (gradient.mean((-2, -1), keepdim=True) * activation).sum(1).clamp(min=0), logits
+    return (activation * gradient).sum(1), logits
 
 
 def _has_bias(model: nn.Module) -> bool:
@@ -151,7 +152,7 @@ def _norm_layer(layer: BiasFreeNorm, a: torch.Tensor, z: torch.Tensor) -> tuple[
 
 def _bcos_map(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | nn.Module, create_graph: bool
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     flat = _flatten_sequential(model)
     if flat is None:
         raise ValueError(
@@ -193,7 +194,7 @@ def _bcos_map(
             )
     # W(a)^T e_t: the gradient of the linear stream, whose factors keep their graph to the parameters
     gradient = _selected_gradient(z, target, z_leaf, create_graph)
-    return (explained * gradient).sum(1)
+    return (explained * gradient).sum(1), a  # the real stream's output: the model's logits
 
 
 def explain_for_training(
@@ -228,6 +229,33 @@ def explain_for_training(
         (N, h, w): the input's or the layer's spatial size. Unknown methods or layers raise a ``ValueError`` naming
         the valid choices.
     """
+    return explain_with_logits(model, x, target, method, layer, create_graph)[0]
+
+
+def explain_with_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    method: str,
+    layer: str = INPUT,
+    create_graph: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`explain_for_training`'s map and the logits of the forward pass it was computed from.
+
+    A guided training step puts its data loss on these logits instead of running the model a second time: the
+    forward pass is shared, and one backward pass serves the data loss and the localisation loss.
+
+    Parameters
+    ----------
+    model, x, target, method, layer, create_graph
+        As :func:`explain_for_training`.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(map, logits)``: the (N, h, w) map and the (N, classes) logits, both with their graph to the parameters
+        (both detached when ``create_graph`` is False).
+    """
     if method not in TRAINING_METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(TRAINING_METHODS)}")
     if not isinstance(model, nn.Module):
@@ -245,10 +273,12 @@ def explain_for_training(
         )
     with torch.enable_grad():
         if method == "bcos":
-            result = _bcos_map(model, x, target, layer, create_graph)
+            result, logits = _bcos_map(model, x, target, layer, create_graph)
         else:
-            result = _gradient_map(model, x, target, layer, method == "gradcam", create_graph)
-    return result if create_graph else result.detach()
+            result, logits = _gradient_map(model, x, target, layer, method == "gradcam", create_graph)
+    if not create_graph:
+        return result.detach(), logits.detach()
+    return result, logits
 
 
 def valid_layers(model: nn.Module) -> list[str]:
@@ -256,4 +286,4 @@ def valid_layers(model: nn.Module) -> list[str]:
     return [INPUT, *named_layers(model)]
 
 
-__all__ = ["LINEAR_MODULES", "TRAINING_METHODS", "explain_for_training", "valid_layers"]
+__all__ = ["LINEAR_MODULES", "TRAINING_METHODS", "explain_for_training", "explain_with_logits", "valid_layers"]

@@ -22,8 +22,11 @@ LOSS_STYLE = {
 
 
 @book_figure
-def pareto_fronts(fronts: pd.DataFrame, baselines: pd.DataFrame, setups: Sequence[str], metric: str = "epg") -> Figure:
-    """One panel per setup: every loss's Pareto front of ``metric`` against F1, the baseline as a cross.
+def pareto_fronts(
+    fronts: pd.DataFrame, baselines: pd.DataFrame, setups: Sequence[str], metric: str = "epg", columns: int = 4
+) -> Figure:
+    """One panel per setup (``columns`` to a row): every loss's Pareto front of ``metric`` against F1, the baseline
+    as a cross.
 
     Parameters
     ----------
@@ -35,13 +38,20 @@ def pareto_fronts(fronts: pd.DataFrame, baselines: pd.DataFrame, setups: Sequenc
         The panels, in order.
     metric : str
         ``"epg"`` or ``"iou"`` (the guided layer's), or their ``_input`` variants.
+    columns : int
+        Panels per row.
 
     Returns
     -------
     Figure
     """
-    fig, axes = plt.subplots(1, len(setups), figsize=(2.6 * len(setups), 2.8), squeeze=False, sharey=True)
-    for ax, setup in zip(axes[0], setups):
+    if not setups:
+        raise ValueError("pareto_fronts needs at least one setup")
+    rows_n, cols_n = -(-len(setups) // columns), min(columns, len(setups))
+    fig, axes = plt.subplots(rows_n, cols_n, figsize=(2.6 * cols_n, 2.9 * rows_n), squeeze=False, sharey=True)
+    for ax in axes.flat[len(setups) :]:
+        ax.set_visible(False)
+    for ax, setup in zip(axes.flat, setups):
         part = fronts[fronts["setup"] == setup]
         for loss, (marker, colour) in LOSS_STYLE.items():
             rows = part[part["loss"] == loss].sort_values("f1")
@@ -51,9 +61,10 @@ def pareto_fronts(fronts: pd.DataFrame, baselines: pd.DataFrame, setups: Sequenc
         ax.plot([base["f1"]], [base[metric]], marker="x", color="black", markersize=8, linestyle="none")
         ax.set_title(setup, fontsize="medium")
         ax.set_xlabel("F1 (%)")
-    axes[0, 0].set_ylabel(f"{metric.replace('_input', ' at input').upper()} (%)")
-    axes[0, -1].legend(fontsize="small", loc="best")
-    fig.tight_layout()
+    for row in axes:
+        row[0].set_ylabel(f"{metric.replace('_input', ' at input').upper()} (%)")
+    axes.flat[len(setups) - 1].legend(fontsize="small", loc="best")
+    fig.tight_layout(h_pad=1.5)  # room between a row's axis labels and the next row's titles
     return fig
 
 
