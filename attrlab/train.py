@@ -327,12 +327,20 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The configured data loss plus the user objective's term."""
+    def _forward_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits of a training batch and its loss: the configured data loss plus the user objective's term.
+
+        An objective with a ``logits_and_term(model, x, y) -> (logits, term)`` method runs the forward pass itself
+        (a loss on explanations computes the logits anyway: one forward pass serves both terms)."""
+        shared = getattr(self.objective, "logits_and_term", None)
+        if shared is not None:
+            logits, term = shared(self.model, x, y)
+            return logits, data_loss(self.config.loss, logits, y, self.config.temperature) + term
+        logits = self.model(x)
         loss = data_loss(self.config.loss, logits, y, self.config.temperature)
         if self.objective is not None:
             loss = loss + self.objective(self.model, x, y, logits)
-        return loss
+        return logits, loss
 
     # ------------------------------------------------------------ checkpoint
     def _state(self) -> dict[str, Any]:
@@ -410,8 +418,7 @@ class Trainer:
             index = self.sampler.indices(step - 1)
             xb, yb = x_train[index], y_train[index]
             xb = augment(xb, self.config.augment, self.config.augment_pad, self.config.seed, step, fill)
-            logits = self.model(xb)
-            loss = self._loss(logits, xb, yb)
+            logits, loss = self._forward_and_loss(xb, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.step, self.batch, self.loss = step, (xb, yb), loss.detach()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..attribution.differentiable import TRAINING_METHODS, explain_for_training
+from ..attribution.differentiable import TRAINING_METHODS, explain_for_training, explain_with_logits
 from ..canvas import CanvasSplit
 from .losses import LOSSES, localisation_loss
 
@@ -140,6 +140,18 @@ class GuidanceObjective(Callback):
         return classes, masks, weight
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        classes, masks, weight = self._batch_masks(x)
+        maps = explain_for_training(model, x, classes, self.method, self.layer)
+        return self.lam * localisation_loss(self.loss, maps, masks, weight)
+
+    def logits_and_term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's logits and ``lambda * L_loc`` from one forward pass (the trainer uses this form: the map's
+        forward pass also gives the logits of the data loss, so a guided step runs the model once)."""
+        classes, masks, weight = self._batch_masks(x)
+        maps, logits = explain_with_logits(model, x, classes, self.method, self.layer)
+        return logits, self.lam * localisation_loss(self.loss, maps, masks, weight)
+
+    def _batch_masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.trainer is None:
             raise RuntimeError(
                 "GuidanceObjective needs the trainer: pass the same object as objective= and in callbacks="
@@ -150,9 +162,7 @@ class GuidanceObjective(Callback):
             if not torch.equal(self.split.x[index], x):
                 raise RuntimeError("the trainer's batch is not the guidance split's images at the sampler's indices")
             self._checked = True
-        classes, masks, weight = self.masks_for(index, step)
-        maps = explain_for_training(model, x, classes, self.method, self.layer)
-        return self.lam * localisation_loss(self.loss, maps, masks, weight)
+        return self.masks_for(index, step)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
