@@ -9,7 +9,9 @@ chosen steps as float16 snapshots for filmstrips. A resumed run recomputes nothi
 are dropped by the store, snapshots are rewritten identically.
 
 The first method's forward pass also yields the predictions; the other methods are given those targets, so every
-method explains the same class per image.
+method explains the same class per image. When the first method is LRP, the CAM methods (Grad-CAM, Grad-CAM++,
+LayerCAM) take the activation at their layer from LRP's forward pass, which computes every layer's true output, and
+run only the layers above it: the layers below run once per step instead of twice, and the maps are the same.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import pandas as pd
 import torch
 
 from .attribution import Attribution
+from .attribution.base import feature_layer
+from .attribution.gradcam import GradCAM
 from .attribution.spec import PATH_SAFE_LABEL, MethodSpec
+from .lrp import LRP
 from .runstore import RunStore, atomic_write_bytes
 from .stepbuffer import StepBuffer
 from .summaries import group_matrix, group_summary, group_summary_columns, summarise
@@ -119,6 +124,7 @@ class Tracker(Callback):
     def on_start(self, trainer: Trainer, step: int) -> None:
         model = trainer.model
         self.methods = [spec.make(model) for spec in self.specs]
+        self.shared = shared_layers(self.specs, self.methods, model)
         attribution = trainer.attribution_set
         self.groups = group_matrix(attribution.y, attribution.is_train, trainer.data.num_classes)
         self.tracked = set(self.schedule.steps(trainer.total_steps))
@@ -141,8 +147,17 @@ class Tracker(Callback):
             return
         attribution_set = trainer.attribution_set
         target = None if self.target == "predicted" else attribution_set.y
-        for spec, method in zip(self.specs, self.methods):
-            explanation = method.explain(attribution_set.x, target=target, layer=spec.layer)
+        x = attribution_set.x
+        kept: dict[str, torch.Tensor] = {}  # activations from the first method's pass, by layer name
+        for index, (spec, method) in enumerate(zip(self.specs, self.methods)):
+            layer = self.shared.get(index)
+            if index == 0 and self.shared and isinstance(method, LRP):
+                keep = sorted(set(self.shared.values()))
+                explanation, kept = method.explain_keeping(x, target=target, layer=spec.layer, keep=keep)
+            elif layer is not None and layer in kept and isinstance(method, GradCAM):
+                explanation = method.explain_activation(x, kept[layer], target=target, layer=layer)
+            else:
+                explanation = method.explain(x, target=target, layer=spec.layer)
             target = explanation.target  # later methods explain the same classes
             if step in self.tracked:
                 row = group_summary(summarise(explanation.attribution), self.groups)
@@ -153,6 +168,38 @@ class Tracker(Callback):
     def on_flush(self, trainer: Trainer, step: int) -> None:
         if len(self.buffer):
             trainer.store.append_table(TABLE, self.buffer.flush())
+
+
+def shared_layers(
+    specs: Sequence[MethodSpec], methods: Sequence[Attribution], model: torch.nn.Module
+) -> dict[int, str]:
+    """{method index: layer name} of the CAM methods that can take their activation from the first method's pass.
+
+    Parameters
+    ----------
+    specs : sequence of MethodSpec
+        The tracked methods' specs.
+    methods : sequence of Attribution
+        The methods built from them, in the same order.
+    model : torch.nn.Module
+        The tracked model.
+
+    Returns
+    -------
+    dict of int to str
+        Empty unless the first method is LRP; else each later Grad-CAM / Grad-CAM++ / LayerCAM at a named layer
+        (its default layer: :func:`~attrlab.attribution.base.feature_layer`). LRP hands out the activations it can
+        (:meth:`~attrlab.lrp.LRP.explain_keeping`); a method whose layer it cannot serve runs on its own.
+    """
+    if not methods or not isinstance(methods[0], LRP):
+        return {}
+    shared = {}
+    for index, (spec, method) in enumerate(zip(specs, methods)):
+        if index and isinstance(method, GradCAM):
+            layer = feature_layer(model) if spec.layer is None else spec.layer
+            if isinstance(layer, str) and layer != "input":
+                shared[index] = layer
+    return shared
 
 
 def _snapshot_path(store: RunStore, label: str, step: int) -> Path:

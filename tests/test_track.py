@@ -142,3 +142,52 @@ def test_tensorboard_logs_what_the_run_store_holds(tmp_path, digits):
     assert [e.value for e in norms] == pytest.approx(summaries["norm_pos"].tolist(), rel=1e-6)
     assert [e.step for e in events.Images("snapshots/gradient")] == [2, 4]
     assert "config" in tags["tensors"] or "config/text_summary" in tags["tensors"]
+
+
+@pytest.mark.parametrize("name", ["deep", "deep_bn", "vgg_small"])
+def test_cam_methods_from_lrps_pass_equal_their_own_calls(name, digits, device):
+    """A tracked step's CAM maps from LRP's activation are the maps of the CAM methods' own calls (1e-6)."""
+    import torch
+
+    from attrlab.attribution import feature_layer, make_method
+    from attrlab.attribution.layer_split import ModelSplit
+    from attrlab.lrp import LRP
+    from attrlab.models import build_model
+
+    model = build_model(name, seed=3).to(device).train()  # training: the methods use eval semantics
+    x = digits.test.x[:24].to(device)
+    layer = feature_layer(model)
+    lrp = LRP(model, "seed000")
+    explanation, kept = lrp.explain_keeping(x, keep=[layer, "conv1", "bn1", "pool1"])
+    assert torch.equal(explanation.attribution, lrp.explain(x).attribution)
+    # conv1's own output (before its ReLU, or before the folded bn1) is never formed by the pass: not handed out
+    assert sorted(kept) == sorted([layer, "pool1"])
+    for kept_layer in kept:
+        with torch.no_grad():
+            model.eval()
+            truth = ModelSplit(model, kept_layer).head(x)
+            model.train()
+        assert torch.allclose(kept[kept_layer], truth, rtol=1e-5, atol=1e-6)
+    for method in ("gradcam", "gradcam_pp", "layercam"):
+        cam = make_method(method, model)
+        own = cam.explain(x, target=explanation.target)
+        shared = cam.explain_activation(x, kept[layer], target=explanation.target)
+        scale = own.attribution.abs().max()
+        assert (shared.attribution - own.attribution).abs().max() <= 1e-6 * scale
+        assert torch.equal(shared.target, own.target) and torch.allclose(shared.logits, own.logits, atol=1e-5)
+    with pytest.raises(ValueError, match=r"one row per input \(N=24\), got \(3, "):
+        make_method("gradcam", model).explain_activation(x, kept[layer][:3])
+
+
+def test_gradcam_rows_equal_a_direct_computation(tracked_run, digits):
+    """The Grad-CAM row at the last step (activation from LRP's pass) equals Grad-CAM's own call, summarised."""
+    from attrlab.attribution import make_method
+    from attrlab.data import attribution_set
+
+    model = Run(tracked_run).load_model(step=15)
+    chosen = attribution_set(digits)
+    target = make_method("lrp", model, composite="seed000").explain(chosen.x).target
+    per_image = summarise(make_method("gradcam", model).attribute(chosen.x, target=target))
+    row = tracked_frame(tracked_run, "gradcam").loc[15]
+    assert row["norm_pos"] == pytest.approx(per_image[:, 0].mean().item(), rel=1e-5)
+    assert row["gini_c3"] == pytest.approx(per_image[60:80, 4].nanmean().item(), rel=1e-5)

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autograd import layer_gradient
+from .autograd import layer_gradient, split_gradient
 from .base import Attribution, Explanation, Layer, Target, feature_layer
 from .checks import check_bool, check_image_batch
+from .layer_split import ModelSplit
+from .model_state import eval_semantics
 
 
 def finish_map(cam: torch.Tensor, inputs: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
@@ -85,7 +87,54 @@ class GradCAM(Attribution):
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: Layer = None) -> Explanation:
         x = check_image_batch(inputs, self.model)
         layer = feature_layer(self.model) if layer is None else layer
-        activation, gradient, logits, target_index = layer_gradient(self.model, x, target, layer)
+        return self._map(x, layer, *layer_gradient(self.model, x, target, layer))
+
+    def explain_activation(
+        self, inputs: torch.Tensor, activation: torch.Tensor, target: Target = None, layer: Layer = None
+    ) -> Explanation:
+        """:meth:`explain` given the activation at the layer, which another pass over ``inputs`` computed.
+
+        Only the part of the model above the layer runs (forward and backward): a tracked step takes the activation
+        from LRP's forward pass (:meth:`attrlab.lrp.LRP.explain_keeping`) instead of running the layers below twice.
+        The map is the one :meth:`explain` gives when ``activation`` is the model's output at the layer.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            The images (N, C, H, W) the activation comes from.
+        activation : torch.Tensor
+            The model's (N, c, h, w) output at ``layer`` for ``inputs``, in eval semantics.
+        target : Target
+            As for :meth:`explain`.
+        layer : Layer
+            As for :meth:`explain` (``None``: the CAM default layer).
+
+        Returns
+        -------
+        Explanation
+        """
+        x = check_image_batch(inputs, self.model)
+        layer = feature_layer(self.model) if layer is None else layer
+        if not isinstance(activation, torch.Tensor) or activation.dim() == 0 or activation.shape[0] != x.shape[0]:
+            shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
+            raise ValueError(f"the activation must have one row per input (N={x.shape[0]}), got {shape}")
+        with eval_semantics(self.model):
+            result = split_gradient(ModelSplit(self.model, layer), activation.detach(), x, target, at_layer=True)
+        activation, gradient, logits, target_index = result
+        if target_index.dim() == 2:  # as layer_gradient returns it: (N, 1, ...) to broadcast with (N, T, ...)
+            activation = activation[:, None]
+        return self._map(x, layer, activation, gradient, logits, target_index)
+
+    def _map(
+        self,
+        x: torch.Tensor,
+        layer: Layer,
+        activation: torch.Tensor,
+        gradient: torch.Tensor,
+        logits: torch.Tensor,
+        target_index: torch.Tensor,
+    ) -> Explanation:
+        """The finished map from the activation and the target logits' gradient at the layer."""
         if gradient.dim() != 3 + target_index.dim():  # (N, C, h, w), or (N, T, C, h, w) for several targets
             raise ValueError(
                 f"CAM methods need a spatial layer with output (N, C, h, w); layer {layer!r} gives shape "

@@ -29,7 +29,7 @@ channels' relevances, as the inherent B-cos contributions do; ``layer=<the encod
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -283,6 +283,32 @@ class LRP(Attribution):
         self._plans.steps(model, self.composite, self.batchnorm, self._build)
 
     def explain(self, inputs: Tensor, target: Target = None, layer: Layer = None) -> Explanation:
+        return self.explain_keeping(inputs, target, layer)[0]
+
+    def explain_keeping(
+        self, inputs: Tensor, target: Target = None, layer: Layer = None, keep: Sequence[str] = ()
+    ) -> tuple[Explanation, dict[str, Tensor]]:
+        """:meth:`explain`, also handing out the model's activations at the layers ``keep`` names, from the same pass.
+
+        LRP's forward pass computes every layer's true output (the rules only change the gradient), so a method that
+        needs the activation at a layer (a CAM method in a tracked step) can take it from here instead of running
+        the model below that layer again.
+
+        Parameters
+        ----------
+        inputs, target, layer
+            As for :meth:`explain`.
+        keep : sequence of str
+            Dotted layer names (as ``model.named_modules()`` gives them).
+
+        Returns
+        -------
+        tuple of (Explanation, dict of str to torch.Tensor)
+            The explanation and, detached, the activation of each name in ``keep`` whose output the pass computes as
+            the model does: a layer the plan applies as it is, or the ReLU fused into a Conv2d/Linear step. Other
+            names are left out (a layer merged by canonization or fused with the ReLU after it, whose own output the
+            pass never forms; every layer of a traced model), so the caller computes those itself.
+        """
         inputs = check_batch(inputs, self.model)  # dtype, device, channels and size before any rule runs
         if not self.traced:
             capture = _capture_name(self.model, resolve_layer(self.model, layer))
@@ -296,6 +322,7 @@ class LRP(Attribution):
             capture = None  # an identity in front of the encoding: the input
         fold = encoding is not None and capture is None  # the input: each pixel gets its encoded channels' relevance
         capture = None if encoding is not None and capture == encoding[1] else capture  # the channels kept apart
+        kept: dict[str, Tensor] = {}
         with torch.enable_grad(), reusable_backward() if several else contextlib.nullcontext():
             x = inputs.detach() if encoding is None else encoding[2].forward(inputs.detach())
             x = x.requires_grad_(True)
@@ -303,10 +330,13 @@ class LRP(Attribution):
                 logits, captured, input_space = _run_graph(steps, x, capture)
             else:
                 activation, captured = x, None
-                for step in steps:
+                wanted = _model_outputs(self.model, steps, keep) if keep else {}
+                for index, step in enumerate(steps):
                     activation = step.rule(step.layer, activation, step.info)
                     if capture in step.names:
                         captured = activation
+                    if index in wanted:
+                        kept[wanted[index]] = activation.detach()
                 logits = activation
                 input_space = bool(steps) and steps[_first_affine(steps)].rule.input_space
             if not isinstance(logits, Tensor) or logits.dim() != 2:
@@ -326,7 +356,7 @@ class LRP(Attribution):
             relevance = (activation[:, None] if target_index.dim() == 2 else activation) * gradient
         if fold:
             relevance = PairEncoding.fold(relevance)
-        return Explanation(attribution=relevance, logits=logits.detach(), target=target_index)
+        return Explanation(attribution=relevance, logits=logits.detach(), target=target_index), kept
 
     def _graph_capture(self, layer: Layer) -> str | None:
         """The node whose output ``layer`` names on a traced model (``None``: the input)."""
@@ -354,6 +384,22 @@ def _run_graph(steps: list, x: Tensor, capture: str | None) -> tuple[Any, Tensor
             input_space = True
     captured = None if capture is None else env[capture]
     return env[steps[-1].node], captured, input_space
+
+
+def _model_outputs(model: nn.Module, steps: list[Step], names: Sequence[str]) -> dict[int, str]:
+    """{step index: name} for the names in ``names`` whose model output is the output of that step (see
+    :meth:`LRP.explain_keeping`): the step's last layer, applied as it is or as the ReLU fused into the step."""
+    modules = dict(walk(model))
+    found = {}
+    for index, step in enumerate(steps):
+        name = step.names[-1]
+        if name not in names:
+            continue
+        module = modules[name]
+        applied = step.layer.module if isinstance(step.layer, Affine) else step.layer
+        if applied is module or (step.info.fused_relu and isinstance(module, nn.ReLU)):
+            found[index] = name
+    return found
 
 
 def _capture_name(model: nn.Module, module: nn.Module | None) -> str | None:

@@ -192,7 +192,9 @@ class _TwoBranch(Rule[Affine]):
         def propagate_nonnegative(x: Tensor) -> tuple[Tensor, Backward]:
             z, *denominators = layer(x, prepared.forward, prepared.forward_bias).chunk(1 + count, dim=1)
             if info.fused_relu:
-                z = z.clamp_(min=0)
+                # out of place: z is a channel slice of the stacked output, and the next layer (a pooling or a
+                # convolution) would copy it to a contiguous tensor; the clamp writes that tensor in the same pass
+                z = z.clamp(min=0)
             scale = scales(z, denominators)
             return z, lambda grad: layer.transpose(_repeat(grad, second) * scale, prepared.backward, x.shape)
 
