@@ -14,9 +14,9 @@ The plan (canonized layers, each with its rule, and what the rules derive from t
 object and rebuilt when the model's parameters or BatchNorm statistics change (:class:`PlanCache`): rules hold no
 state.
 
-Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv2d (zero padding,
-groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity and foldable BatchNorms
-(see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
+Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv1d/2d/3d (zero
+padding, any stride, dilation, groups), Linear, ReLU and the element-wise activations, max / average / adaptive
+average pooling, Flatten, dropout, Identity and foldable BatchNorms (see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
 ``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair. ``batchnorm="gradient"`` / ``"pass"``
 keep the BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
 """
@@ -38,7 +38,7 @@ from ..canonize import BatchNorm, canonize_layers
 from .autograd import reusable_backward
 from .composites import Composite, make_composite
 from .graph import graph_plan, layer_nodes
-from .layers import Affine, LayerInfo
+from .layers import AVERAGE_POOLS, IDENTITIES, MAX_POOLS, Affine, Convolution, LayerInfo
 from .rules import Gradient, Pass, RelevanceGradient, Rule
 
 Start = Literal["logit", "one"]
@@ -48,8 +48,8 @@ BatchNormMode = Literal["canonize", "gradient", "pass"]
 BATCHNORM_MODES = ("canonize", "gradient", "pass")
 _BATCHNORM_RULES: dict[str, Rule] = {"gradient": RelevanceGradient(), "pass": Pass()}
 # layers through which a non-negative input stays non-negative
-_SIGN_KEEPING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
-_RESHAPES = (nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
+_SIGN_KEEPING = (*MAX_POOLS, *AVERAGE_POOLS, nn.Flatten, *IDENTITIES)
+_RESHAPES = (nn.Flatten, *IDENTITIES)
 
 
 def walk(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -139,7 +139,7 @@ def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "can
         while ahead < len(layers) and isinstance(layers[ahead][1], nn.Identity) and type(rules[ahead]) is Gradient:
             ahead += 1
         following = layers[ahead][1] if ahead < len(layers) else None
-        affine = isinstance(module, (nn.Conv2d, nn.Linear))
+        affine = isinstance(module, (*Convolution, nn.Linear))
         # a plain ReLU (pass-through rule) next: outputs with z <= 0 get no relevance
         rectified = isinstance(following, nn.ReLU) and type(rules[ahead]) in (Pass, Gradient)
         fuse = affine and rectified
@@ -157,7 +157,7 @@ def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "can
             )
         if affine:
             layer: nn.Module | Affine = Affine(module)
-        elif isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Bilinear)):
+        elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)):
             raise TypeError(f"layer {name!r} of type {type(module).__name__} is not supported by attrlab's LRP")
         else:
             layer = module
