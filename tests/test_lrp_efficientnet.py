@@ -1,4 +1,5 @@
-"""torchvision's EfficientNet-B0 (random weights, 64x64) through the traced LRP engine: depthwise convolutions, SiLU,
+"""torchvision's EfficientNet-B0 (random weights, 64x64, float32: torch's float64 depthwise convolution on the CPU
+is some 30x slower than float32) through the traced LRP engine: depthwise convolutions, SiLU,
 squeeze-excitation gates, stochastic depth and residual additions; zennit has no canonizer for its gates, so the
 invariants are tested: the canonized graph's outputs, conservation, and "signal takes it all" at every gate."""
 
@@ -19,11 +20,11 @@ def _efficientnet() -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = torchvision.models.efficientnet_b0(num_classes=10)
-    return randomise_batchnorms(model).eval().double()
+    return randomise_batchnorms(model).eval()
 
 
 def _inputs() -> torch.Tensor:
-    return torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    return torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
 @pytest.mark.slow
@@ -37,13 +38,13 @@ def test_efficientnet_b0_outputs_modes_and_gates():
     with torch.no_grad():
         expected = model(inputs)
     assert (model.features[1][0].block[0][1].weight < 0).any()  # negative BatchNorm scales are folded too
-    torch.testing.assert_close(explanation.logits, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+    torch.testing.assert_close(explanation.logits, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
     assert explanation.attribution.shape == inputs.shape and explanation.attribution.abs().sum() > 0
     # features.4.1: expand (1x1) -> depthwise (3x3) -> squeeze-excitation -> project; the SE module's input is the
     # depthwise block's output
     gated = lrp.attribute(inputs, TARGET[:1], layer="features.4.1.block.2")
     signal = lrp.attribute(inputs, TARGET[:1], layer="features.4.1.block.1")
-    torch.testing.assert_close(gated, signal, rtol=1e-10, atol=1e-12 * float(signal.abs().max()))
+    torch.testing.assert_close(gated, signal, rtol=1e-5, atol=1e-7 * float(signal.abs().max()))
     assert signal.abs().sum() > 0
     for mode in ("gradient", "pass"):
         relevance = LRP(model, "epsilon_plus_flat", batchnorm=mode).attribute(inputs, TARGET[:1])
@@ -57,7 +58,7 @@ def _calibrated_without_shifts() -> nn.Module:
     the signal per block) and any stabilizer would swallow the relevance."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = torchvision.models.efficientnet_b0(num_classes=10).double()
+        model = torchvision.models.efficientnet_b0(num_classes=10)
     generator = torch.Generator().manual_seed(1)
     norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
     with torch.no_grad():
@@ -66,7 +67,7 @@ def _calibrated_without_shifts() -> nn.Module:
             norm.reset_running_stats()
             sign = torch.where(torch.rand(norm.num_features, generator=generator) < 0.2, -1.0, 1.0)
             norm.weight.copy_(sign * (torch.rand(norm.num_features, generator=generator) + 0.5))
-        model.train()(torch.rand((8, 3, 32, 32), generator=generator, dtype=torch.float64) * 2 - 1)
+        model.train()(torch.rand((8, 3, 32, 32), generator=generator) * 2 - 1)
         model.eval()
         for norm in norms:
             norm.bias.copy_(norm.running_mean * norm.weight / torch.sqrt(norm.running_var + norm.eps))
@@ -82,11 +83,11 @@ def test_efficientnet_b0_conserves_relevance_without_biases():
     on small maps some outputs have no positive contribution (denominator 0) and drop their relevance."""
     model = _calibrated_without_shifts()
     inputs = _inputs()[:1, :, :32, :32]
-    lrp = LRP(model, "epsilon", epsilon=0.0, stabilizer=1e-12)
+    lrp = LRP(model, "epsilon", epsilon=0.0, stabilizer=1e-20)
     explanation = lrp.explain(inputs, TARGET[:1])
     explained = explanation.logits.gather(1, explanation.target[:, None])[:, 0]
     assert explained.abs().min() > 1.0  # an order-1 signal, so the check is not about rounding
-    torch.testing.assert_close(explanation.attribution.flatten(1).sum(1), explained, rtol=1e-9, atol=0.0)
+    torch.testing.assert_close(explanation.attribution.flatten(1).sum(1), explained, rtol=1e-4, atol=0.0)
     for layer in ("features.3", "features.8"):
         relevance = lrp.attribute(inputs, TARGET[:1], layer=layer)
-        torch.testing.assert_close(relevance.flatten(1).sum(1), explained, rtol=1e-9, atol=0.0, msg=layer)
+        torch.testing.assert_close(relevance.flatten(1).sum(1), explained, rtol=1e-4, atol=0.0, msg=layer)
