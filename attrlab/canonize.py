@@ -29,6 +29,10 @@ Convolution = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 AffineLayer = (*Convolution, nn.Linear)
 
 
+class SpatialBiasError(ValueError):
+    """A BatchNorm before a padded convolution: its fold needs a spatial bias map, which a module cannot hold."""
+
+
 def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     """The per-channel (scale, shift) of ``bn`` in eval mode: ``bn(x) = scale * x + shift``."""
     if bn.running_mean is None or bn.running_var is None:
@@ -96,7 +100,7 @@ def fold_into_next(
     """
     padded = is_padded(layer)
     if padded and not spatial:
-        raise ValueError(
+        raise SpatialBiasError(
             f"cannot fold a BatchNorm into the padded convolution {name!r}: the folded bias varies at the border "
             "(a spatial bias map, Pahde et al. 2023 appendix A, which only attrlab's traced LRP engine holds); put "
             "the BatchNorm after the convolution or use padding=0"
@@ -261,6 +265,7 @@ __all__ = [
     "AffineLayer",
     "BatchNorm",
     "Convolution",
+    "SpatialBiasError",
     "ThreshReLU",
     "batchnorm_affine",
     "canonize",

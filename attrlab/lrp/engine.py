@@ -16,9 +16,11 @@ state.
 
 Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv1d/2d/3d (zero
 padding, any stride, dilation, groups), Linear, ReLU and the element-wise activations, max / average / adaptive
-average pooling, Flatten, dropout, Identity and foldable BatchNorms (see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
-``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair. ``batchnorm="gradient"`` / ``"pass"``
-keep the BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
+average pooling, Flatten, dropout, Identity and foldable BatchNorms (see :mod:`attrlab.canonize`); flat / w^2 / z^B
+only on the layer that receives the input. With a folded BatchNorm, ``layer="conv1"`` and ``layer="bn1"`` both mean
+the output of the merged pair. A Sequential model with a BatchNorm before a padded convolution goes through the
+traced engine, whose fold gives that convolution a spatial bias map. ``batchnorm="gradient"`` / ``"pass"`` keep the
+BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from ..attribution.autograd import target_gradient
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.checks import check_batch
-from ..canonize import BatchNorm, canonize_layers
+from ..canonize import BatchNorm, SpatialBiasError, canonize_layers
 from .autograd import reusable_backward
 from .composites import Composite, make_composite
 from .graph import graph_plan, layer_nodes
@@ -268,7 +270,9 @@ class LRP(Attribution):
         self.composite = make_composite(composite, **composite_settings)
         self.start = start
         #: traced engine (:mod:`attrlab.lrp.graph`) for models that are not (nested) nn.Sequential of layers
-        self.traced = not _is_sequential(model)
+        # (also a Sequential model with a BatchNorm before a padded convolution: only the traced engine holds the
+        # spatial bias map of that fold)
+        self.traced = not _is_sequential(model) or (self.batchnorm == "canonize" and _needs_spatial_bias(model))
         self._build: Callable = graph_plan if self.traced else plan
         self._plans = PlanCache()
         # fail early on unsupported layers and misplaced rules
@@ -363,6 +367,15 @@ def _is_sequential(model: nn.Module) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _needs_spatial_bias(model: nn.Module) -> bool:
+    """True when folding the BatchNorms of a Sequential model needs a spatial bias (BN before a padded convolution)."""
+    try:
+        canonize_layers(walk(model))
+    except SpatialBiasError:
+        return True
+    return False
 
 
 def _first_affine(steps: list[Step]) -> int:
