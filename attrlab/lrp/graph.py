@@ -219,6 +219,14 @@ class GraphStep:
     affine: Affine | SpatialAffine | None = None
     rule: Rule | None = None
     info: LayerInfo | None = None
+    source: str | None = None  #: a module step's input node
+
+    def with_info(self, info: LayerInfo) -> GraphStep:
+        """This convolution / Linear step with other surroundings (e.g. no ReLU after it, to inject at its output)."""
+        if self.affine is None or self.rule is None or self.source is None:
+            raise ValueError(f"node {self.node!r} is not a convolution / Linear step")
+        compute = _apply(self.rule, self.affine, self.source, info)
+        return GraphStep(self.node, self.names, compute, self.affine, self.rule, info, self.source)
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -491,14 +499,7 @@ def _module_step(node, modules, rules, canonizer, nonnegative, input_like) -> Gr
                 f"rule {rule!r} on layer {name!r} replaces the layer's input, so it only fits the layer that receives "
                 "the model input (the first Conv2d/Linear)"
             )
-        return GraphStep(
-            node.name,
-            names,
-            _apply(rule, affine, source.name, info),
-            affine,
-            rule,
-            info,
-        )
+        return GraphStep(node.name, names, _apply(rule, affine, source.name, info), affine, rule, info, source.name)
     # (a threshold ReLU's output is not: it is the input or the BatchNorm's zero)
     if isinstance(module, _SIGN_KEEPING_MODULES) and (source.name in nonnegative or isinstance(module, nn.ReLU)):
         nonnegative.add(node.name)
