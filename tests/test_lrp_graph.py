@@ -341,10 +341,9 @@ def test_resnet50_matches_zennit_at_the_input_and_an_inner_layer():
         torch.manual_seed(0)
         model = _exact_batchnorms(randomise_batchnorms(torchvision.models.resnet50(num_classes=10))).eval()
     inputs = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1
-    for composite, reference in (
-        ("epsilon_plus_flat", zennit_composites.EpsilonPlusFlat),
-        ("epsilon_alpha2_beta1", zennit_composites.EpsilonAlpha2Beta1),
-    ):
+    # (one composite: the others differ from resnet_small's only in the rules, which are checked there; this test
+    # took 7 minutes with two on the loaded 2-core machine)
+    for composite, reference in (("epsilon_plus_flat", zennit_composites.EpsilonPlusFlat),):
         lrp = LRP(model, composite)
         expected = _zennit(model, reference(canonizers=[zennit_torchvision.ResNetCanonizer()]), inputs, TARGET[:2])
         assert _relative(lrp.attribute(inputs, TARGET[:2]), expected) <= 1e-4, composite
