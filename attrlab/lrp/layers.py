@@ -254,8 +254,9 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
     """
     if isinstance(layer, nn.ReLU):
         return F.relu
-    if type(layer) in ACTIVATIONS:
-        return ACTIVATIONS[type(layer)]
+    activation = next((f for t, f in ACTIVATIONS.items() if isinstance(layer, t)), None)
+    if activation is not None:
+        return activation
     if isinstance(layer, nn.GELU):
         return lambda x: F.gelu(x, approximate=layer.approximate)
     if isinstance(layer, nn.LeakyReLU):
@@ -263,7 +264,8 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
     if isinstance(layer, nn.ELU):
         return lambda x: F.elu(x, layer.alpha)
     if isinstance(layer, MAX_POOLS):
-        pool = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}[type(layer)]
+        # (by isinstance: grid-cell layers subclass these)
+        pool = next(f for t, f in zip(MAX_POOLS, (F.max_pool1d, F.max_pool2d, F.max_pool3d)) if isinstance(layer, t))
         return per_cell(
             layer,
             lambda x: pool(
