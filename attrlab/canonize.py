@@ -1,11 +1,12 @@
-"""BatchNorm canonization: fold every BatchNorm into a neighbouring Conv2d/Linear so LRP sees plain affine layers.
+"""BatchNorm canonization: fold every BatchNorm into a neighbouring convolution/Linear so LRP sees affine layers.
 
 With ``s = gamma / sqrt(var + eps)`` and ``shift = beta - s * mu`` (running statistics: eval semantics):
 
 * Linear -> BN: ``W' = diag(s) W``, ``b' = s b + shift``.
 * BN -> Linear: ``W' = W diag(s)``, ``b' = W shift + b``. For a convolution the folded shift is a constant bias only
-  when the convolution has no padding (zero padding pads the BN *output* with zeros, so the border would need a
-  spatial bias); padded convolutions after a BatchNorm are refused with an error (a documented limit).
+  when the convolution has no padding: zero padding pads the BN *output* with zeros, so the border outputs need a
+  spatial bias map (Pahde et al. 2023, appendix A: :func:`spatial_bias`). Modules cannot hold such a bias, so
+  :func:`canonize` refuses padded convolutions after a BatchNorm; attrlab's traced LRP engine folds them.
 * BN -> ReLU -> Linear: ``ReLU(BN(x)) = BN(ThreshReLU(x))`` with ``ThreshReLU(x) = x`` where ``BN(x) > 0`` and
   ``t = mu - beta sqrt(var + eps) / gamma`` (the zero of the BN) elsewhere; the BN then folds into the Linear.
 
@@ -16,14 +17,20 @@ option in the order above. BatchNorms become ``nn.Identity`` so every layer name
 from __future__ import annotations
 
 import copy
-from typing import cast
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d)
-AffineLayer = (nn.Conv2d, nn.Linear)
+BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+Convolution = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+AffineLayer = (*Convolution, nn.Linear)
+
+
+class SpatialBiasError(ValueError):
+    """A BatchNorm before a padded convolution: its fold needs a spatial bias map, which a module cannot hold."""
 
 
 def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
@@ -47,30 +54,98 @@ def _channel_view(t: Tensor, dims: int, axis: int) -> Tensor:
 
 
 def fold_into_previous(layer: nn.Module, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor):
-    """(weight, bias) of ``layer`` followed by a BatchNorm with (scale, shift)."""
+    """(weight, bias) of ``layer`` followed by a BatchNorm with (scale, shift); ``bias`` may be a spatial map
+    (out_channels, *spatial), see :func:`spatial_bias`."""
     new_weight = weight * _channel_view(scale, weight.dim(), 0)
-    new_bias = shift if bias is None else scale * bias + shift
-    return new_weight, new_bias
+    if bias is None:
+        return new_weight, shift
+    view = (lambda t: t) if bias.dim() == 1 else (lambda t: _channel_view(t, bias.dim(), 0))
+    return new_weight, view(scale) * bias + view(shift)
 
 
-def fold_into_next(layer: nn.Module, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor, name: str):
-    """(weight, bias) of ``layer`` preceded by a BatchNorm with (scale, shift)."""
-    if isinstance(layer, nn.Conv2d):
-        padding = layer.padding
-        padded = padding not in ("valid",) and any(p != 0 for p in (padding if not isinstance(padding, str) else (1,)))
-        if padded:
-            raise ValueError(
-                f"cannot fold a BatchNorm into the padded convolution {name!r}: the folded bias would vary at the "
-                "border (put the BatchNorm after the convolution, or use padding=0)"
-            )
-        if layer.groups != 1:
-            raise ValueError(f"cannot fold a BatchNorm into the grouped convolution {name!r}")
-        new_weight = weight * _channel_view(scale, weight.dim(), 1)
-        folded = (weight * _channel_view(shift, weight.dim(), 1)).sum(dim=(1, 2, 3))
+def is_padded(layer: nn.Module) -> bool:
+    """True for a convolution that pads its input (with zeros: the only mode LRP takes)."""
+    if not isinstance(layer, Convolution):
+        return False
+    padding = layer.padding
+    if isinstance(padding, str):
+        return padding == "same" and any(k > 1 for k in layer.kernel_size)
+    return any(p != 0 for p in padding)
+
+
+def _per_input_channel(layer: nn.Module, weight: Tensor, values: Tensor) -> Tensor:
+    """``values`` (one per input channel of ``layer``) laid out like ``weight`` (out, in / groups, *kernel)."""
+    groups = layer.groups if isinstance(layer, Convolution) else 1
+    out, per_group = weight.shape[0], weight.shape[1]
+    grouped = values.view(groups, 1, per_group).expand(groups, out // groups, per_group).reshape(out, per_group)
+    return grouped.view(out, per_group, *[1] * (weight.dim() - 2))
+
+
+def fold_into_next(
+    layer: nn.Module,
+    weight: Tensor,
+    bias: Tensor | None,
+    scale: Tensor,
+    shift: Tensor,
+    name: str,
+    spatial: bool = False,
+):
+    """(weight, bias) of ``layer`` preceded by a BatchNorm with (scale, shift).
+
+    A padded convolution pads the BatchNorm's *output* with zeros, so the folded shift reaches the border outputs
+    only through the taps inside the image: the folded bias is a map, not one number per channel. With
+    ``spatial=False`` that raises an error (a module cannot hold such a bias); with ``spatial=True`` the return
+    value is ``(weight, bias, shift)``: for a padded convolution the bias is the layer's own and ``shift`` is what
+    :func:`spatial_bias` builds the map from once the input size is known; otherwise the folded bias and ``None``.
+    """
+    padded = is_padded(layer)
+    if padded and not spatial:
+        raise SpatialBiasError(
+            f"cannot fold a BatchNorm into the padded convolution {name!r}: the folded bias varies at the border "
+            "(a spatial bias map, Pahde et al. 2023 appendix A, which only attrlab's traced LRP engine holds); put "
+            "the BatchNorm after the convolution or use padding=0"
+        )
+    if isinstance(layer, Convolution):
+        new_weight = weight * _per_input_channel(layer, weight, scale)
+        folded = (weight * _per_input_channel(layer, weight, shift)).flatten(1).sum(1)
     else:
         new_weight = weight * scale
         folded = weight @ shift
-    return new_weight, folded if bias is None else bias + folded
+    if spatial and padded:
+        return new_weight, bias, shift
+    new_bias = folded if bias is None else bias + folded
+    return (new_weight, new_bias, None) if spatial else (new_weight, new_bias)
+
+
+def spatial_bias(layer: Any, weight: Tensor, bias: Tensor | None, shift: Tensor, input_shape) -> Tensor:
+    """The bias map of a padded convolution with a BatchNorm folded into it (Pahde et al. 2023, appendix A).
+
+    The original layer computes ``conv(pad0(s x + t))`` with ``pad0`` zero padding of the BatchNorm's output; that
+    is ``conv(pad0(s x)) + conv(pad0(t 1))``: the canonized layer has weight ``W diag(s)`` and the bias map
+    ``B = conv_W(pad0(t 1)) + b``, the original convolution applied to a constant image equal to the BatchNorm's
+    shift (interior outputs get the usual ``W t + b``; border outputs miss the taps that fall on the padding).
+
+    Parameters
+    ----------
+    layer : nn.Conv1d, nn.Conv2d or nn.Conv3d
+        The padded convolution (its stride, padding, dilation and groups are used).
+    weight : torch.Tensor
+        Its original weight (before the fold).
+    bias : torch.Tensor or None
+        Its original bias.
+    shift : torch.Tensor
+        The BatchNorm's shift per input channel.
+    input_shape : tuple of int
+        The shape of the convolution's input (N, C, *spatial).
+
+    Returns
+    -------
+    torch.Tensor
+        (out_channels, *output spatial shape).
+    """
+    constant = shift.view(1, -1, *[1] * (len(input_shape) - 2)).expand(1, *input_shape[1:])
+    convolve = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(input_shape) - 2]
+    return convolve(constant, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)[0]
 
 
 class ThreshReLU(nn.Module):
@@ -92,10 +167,10 @@ class ThreshReLU(nn.Module):
 
 
 def _rebuild(layer: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
-    """A new Conv2d/Linear like ``layer`` holding (weight, bias); no random initialisation (the RNG is untouched)."""
-    if isinstance(layer, nn.Conv2d):
+    """A new convolution / Linear like ``layer`` holding (weight, bias); no random initialisation (the RNG is untouched)."""
+    if isinstance(layer, Convolution):
         new = skip_init(
-            nn.Conv2d,
+            type(layer),
             layer.in_channels,
             layer.out_channels,
             layer.kernel_size,
@@ -159,7 +234,7 @@ def canonize_layers(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.M
             out.append((name, relu))
         elif index in pending:
             scale, shift = pending[index]
-            module = cast("nn.Conv2d | nn.Linear", module)  # pending holds only the indices of Conv2d/Linear layers
+            module = cast("nn.Conv2d | nn.Linear", module)  # pending holds only the indices of convolutions / Linears
             weight, bias = fold_into_next(module, module.weight.detach(), _bias(module), scale, shift, name)
             out.append((name, _rebuild(module, weight, bias)))
         else:
@@ -167,7 +242,7 @@ def canonize_layers(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.M
     return out
 
 
-def _bias(module: nn.Conv2d | nn.Linear) -> Tensor | None:
+def _bias(module: Any) -> Tensor | None:
     return None if module.bias is None else module.bias.detach()
 
 
@@ -187,10 +262,16 @@ def canonize(model: nn.Module) -> nn.Module:
 
 
 __all__ = [
+    "AffineLayer",
+    "BatchNorm",
+    "Convolution",
+    "SpatialBiasError",
     "ThreshReLU",
     "batchnorm_affine",
     "canonize",
     "canonize_layers",
     "fold_into_next",
     "fold_into_previous",
+    "is_padded",
+    "spatial_bias",
 ]

@@ -13,7 +13,7 @@ from attrlab.canonize import ThreshReLU, canonize
 from attrlab.lrp import LRP
 from attrlab.models import build_model
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:

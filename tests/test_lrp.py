@@ -228,8 +228,8 @@ def test_errors_name_the_bad_value():
         LRP(model, "nope")
     with pytest.raises(ValueError, match="unknown start"):
         LRP(model, start="zero")
-    with pytest.raises(TypeError, match="no LRP rule for layer 'act' of type Tanh"):
-        LRP(nn.Sequential(OrderedDict([("flatten", nn.Flatten()), ("fc", nn.Linear(784, 10)), ("act", nn.Tanh())])))
+    with pytest.raises(TypeError, match="no LRP rule for layer 'act' of type Softmax"):
+        LRP(nn.Sequential(OrderedDict([("flatten", nn.Flatten()), ("fc", nn.Linear(784, 10)), ("act", nn.Softmax(1))])))
     with pytest.raises(ValueError, match="outside 0..9"):
         LRP(model).attribute(inputs, target=10)
     with pytest.raises(ValueError, match="3 images"):

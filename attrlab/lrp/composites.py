@@ -5,7 +5,7 @@ The built-in composites give every layer the rule zennit 0.5.1's composite of th
 configuration and the two configurations of Böhle's thesis (ch. 4):
 
 =========================  ==================  ======================  =========================  =================
-name                       dense (Linear)      conv (Conv2d)           first layer                max pooling
+name                       dense (Linear)      conv (Conv1d/2d/3d)     first layer                max pooling
 =========================  ==================  ======================  =========================  =================
 ``epsilon``                epsilon             epsilon                 (same)                     gradient
 ``epsilon_plus_flat``      epsilon (1e-6)      z+                      flat (first Conv/Linear)   gradient
@@ -32,7 +32,8 @@ the configurations Pahde et al. (2023) search over; each class docstring names i
 
 Every composite also takes ``name_map`` ({layer name: rule}, highest priority), ``layer_map`` ([(types, rule)],
 before the built-in type map) and ``max_pool`` ("gradient": relevance routed to the maximum like zennit, or
-"average": max pooling treated as average pooling like seed 000's code). ReLUs pass relevance, average pools share it
+"average": max pooling treated as average pooling like seed 000's code). ReLUs and the other element-wise
+activations (ReLU6, SiLU, Sigmoid, ...) pass relevance (zennit's ``Pass``), average pools share it
 in proportion to their inputs (zennit's Norm), Flatten / Dropout / Identity use their gradient.
 """
 
@@ -45,6 +46,7 @@ from torch import nn
 
 from ..canonize import ThreshReLU
 from ..data import INPUT_BOUNDS
+from .layers import ACTIVATIONS, AVERAGE_POOLS, IDENTITIES, MAX_POOLS, Convolution
 from .rules import (
     AlphaBeta,
     Epsilon,
@@ -97,10 +99,10 @@ class Composite:
         self.first_map = list(first_map)
         self.stabilizer = float(stabilizer)  # also the traced engine's addition and pooling rules
         base: list[tuple[type | tuple[type, ...], Rule]] = [
-            ((nn.ReLU, ThreshReLU), Pass()),
-            (nn.MaxPool2d, Gradient() if max_pool == "gradient" else MaxAsAvg(stabilizer)),
-            ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), Norm(stabilizer)),
-            ((nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity), Gradient()),
+            ((nn.ReLU, ThreshReLU, *ACTIVATIONS, nn.GELU, nn.LeakyReLU, nn.ELU), Pass()),
+            (MAX_POOLS, Gradient() if max_pool == "gradient" else MaxAsAvg(stabilizer)),
+            (AVERAGE_POOLS, Norm(stabilizer)),
+            ((nn.Flatten, *IDENTITIES), Gradient()),
         ]
         self.layer_map = list(layer_map) + base
 
@@ -155,7 +157,7 @@ def _match(type_map: TypeMap, module: nn.Module) -> Rule | None:
 
 def _standard(dense: Rule, conv: Rule, first: TypeMap, name_map, layer_map, max_pool, stabilizer) -> dict[str, Any]:
     return dict(
-        layer_map=list(layer_map or []) + [(nn.Conv2d, conv), (nn.Linear, dense)],
+        layer_map=list(layer_map or []) + [(Convolution, conv), (nn.Linear, dense)],
         first_map=first,
         name_map=name_map,
         max_pool=max_pool,
@@ -207,7 +209,7 @@ class EpsilonPlusFlat(Composite):
     def __init__(
         self, epsilon: float = 1e-6, stabilizer: float = 1e-6, name_map=None, layer_map=None, max_pool: str = "gradient"
     ):
-        first = [((nn.Conv2d, nn.Linear), Flat(stabilizer))]
+        first = [((*Convolution, nn.Linear), Flat(stabilizer))]
         super().__init__(
             **_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool, stabilizer)
         )
@@ -247,7 +249,7 @@ class EpsilonGammaBox(Composite):
         layer_map=None,
         max_pool: str = "gradient",
     ):
-        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        first = [(Convolution, ZBox(low, high, stabilizer))]
         super().__init__(
             **_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool, stabilizer)
         )
@@ -285,7 +287,7 @@ class Seed000(Composite):
         layer_map=None,
         max_pool: str = "average",
     ):
-        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        first = [(Convolution, ZBox(low, high, stabilizer))]
         super().__init__(
             **_standard(Epsilon(0.0), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool, stabilizer)
         )
@@ -322,7 +324,7 @@ class LRPFocus(Composite):
         layer_map=None,
         max_pool: str = "gradient",
     ):
-        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        first = [(Convolution, ZBox(low, high, stabilizer))]
         super().__init__(
             **_standard(Epsilon(epsilon), ZPlus(stabilizer), first, name_map, layer_map, max_pool, stabilizer)
         )
@@ -363,7 +365,7 @@ class LRPComposite(Composite):
         layer_map=None,
         max_pool: str = "gradient",
     ):
-        first = [(nn.Conv2d, ZBox(low, high, stabilizer))]
+        first = [(Convolution, ZBox(low, high, stabilizer))]
         super().__init__(
             **_standard(Epsilon(epsilon), Gamma(gamma, stabilizer), first, name_map, layer_map, max_pool, stabilizer)
         )
@@ -492,7 +494,7 @@ class DTD(Composite):
         layer_map=None,
         max_pool: str = "gradient",
     ):
-        first = [((nn.Conv2d, nn.Linear), ZBox(low, high, stabilizer))]
+        first = [((*Convolution, nn.Linear), ZBox(low, high, stabilizer))]
         rule = ZPlus(stabilizer)
         super().__init__(**_standard(rule, rule, first, name_map, layer_map, max_pool, stabilizer))
 

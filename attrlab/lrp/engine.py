@@ -14,11 +14,13 @@ The plan (canonized layers, each with its rule, and what the rules derive from t
 object and rebuilt when the model's parameters or BatchNorm statistics change (:class:`PlanCache`): rules hold no
 state.
 
-Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv2d (zero padding,
-groups=1), Linear, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity and foldable BatchNorms
-(see :mod:`attrlab.canonize`); flat / w^2 / z^B only on the layer that receives the input. With a folded BatchNorm,
-``layer="conv1"`` and ``layer="bn1"`` both mean the output of the merged pair. ``batchnorm="gradient"`` / ``"pass"``
-keep the BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
+Limits (each raises an error naming the layer): models must be (nested) ``nn.Sequential`` of Conv1d/2d/3d (zero
+padding, any stride, dilation, groups), Linear, ReLU and the element-wise activations, max / average / adaptive
+average pooling, Flatten, dropout, Identity and foldable BatchNorms (see :mod:`attrlab.canonize`); flat / w^2 / z^B
+only on the layer that receives the input. With a folded BatchNorm, ``layer="conv1"`` and ``layer="bn1"`` both mean
+the output of the merged pair. A Sequential model with a BatchNorm before a padded convolution goes through the
+traced engine, whose fold gives that convolution a spatial bias map. ``batchnorm="gradient"`` / ``"pass"`` keep the
+BatchNorms as layers of their own with the matching rule instead (Pahde et al. 2023's uncanonized baselines).
 
 An input encoding in front (:class:`~attrlab.interpretable.dynamic.PairEncoding`, ``[u, 1 - u]``: an affine map of
 the pixels concatenated along the channels) is part of the input for LRP: the rules explain the encoded input (the
@@ -39,12 +41,12 @@ from torch import Tensor, nn
 from ..attribution.autograd import target_gradient
 from ..attribution.base import Attribution, Explanation, Layer, Target, resolve_layer, resolve_target, target_columns
 from ..attribution.checks import check_batch
-from ..canonize import BatchNorm, canonize_layers
+from ..canonize import BatchNorm, SpatialBiasError, canonize_layers
 from ..interpretable.dynamic import PairEncoding
 from .autograd import reusable_backward
 from .composites import Composite, make_composite
 from .graph import graph_plan, layer_nodes
-from .layers import Affine, LayerInfo
+from .layers import AVERAGE_POOLS, IDENTITIES, MAX_POOLS, Affine, Convolution, LayerInfo
 from .rules import Gradient, Pass, RelevanceGradient, Rule
 
 Start = Literal["logit", "one"]
@@ -54,8 +56,8 @@ BatchNormMode = Literal["canonize", "gradient", "pass"]
 BATCHNORM_MODES = ("canonize", "gradient", "pass")
 _BATCHNORM_RULES: dict[str, Rule] = {"gradient": RelevanceGradient(), "pass": Pass()}
 # layers through which a non-negative input stays non-negative
-_SIGN_KEEPING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
-_RESHAPES = (nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
+_SIGN_KEEPING = (*MAX_POOLS, *AVERAGE_POOLS, nn.Flatten, *IDENTITIES)
+_RESHAPES = (nn.Flatten, *IDENTITIES)
 
 
 def walk(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -147,7 +149,7 @@ def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "can
         while ahead < len(layers) and isinstance(layers[ahead][1], nn.Identity) and type(rules[ahead]) is Gradient:
             ahead += 1
         following = layers[ahead][1] if ahead < len(layers) else None
-        affine = isinstance(module, (nn.Conv2d, nn.Linear))
+        affine = isinstance(module, (*Convolution, nn.Linear))
         # a plain ReLU (pass-through rule) next: outputs with z <= 0 get no relevance
         rectified = isinstance(following, nn.ReLU) and type(rules[ahead]) in (Pass, Gradient)
         fuse = affine and rectified
@@ -165,7 +167,7 @@ def plan(model: nn.Module, composite: Composite, batchnorm: BatchNormMode = "can
             )
         if affine:
             layer: nn.Module | Affine = Affine(module)
-        elif isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.Bilinear)):
+        elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)):
             raise TypeError(f"layer {name!r} of type {type(module).__name__} is not supported by attrlab's LRP")
         else:
             layer = module
@@ -276,7 +278,9 @@ class LRP(Attribution):
         self.composite = make_composite(composite, **composite_settings)
         self.start = start
         #: traced engine (:mod:`attrlab.lrp.graph`) for models that are not (nested) nn.Sequential of layers
-        self.traced = not _is_sequential(model)
+        # (also a Sequential model with a BatchNorm before a padded convolution: only the traced engine holds the
+        # spatial bias map of that fold)
+        self.traced = not _is_sequential(model) or (self.batchnorm == "canonize" and _needs_spatial_bias(model))
         self._build: Callable = graph_plan if self.traced else plan
         self._plans = PlanCache()
         # fail early on unsupported layers and misplaced rules
@@ -435,6 +439,15 @@ def _leading_encoding(model: nn.Module) -> tuple[int, str, PairEncoding] | None:
         if not isinstance(layer, nn.Identity):
             return None
     return None
+
+
+def _needs_spatial_bias(model: nn.Module) -> bool:
+    """True when folding the BatchNorms of a Sequential model needs a spatial bias (BN before a padded convolution)."""
+    try:
+        canonize_layers(walk(model))
+    except SpatialBiasError:
+        return True
+    return False
 
 
 def _first_affine(steps: list[Step]) -> int:

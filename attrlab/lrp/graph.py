@@ -11,15 +11,17 @@ node rules below.
 
 Node rules (each maps a node's arguments to its output carrying the rule's gradient):
 
-* Conv2d / Linear modules: the composite's rule (first layer by graph order, as zennit's first layer by module order).
-* BatchNorm: folded into its linear neighbour (``batchnorm="canonize"``: Linear -> BN, BN -> Linear and
-  BN -> ReLU -> [average pooling / flatten] -> Linear via the threshold ReLU, Pahde et al. 2023 eq. 3-8; a padded
-  convolution after a BatchNorm raises an error suggesting the other modes), or :class:`~.rules.RelevanceGradient`
-  (``"gradient"``) / :class:`~.rules.Pass` (``"pass"``).
+* Convolution (1d/2d/3d, any stride, dilation, zero padding, groups) / Linear modules: the composite's rule (first
+  layer by graph order, as zennit's first layer by module order).
+* BatchNorm (1d/2d/3d): folded into its linear neighbour (``batchnorm="canonize"``: Linear -> BN, BN -> Linear and
+  BN -> ReLU -> [adaptive average pooling / flatten] -> Linear via the threshold ReLU, Pahde et al. 2023 eq. 3-8;
+  before a padded convolution the folded bias is the spatial map of their appendix A, :class:`SpatialAffine`), or
+  :class:`~.rules.RelevanceGradient` (``"gradient"``) / :class:`~.rules.Pass` (``"pass"``).
 * Addition of two tensors (a residual connection): relevance split in proportion to the summands,
   ``R_a = a R / stabilize(a + b)`` (zennit's ``Norm`` rule on the ``Sum`` module its ResNet canonizer inserts).
-* Concatenation, slicing, reshapes (view, reshape, flatten, permute, ...), dropout, identity: their gradient, which
-  routes each slice of the relevance back to its input.
+* Concatenation, slicing, reshapes (view, reshape, flatten, permute, ...), dropout, identity, torchvision's
+  stochastic depth (the identity in eval semantics): their gradient, which routes each slice of the relevance back
+  to its input.
 * Element-wise product with a gate (a tensor computed by a sigmoid, as in squeeze-excitation): "signal takes it all"
   (Pahde et al. 2023): the gate is a constant, ``R_signal = R``; a product of two signals raises an error.
 * Average pooling (modules, ``F.adaptive_avg_pool2d``, ``mean`` over dimensions): zennit's ``Norm`` rule.
@@ -41,33 +43,25 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..canonize import BatchNorm, ThreshReLU, batchnorm_affine, fold_into_next, fold_into_previous
+from ..canonize import BatchNorm, ThreshReLU, batchnorm_affine, fold_into_next, fold_into_previous, spatial_bias
 from .autograd import reroute
 from .composites import Composite
-from .layers import Affine, LayerInfo
+from .layers import ACTIVATIONS, AVERAGE_POOLS, IDENTITIES, MAX_POOLS, Affine, Convolution, LayerInfo
 from .rules import Pass, RelevanceGradient, Rule, stabilize
 
 #: a node rule: ``rule(args, kwargs, stabilizer) -> output`` with the node's evaluated arguments
 NodeRule = Callable[[tuple, dict, float], Tensor]
 
 _BATCHNORM_RULES: dict[str, Rule] = {"gradient": RelevanceGradient(), "pass": Pass()}
-_ACTIVATIONS = (nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Hardsigmoid, nn.Hardswish, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.ELU)
+_ACTIVATIONS = (*ACTIVATIONS, nn.GELU, nn.LeakyReLU, nn.ELU)
 _GATES = (nn.Sigmoid, nn.Hardsigmoid)
 _GATE_FUNCTIONS = (torch.sigmoid, F.sigmoid, F.hardsigmoid)
 _RELUS: tuple = (F.relu, torch.relu, "relu")
 # nodes through which a gate is still a gate / a non-negative tensor stays non-negative
 _RESHAPE_TARGETS = {"view", "reshape", "flatten", "expand", "expand_as", "squeeze", "unsqueeze", torch.flatten}
-_SIGN_KEEPING_MODULES = (
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.Flatten,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-    nn.ReLU,
-)
-_INPUT_RESHAPES = (nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
+_SIGN_KEEPING_MODULES = (*MAX_POOLS, *AVERAGE_POOLS, nn.Flatten, *IDENTITIES, nn.ReLU)
+_INPUT_RESHAPES = (nn.Flatten, *IDENTITIES)
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
 
 # ------------------------------------------------------------------------------------------------------ node rules
@@ -151,6 +145,18 @@ NODE_RULES: dict[Any, NodeRule] = {
     F.sigmoid: pass_rule(torch.sigmoid),
     F.hardsigmoid: pass_rule(F.hardsigmoid),
 }
+try:  # torchvision's stochastic depth is an fx-wrapped function: a node of its own, the identity in eval semantics
+    from torchvision.ops.stochastic_depth import stochastic_depth as _stochastic_depth
+except ImportError:  # pragma: no cover - torchvision is optional
+    pass
+else:
+    NODE_RULES[_stochastic_depth] = gradient_rule(_identity)
+_dropouts: tuple[Callable, ...] = (F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+_poolings: tuple[Callable, ...] = (F.adaptive_avg_pool1d, F.adaptive_avg_pool3d, F.avg_pool1d, F.avg_pool3d)
+_activations: tuple[Callable, ...] = (F.gelu, F.leaky_relu, F.elu, torch.tanh, F.tanh)
+NODE_RULES.update({function: gradient_rule(_identity) for function in _dropouts})
+NODE_RULES.update({function: norm_rule(function) for function in _poolings})
+NODE_RULES.update({function: pass_rule(function) for function in _activations})
 for _name in (
     "view",
     "reshape",
@@ -210,9 +216,17 @@ class GraphStep:
     node: str  #: the fx node name
     names: tuple[str, ...]  #: the layer names whose output this node is (module name, node name)
     compute: Callable[[dict[str, Any]], Any]
-    affine: Affine | None = None
+    affine: Affine | SpatialAffine | None = None
     rule: Rule | None = None
     info: LayerInfo | None = None
+    source: str | None = None  #: a module step's input node
+
+    def with_info(self, info: LayerInfo) -> GraphStep:
+        """This convolution / Linear step with other surroundings (e.g. no ReLU after it, to inject at its output)."""
+        if self.affine is None or self.rule is None or self.source is None:
+            raise ValueError(f"node {self.node!r} is not a convolution / Linear step")
+        compute = _apply(self.rule, self.affine, self.source, info)
+        return GraphStep(self.node, self.names, compute, self.affine, self.rule, info, self.source)
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -253,6 +267,8 @@ def _constant(value: Any) -> Callable[[dict[str, Any]], Any]:
 
 
 def _apply(rule: Rule, layer: Any, source: str, info: LayerInfo) -> Callable[[dict[str, Any]], Any]:
+    if isinstance(layer, SpatialAffine):
+        return lambda env: rule(layer.at(env[source].shape), env[source], info)
     return lambda env: rule(layer, env[source], info)
 
 
@@ -276,7 +292,7 @@ class _Canonizer:
     def _linear(self, node: Any) -> nn.Module | None:
         if isinstance(node, fx.Node) and node.op == "call_module":
             module = self.modules[_module_name(node)]
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, (*Convolution, nn.Linear)):
                 return module
         return None
 
@@ -289,7 +305,6 @@ class _Canonizer:
             self.aliases[bn_node.name] = source.name
             return
         if len(users) == 1 and self._linear(users[0]) is not None:  # BN -> Linear
-            self._check_foldable(bn_node, [users[0]])
             self.following.setdefault(users[0].name, []).append((scale, shift))
             self.aliases[bn_node.name] = source.name
             return
@@ -298,16 +313,15 @@ class _Canonizer:
             targets = [self._through_pooling(user) for user in relu.users]
             if targets and all(target is not None for target in targets):
                 linears = [target for target in targets if target is not None]
-                self._check_foldable(bn_node, linears)
                 for linear in linears:
                     self.following.setdefault(linear.name, []).append((scale, shift))
                 self.thresholds[relu.name] = (scale, shift)
                 self.aliases[bn_node.name] = source.name
                 return
         raise ValueError(
-            f"cannot canonize BatchNorm node {bn_node.name!r} ({bn_node.target}): it needs a Conv2d/Linear right "
-            "before it (used only by it), right after it, or after a ReLU (and average pooling / flatten) that feeds "
-            "only Conv2d/Linear layers; use LRP(..., batchnorm='gradient') or batchnorm='pass' for this model"
+            f"cannot canonize BatchNorm node {bn_node.name!r} ({bn_node.target}): it needs a convolution / Linear "
+            "right before it (used only by it), right after it, or after a ReLU (and adaptive average pooling / "
+            "flatten) that feeds only convolutions / Linear layers; use LRP(..., batchnorm='gradient') or batchnorm='pass' for this model"
         )
 
     def _through_pooling(self, node: fx.Node) -> fx.Node | None:
@@ -316,37 +330,68 @@ class _Canonizer:
             if self._linear(node) is not None:
                 return node
             module = self.modules.get(_module_name(node)) if node.op == "call_module" else None
-            pooling = isinstance(module, (nn.AdaptiveAvgPool2d, nn.Flatten)) or (
+            # (adaptive average pooling commutes with the per-channel BatchNorm: it has no padding)
+            pooling = isinstance(module, (*_ADAPTIVE_POOLS, nn.Flatten)) or (
                 node.op in ("call_function", "call_method")
-                and node.target in (F.adaptive_avg_pool2d, torch.flatten, "flatten", "view", "reshape")
+                and node.target
+                in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.flatten, "flatten")
+                + ("view", "reshape")
             )
             if not pooling or len(node.users) != 1:
                 return None
             node = next(iter(node.users))
 
-    def _check_foldable(self, bn_node: fx.Node, linears: list[fx.Node]) -> None:
-        for linear in linears:
-            module = self.modules[_module_name(linear)]
-            if isinstance(module, nn.Conv2d):
-                padding = module.padding
-                padded = padding == "same" or (not isinstance(padding, str) and any(p != 0 for p in padding))
-                if padded or module.groups != 1:
-                    raise ValueError(
-                        f"cannot fold BatchNorm node {bn_node.name!r} into the "
-                        f"{'padded' if padded else 'grouped'} convolution {linear.target!r} (the folded bias would "
-                        "vary at the border); use LRP(..., batchnorm='gradient') or batchnorm='pass' for this model"
-                    )
-
-    def affine(self, node: fx.Node, module: nn.Conv2d | nn.Linear) -> Affine:
+    def affine(self, node: fx.Node, module: Any) -> Affine | SpatialAffine:
+        """The linear node's layer with every BatchNorm around it folded (a :class:`SpatialAffine` when a BatchNorm
+        before a padded convolution makes the bias a map)."""
         weight = module.weight.detach()
         bias = None if module.bias is None else module.bias.detach()
         if node.name not in self.previous and node.name not in self.following:
             return Affine(module)
+        padded = None  # (weight, bias, shift) of a BatchNorm folded into a padded convolution
         for scale, shift in self.following.get(node.name, []):
-            weight, bias = fold_into_next(module, weight, bias, scale, shift, str(node.target))
+            original = weight, bias
+            weight, bias, pending = fold_into_next(module, weight, bias, scale, shift, str(node.target), spatial=True)
+            if pending is not None:
+                padded = (*original, pending)
+        if padded is not None:
+            return SpatialAffine(module, weight, padded, self.previous.get(node.name, []))
         for scale, shift in self.previous.get(node.name, []):
             weight, bias = fold_into_previous(module, weight, bias, scale, shift)
         return Affine(module, weight, bias)
+
+
+class SpatialAffine:
+    """A padded convolution with a BatchNorm folded into it: an :class:`~attrlab.lrp.layers.Affine` per input size,
+    whose bias is the map of :func:`attrlab.canonize.spatial_bias` (Pahde et al. 2023, appendix A), then any
+    BatchNorm after the convolution folded into that map.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The convolution.
+    weight : torch.Tensor
+        Its weight with the BatchNorm before it folded in.
+    padded : tuple
+        (its weight before that fold, its bias before that fold, the BatchNorm's shift).
+    previous : list of (scale, shift)
+        BatchNorms after the convolution, folded in order.
+    """
+
+    def __init__(self, module: nn.Module, weight: Tensor, padded: tuple, previous: list[tuple[Tensor, Tensor]]):
+        self.module, self.weight, self.padded, self.previous = module, weight, padded, previous
+        self._layers: dict[tuple, Affine] = {}
+
+    def at(self, shape: torch.Size) -> Affine:
+        """The layer for inputs of ``shape`` (N, C, *spatial): built once per (C, *spatial), dtype-independent."""
+        key = tuple(shape[1:])
+        if key not in self._layers:
+            original, bias, shift = self.padded
+            weight, bias = self.weight, spatial_bias(self.module, original, bias, shift, shape)
+            for scale, after in self.previous:
+                weight, bias = fold_into_previous(self.module, weight, bias, scale, after)
+            self._layers[key] = Affine(self.module, weight, bias)
+        return self._layers[key]
 
 
 def graph_plan(model: nn.Module, composite: Composite, batchnorm: str) -> list[GraphStep]:
@@ -438,15 +483,9 @@ def _module_step(node, modules, rules, canonizer, nonnegative, input_like) -> Gr
     rule = rules[node.name]
     if isinstance(module, ThreshReLU) or (canonizer is not None and node.name in canonizer.thresholds):
         module = ThreshReLU(*canonizer.thresholds[node.name])
-    if isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d)) or (
-        isinstance(module, nn.Conv2d) and module.groups != 1
-    ):
-        raise TypeError(
-            f"node {node.name!r} ({name}, {type(module).__name__}"
-            f"{', groups=' + str(module.groups) if isinstance(module, nn.Conv2d) else ''}) is not supported by "
-            "attrlab's LRP yet"
-        )
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        raise TypeError(f"node {node.name!r} ({name}, {type(module).__name__}) is not supported by attrlab's LRP")
+    if isinstance(module, (*Convolution, nn.Linear)):
         affine = canonizer.affine(node, module) if canonizer is not None else Affine(module)
         users = list(node.users)
         info = LayerInfo(
@@ -460,14 +499,7 @@ def _module_step(node, modules, rules, canonizer, nonnegative, input_like) -> Gr
                 f"rule {rule!r} on layer {name!r} replaces the layer's input, so it only fits the layer that receives "
                 "the model input (the first Conv2d/Linear)"
             )
-        return GraphStep(
-            node.name,
-            names,
-            _apply(rule, affine, source.name, info),
-            affine,
-            rule,
-            info,
-        )
+        return GraphStep(node.name, names, _apply(rule, affine, source.name, info), affine, rule, info, source.name)
     # (a threshold ReLU's output is not: it is the input or the BatchNorm's zero)
     if isinstance(module, _SIGN_KEEPING_MODULES) and (source.name in nonnegative or isinstance(module, nn.ReLU)):
         nonnegative.add(node.name)

@@ -12,17 +12,22 @@ the paper's matrix form ``r_l = Z_l r_{l+1}``. Naming the ReLU itself injects af
 :meth:`LRP.attribute`.
 
 All vectors of all images go through one backward pass: stack them along the batch (repeat the images).
+
+Traced models (residual, dense, gated: :mod:`attrlab.lrp.graph`) inject the same way at any node: a convolution /
+Linear node is the pre-activation output (the traced engine does not fuse ReLUs), run as if no ReLU followed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .engine import LRP, Step, plan
+from .graph import graph_plan, layer_nodes
 from .rules import Affine
 
 
@@ -52,7 +57,8 @@ def relevance_from(
         (N, ...) model inputs.
     layer : str
         Walk name of the injection layer (a Conv2d / Linear name injects before its fused ReLU; see the module
-        docstring).
+        docstring); on a traced model (``lrp.traced``) any module, container or node name of
+        :meth:`LRP.attribute`'s ``layer=``.
     relevance : Tensor
         The relevance at ``layer``, shaped like its output (N, ...).
     record : sequence of str or None
@@ -65,6 +71,8 @@ def relevance_from(
     """
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs must be a torch.Tensor batch, not {type(inputs).__name__}")
+    if lrp.traced:
+        return _relevance_from_graph(lrp, inputs, layer, relevance, record)
     steps, _ = _injection_steps(plan(lrp.model, lrp.composite, lrp.batchnorm), layer)
     names_below = [name for step in steps[:-1] for name in step.names]
     bad = [name for name in record if name is not None and name not in names_below]
@@ -93,6 +101,49 @@ def relevance_from(
         if gradient is None:
             gradient = torch.zeros_like(tensor)
         # input-space first rules (flat, w^2, z^B) hand back the input relevance itself
+        result[key] = gradient if (key is None and input_space) else tensor.detach() * gradient
+    return result
+
+
+def _relevance_from_graph(
+    lrp: LRP, inputs: Tensor, layer: str, relevance: Tensor, record: Sequence[str | None]
+) -> dict[str | None, Tensor]:
+    """:func:`relevance_from` on a traced model: the graph run up to ``layer``'s node (a convolution / Linear node is
+    its pre-activation output already; its rule is run as if no ReLU followed), the gradient seeded there."""
+    steps = lrp._plans.steps(lrp.model, lrp.composite, lrp.batchnorm, graph_plan)
+    names = layer_nodes(lrp.model, steps)
+    if layer not in names:
+        raise ValueError(f"unknown layer {layer!r} for injection; valid layers: {', '.join(names)}")
+    order = {step.node: index for index, step in enumerate(steps)}
+    stop = order[names[layer]]
+    below = [name for name, node in names.items() if order[node] < stop]
+    bad = [name for name in record if name is not None and name not in below]
+    if bad:
+        raise ValueError(f"record layers {bad} are not below {layer!r}; valid: None, {', '.join(below)}")
+    run = steps[: stop + 1]
+    last = run[-1]
+    if last.affine is not None and last.info is not None and last.info.output_rectified:
+        run[-1] = last.with_info(dataclasses.replace(last.info, output_rectified=False, fused_relu=False))
+    with torch.enable_grad():
+        x = inputs.detach().requires_grad_(True)
+        env: dict[str, Any] = {}
+        for step in run:
+            env[step.node] = x if not env else step.compute(env)
+        activation = env[run[-1].node]
+        if relevance.shape != activation.shape:
+            raise ValueError(
+                f"relevance of shape {tuple(relevance.shape)} does not match the output of {layer!r}, "
+                f"{tuple(activation.shape)}"
+            )
+        out = activation.detach()
+        seed = torch.where(out != 0, relevance.to(out) / torch.where(out != 0, out, 1.0), 0.0)
+        wrt = [x if name is None else env[names[name]] for name in record]
+        gradients = torch.autograd.grad(activation, wrt, grad_outputs=seed, allow_unused=True)
+    input_space = any(s.info is not None and s.info.model_input and s.rule.input_space for s in run if s.rule)
+    result: dict[str | None, Tensor] = {}
+    for key, tensor, gradient in zip(record, wrt, gradients):
+        if gradient is None:
+            gradient = torch.zeros_like(tensor)
         result[key] = gradient if (key is None and input_space) else tensor.detach() * gradient
     return result
 

@@ -30,7 +30,7 @@ rules use :func:`~attrlab.lrp.autograd.reroute`. A composite then maps layers to
 from __future__ import annotations
 
 import abc
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,9 @@ class _TwoBranch(Rule[Affine]):
         optional_biases = [layer.bias, bias_a] + ([bias_b] if second else [])
         biases = [zero if t is None else t for t in optional_biases]
         biases[1] = biases[1] + self.stabilizer
+        spatial = next((t.shape for t in biases if t.dim() > 1), None)  # a bias map (BN folded into a padded conv)
+        if spatial is not None:
+            biases = [t if t.dim() > 1 else t.view(-1, *[1] * (len(spatial) - 1)).expand(spatial) for t in biases]
         stacked_weight = torch.cat([layer.weight, a] + ([b] if second else []))
         return TwoBranchWeights(
             forward=stacked_weight,
@@ -257,7 +260,9 @@ def _repeat(grad: Tensor, twice: bool) -> Tensor:
 
 
 def _add_bias(t: Tensor, bias: Tensor | None) -> Tensor:
-    return t if bias is None else t + bias.view(-1, *[1] * (t.dim() - 2))
+    if bias is None:
+        return t
+    return t + (bias if bias.dim() > 1 else bias.view(-1, *[1] * (t.dim() - 2)))  # a map: (C, *spatial)
 
 
 class AlphaBeta(_TwoBranch):
@@ -399,8 +404,9 @@ class Flat(_InputSpace):
         self.stabilizer = float(stabilizer)
 
     def constants(self, layer: Affine, x: Tensor) -> InputSpaceConstants:
-        # d is the same for every image and output channel: one image, one output channel
-        ones = layer.weight.new_ones((1, *layer.weight.shape[1:]))
+        # d is the same for every image and output channel: one image, one output channel (every channel when the
+        # convolution is grouped: one output channel per group would not be a valid grouped weight)
+        ones = layer.weight.new_ones((1 if layer.groups == 1 else layer.weight.shape[0], *layer.weight.shape[1:]))
         return InputSpaceConstants(ones, layer(torch.ones_like(x[:1]), ones, None))
 
     def terms(self, z: Tensor, x: Tensor, constants: InputSpaceConstants):
@@ -523,7 +529,7 @@ class Norm(Rule[nn.Module]):
         return y.detach() + (y - y.detach()) * scale
 
 
-class MaxAsAvg(Rule[nn.MaxPool2d]):
+class MaxAsAvg(Rule[Any]):
     """Max pooling treated as average pooling in the backward pass (seed 000's code): value max, relevance shared in
     proportion to the inputs of each window.
 
@@ -536,14 +542,13 @@ class MaxAsAvg(Rule[nn.MaxPool2d]):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = float(stabilizer)
 
-    def __call__(self, layer: nn.MaxPool2d, x: Tensor, info: LayerInfo) -> Tensor:
-        if layer.dilation not in (1, (1, 1)):
+    def __call__(self, layer: Any, x: Tensor, info: LayerInfo) -> Tensor:
+        if any(d != 1 for d in torch.nn.modules.utils._ntuple(x.dim() - 2)(layer.dilation)):
             raise ValueError(f"MaxAsAvg needs an undilated max pooling, got dilation={layer.dilation}")
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
         average = per_cell(
             layer,
-            lambda v: F.avg_pool2d(
-                v, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, count_include_pad=True
-            ),
+            lambda v: pool(v, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, True),
         )(x)
         with torch.no_grad():
             y = functional(layer)(x)
