@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attrlab.quality.canonization import check_canonization_claims, summarise_study, table_one
+from attrlab.quality.canonization import check_canonization_claims, claims_by_model, summarise_study, table_one
 from attrlab.quality.gamma import GAMMAS, GROUPS, gamma_grid
 from attrlab.quality.search_analysis import (
     best_and_worst,
@@ -169,6 +169,11 @@ def test_claims_per_model_test_densenet_sparseness_on_the_densenet_only():
     assert claims.loc[("densenet_small", "(2) canonization mostly improves faithfulness"), "measured"] == (
         "better in 0 of 2 cells"
     )
+    table = claims_by_model(summary, models=["vgg_small_bn", "densenet_small"])
+    assert list(table.columns) == ["vgg_small_bn", "densenet_small", "all models"]
+    assert table.loc["(1) canonization mostly improves complexity", "all models"].endswith("(better in 0 of 4 cells)")
+    assert table.loc[sparse, "vgg_small_bn"] == "not tested"
+    assert table.loc[sparse, "densenet_small"] == "holds (sparseness lower in 2 of 2 methods)"
 
 
 @pytest.mark.parametrize("name", ["resnet_small", "densenet_small"])

@@ -306,11 +306,50 @@ def check_canonization_claims(summary: pd.DataFrame, by_model: bool = False) -> 
     return pd.DataFrame(rows, columns=["model", "claim", "measured", "holds"])
 
 
+#: how a claim's ``holds`` value reads in a table
+VERDICTS: dict[bool | None, str] = {True: "holds", False: "does not hold", None: "not tested"}
+
+
+def claims_by_model(
+    summary: pd.DataFrame, models: Sequence[str] | None = None, overall: str | None = "all models"
+) -> pd.DataFrame:
+    """The claims of :func:`check_canonization_claims` computed per model, one row per claim, one column per model
+    (and one for all models together).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        :func:`summarise_study`'s table.
+    models : sequence of str, optional
+        The columns' order (default: the summary's).
+    overall : str, optional
+        The name of a last column with the claims on every model's cells together (None: no such column).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Cells ``"holds (better in 5 of 7 cells)"``, ``"does not hold (...)"`` or ``"not tested"``.
+    """
+    claims = check_canonization_claims(summary, by_model=True)
+    models = list(models) if models is not None else list(dict.fromkeys(claims.model))
+    if overall is not None:
+        claims = pd.concat([claims, check_canonization_claims(summary).assign(model=overall)], ignore_index=True)
+        models.append(overall)
+    cells = [
+        VERDICTS[holds] if holds is None else f"{VERDICTS[bool(holds)]} ({measured})"
+        for holds, measured in zip(claims.holds, claims.measured)
+    ]
+    table = claims.assign(cell=cells).pivot(index="claim", columns="model", values="cell")
+    return table[models].rename_axis(columns=None)
+
+
 __all__ = [
     "BATCHNORM_MODES",
     "FAMILIES",
     "STUDY_METHODS",
+    "VERDICTS",
     "check_canonization_claims",
+    "claims_by_model",
     "run_canonization_study",
     "study_dense_layers",
     "study_job",
