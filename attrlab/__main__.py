@@ -337,6 +337,11 @@ def _add_canonization_study(subparsers, common) -> None:
         help="when every job is stored, write the summary and its description to DIR (canonization_study.csv, "
         "canonization_study.json)",
     )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --export: export the models whose jobs are all stored, listing the others as missing",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -367,16 +372,18 @@ def _canonization_study(args: argparse.Namespace) -> int:
     models = {name: model_of(name) for name in only}
     result = run_stored_study(output, setup, models, progress=not args.no_progress)
     print(f"{len(result.computed)} jobs computed, {len(result.skipped)} already stored, in {result.wall_seconds:.1f} s")
-    done = all((output / "scores" / f"{job_key(*job)}.csv").exists() for job in setup.jobs())
-    if args.export and done:
-        accuracies = {name: test_accuracy(models[name] if name in models else model_of(name)) for name in setup.models}
+    missing = [job for job in setup.jobs() if not (output / "scores" / f"{job_key(*job)}.csv").exists()]
+    finished = [name for name in setup.models if all(job[0] != name for job in missing)]
+    done = not missing
+    if args.export and (done or (args.partial and finished)):
+        accuracies = {name: test_accuracy(models[name] if name in models else model_of(name)) for name in finished}
         command = ["attrlab", "canonization-study", str(output), "--models", args.models, "--images", str(args.images)]
         command += ["--image-seed", str(args.image_seed), "--metric-seed", str(args.metric_seed)]
         command += ["--epochs", str(args.epochs)]
         command += [f"--epochs-of={name}={n}" for name, n in epochs.items()]
         command += [f"--weights={name}={path}" for name, path in weights.items()]
-        command += ["--export", args.export]
-        for path in export_study(output, args.export, accuracies, command):
+        command += ["--export", args.export] + (["--partial"] if args.partial and not done else [])
+        for path in export_study(output, args.export, accuracies, command, partial=args.partial):
             print(f"wrote {path}")
     elif args.export:
         print("not every job is stored yet: nothing exported")

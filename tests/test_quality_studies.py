@@ -223,6 +223,9 @@ def test_stored_study_resumes_job_by_job_and_exports(tmp_path):
     assert len(first.computed) == 6 and not first.skipped
     with pytest.raises(ValueError, match="not complete"):
         export_study(tmp_path, tmp_path / "out", {"vgg_small_bn": 0.9, "densenet_small": 0.8})
+    table, info = export_study(tmp_path, tmp_path / "part", {"densenet_small": 0.8}, partial=True)
+    assert set(pd.read_csv(table).model) == {"densenet_small"}
+    assert json.loads(info.read_text())["missing_models"] == ["vgg_small_bn"]
     second = run_stored_study(tmp_path, setup, models)
     assert len(second.computed) == 6 and len(second.skipped) == 6
     assert not run_stored_study(tmp_path, setup, models).computed  # nothing recomputed

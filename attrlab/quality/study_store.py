@@ -190,13 +190,14 @@ def export_study(
     command: Sequence[str] = (),
     n_resamples: int = 2000,
     seed: int = 0,
+    partial: bool = False,
 ) -> list[Path]:
-    """Write the complete study's summary (:data:`SUMMARY_FILE`) and its description (:data:`INFO_FILE`).
+    """Write the study's summary (:data:`SUMMARY_FILE`) and its description (:data:`INFO_FILE`).
 
     Parameters
     ----------
     output : str or Path
-        The study folder of :func:`run_stored_study`; every job of its setup must be stored.
+        The study folder of :func:`run_stored_study`; every job of its setup must be stored (unless ``partial``).
     directory : str or Path
         Where the two files go (created).
     accuracies : mapping of str to float
@@ -205,6 +206,9 @@ def export_study(
         The command that made the study, recorded with the table.
     n_resamples, seed : int
         The bootstrap of :func:`attrlab.quality.canonization.summarise_study`.
+    partial : bool
+        Export the models whose jobs are all stored and list the others as ``missing_models`` in the description,
+        instead of raising an error when a job is missing.
 
     Returns
     -------
@@ -215,21 +219,26 @@ def export_study(
     setup = stored_setup(output)
     if setup is None:
         raise FileNotFoundError(f"{output} holds no study (no setup.json)")
-    keys = [job_key(*job) for job in setup.jobs()]
-    missing = [key for key in keys if not (output / "scores" / f"{key}.csv").exists()]
-    if missing:
+    missing = [job_key(*job) for job in setup.jobs() if not (output / "scores" / f"{job_key(*job)}.csv").exists()]
+    if missing and not partial:
         raise ValueError(f"the study in {output} is not complete; jobs missing: {missing}")
+    incomplete = [model for model in setup.models if any(key.startswith(f"{model}_") for key in missing)]
+    models = [model for model in setup.models if model not in incomplete]
+    if not models:
+        raise ValueError(f"no model of the study in {output} has all its jobs stored; jobs missing: {missing}")
+    keys = [job_key(*job) for job in setup.jobs() if job[0] in models]
     scores = pd.concat([pd.read_csv(output / "scores" / f"{key}.csv") for key in keys], ignore_index=True)
     summary = summarise_study(scores, n_resamples=n_resamples, seed=seed)
     timings = {key: json.loads((output / "scores" / f"{key}.json").read_text()) for key in keys}
     info = {
         "setup": setup.to_dict(),
-        "accuracies": {model: float(accuracies[model]) for model in setup.models},
+        "models": models,
+        "missing_models": incomplete,
+        "accuracies": {model: float(accuracy) for model, accuracy in accuracies.items()},
         "wall_seconds": sum(t["wall_seconds"] for t in timings.values()),
         "cpu_seconds": sum(t["cpu_seconds"] for t in timings.values()),
         "model_wall_seconds": {
-            model: sum(t["wall_seconds"] for k, t in timings.items() if k.startswith(f"{model}_"))
-            for model in setup.models
+            model: sum(t["wall_seconds"] for k, t in timings.items() if k.startswith(f"{model}_")) for model in models
         },
         "n_resamples": n_resamples,
         "command": " ".join(command),
