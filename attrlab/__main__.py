@@ -317,6 +317,12 @@ def _add_canonization_study(subparsers, common) -> None:
     )
     parser.add_argument("--only", help="comma-separated models whose jobs this process runs (default: all)")
     parser.add_argument(
+        "--canonized",
+        default="both",
+        choices=("both", "yes", "no"),
+        help="run only the canonized jobs, only the others, or both (default: both)",
+    )
+    parser.add_argument(
         "--images", type=_positive_int, default=StudySetup.images, help="test canvases (default: %(default)s)"
     )
     parser.add_argument("--image-seed", type=int, default=0, help="seed of the image set (default: 0)")
@@ -370,7 +376,8 @@ def _canonization_study(args: argparse.Namespace) -> int:
         return train_quality_model(output / "train" / name, model=name, epochs=epochs_of, progress=not args.no_progress)
 
     models = {name: model_of(name) for name in only}
-    result = run_stored_study(output, setup, models, progress=not args.no_progress)
+    states = {"both": (False, True), "yes": (True,), "no": (False,)}[args.canonized]
+    result = run_stored_study(output, setup, models, canonized=states, progress=not args.no_progress)
     print(f"{len(result.computed)} jobs computed, {len(result.skipped)} already stored, in {result.wall_seconds:.1f} s")
     missing = [job for job in setup.jobs() if not (output / "scores" / f"{job_key(*job)}.csv").exists()]
     finished = [name for name in setup.models if all(job[0] != name for job in missing)]

@@ -120,7 +120,12 @@ class StudyRun:
 
 
 def run_stored_study(
-    output: str | Path, setup: StudySetup, models: Mapping[str, nn.Module], progress: bool = False
+    output: str | Path,
+    setup: StudySetup,
+    models: Mapping[str, nn.Module],
+    methods: Sequence[str] | None = None,
+    canonized: Sequence[bool] = (False, True),
+    progress: bool = False,
 ) -> StudyRun:
     """Run every job of ``setup``'s models in ``models`` not stored in ``output`` yet; each finished job is stored at
     once, so processes given different models can share one folder.
@@ -134,6 +139,10 @@ def run_stored_study(
     models : mapping of str to nn.Module
         The trained models by registry name (some or all of ``setup``'s), in eval mode; their jobs run on their
         device, the other models' jobs are left as they are.
+    methods : sequence of str, optional
+        Run only these methods' jobs (default: all of ``setup``'s).
+    canonized : sequence of bool
+        Run only the jobs of these canonization states.
     progress : bool
         Show a tqdm progress bar.
 
@@ -158,7 +167,8 @@ def run_stored_study(
     images = image_set(setup.images, seed=setup.image_seed)
     settings = setup.settings()
     computed, skipped = [], []
-    jobs = [job for job in setup.jobs() if job[0] in models]
+    methods = setup.methods if methods is None else tuple(methods)
+    jobs = [job for job in setup.jobs() if job[0] in models and job[1] in methods and job[2] in canonized]
     for model_name, method, canonized in tqdm(jobs, desc="canonization study", disable=not progress):
         key = job_key(model_name, method, canonized)
         if (scores / f"{key}.csv").exists():
