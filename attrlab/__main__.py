@@ -323,6 +323,9 @@ def _add_canonization_study(subparsers, common) -> None:
         help="run only the canonized jobs, only the others, or both (default: both)",
     )
     parser.add_argument(
+        "--methods", help="comma-separated methods whose jobs this process runs: eb, lrp-a2b1, lrp-eplus (default: all)"
+    )
+    parser.add_argument(
         "--images", type=_positive_int, default=StudySetup.images, help="test canvases (default: %(default)s)"
     )
     parser.add_argument("--image-seed", type=int, default=0, help="seed of the image set (default: 0)")
@@ -353,7 +356,7 @@ def _add_canonization_study(subparsers, common) -> None:
 
 def _canonization_study(args: argparse.Namespace) -> int:
     from .quality.setup import load_quality_model, test_accuracy, train_quality_model
-    from .quality.study_store import StudySetup, export_study, job_key, run_stored_study
+    from .quality.study_store import METHOD_KEYS, StudySetup, export_study, job_key, run_stored_study
 
     output = Path(args.output)
     setup = StudySetup(
@@ -377,7 +380,12 @@ def _canonization_study(args: argparse.Namespace) -> int:
 
     models = {name: model_of(name) for name in only}
     states = {"both": (False, True), "yes": (True,), "no": (False,)}[args.canonized]
-    result = run_stored_study(output, setup, models, canonized=states, progress=not args.no_progress)
+    labels = {key: label for label, key in METHOD_KEYS.items()}
+    keys = args.methods.split(",") if args.methods else list(labels)
+    if any(key not in labels for key in keys):
+        raise ValueError(f"--methods takes {', '.join(labels)}, got {args.methods!r}")
+    methods = [labels[key] for key in keys]
+    result = run_stored_study(output, setup, models, methods, states, progress=not args.no_progress)
     print(f"{len(result.computed)} jobs computed, {len(result.skipped)} already stored, in {result.wall_seconds:.1f} s")
     missing = [job for job in setup.jobs() if not (output / "scores" / f"{job_key(*job)}.csv").exists()]
     finished = [name for name in setup.models if all(job[0] != name for job in missing)]
