@@ -356,7 +356,14 @@ def _add_canonization_study(subparsers, common) -> None:
 
 def _canonization_study(args: argparse.Namespace) -> int:
     from .quality.setup import load_quality_model, test_accuracy, train_quality_model
-    from .quality.study_store import METHOD_KEYS, StudySetup, export_study, job_key, run_stored_study
+    from .quality.study_store import (
+        METHOD_KEYS,
+        StudySetup,
+        export_study,
+        job_key,
+        run_stored_study,
+        stored_setup,
+    )
 
     output = Path(args.output)
     setup = StudySetup(
@@ -372,6 +379,16 @@ def _canonization_study(args: argparse.Namespace) -> int:
     if stray:
         raise ValueError(f"models {stray} are not in the study; its models are {list(setup.models)}")
 
+    states = {"both": (False, True), "yes": (True,), "no": (False,)}[args.canonized]
+    labels = {key: label for label, key in METHOD_KEYS.items()}
+    keys = args.methods.split(",") if args.methods else list(labels)
+    if any(key not in labels for key in keys):
+        raise ValueError(f"--methods takes {', '.join(labels)}, got {args.methods!r}")
+    methods = [labels[key] for key in keys]
+    stored = stored_setup(output)
+    if stored is not None and stored != setup:  # before any training
+        raise ValueError(f"{output} holds a study with {stored.to_dict()}; it cannot change to {setup.to_dict()}")
+
     def model_of(name: str):
         if name in weights:
             return load_quality_model(weights[name], name)
@@ -379,12 +396,6 @@ def _canonization_study(args: argparse.Namespace) -> int:
         return train_quality_model(output / "train" / name, model=name, epochs=epochs_of, progress=not args.no_progress)
 
     models = {name: model_of(name) for name in only}
-    states = {"both": (False, True), "yes": (True,), "no": (False,)}[args.canonized]
-    labels = {key: label for label, key in METHOD_KEYS.items()}
-    keys = args.methods.split(",") if args.methods else list(labels)
-    if any(key not in labels for key in keys):
-        raise ValueError(f"--methods takes {', '.join(labels)}, got {args.methods!r}")
-    methods = [labels[key] for key in keys]
     result = run_stored_study(output, setup, models, methods, states, progress=not args.no_progress)
     print(f"{len(result.computed)} jobs computed, {len(result.skipped)} already stored, in {result.wall_seconds:.1f} s")
     missing = [job for job in setup.jobs() if not (output / "scores" / f"{job_key(*job)}.csv").exists()]
