@@ -82,7 +82,8 @@ class StudySetup:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudySetup:
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+        values: dict[str, Any] = {key: tuple(v) if isinstance(v, list) else v for key, v in data.items()}
+        return cls(**values)
 
     def jobs(self) -> list[tuple[str, str, bool]]:
         """Every (model, method, canonized), models slowest."""
@@ -169,15 +170,15 @@ def run_stored_study(
     computed, skipped = [], []
     methods = setup.methods if methods is None else tuple(methods)
     jobs = [job for job in setup.jobs() if job[0] in models and job[1] in methods and job[2] in canonized]
-    for model_name, method, canonized in tqdm(jobs, desc="canonization study", disable=not progress):
-        key = job_key(model_name, method, canonized)
+    for model_name, method, canon in tqdm(jobs, desc="canonization study", disable=not progress):
+        key = job_key(model_name, method, canon)
         if (scores / f"{key}.csv").exists():
             skipped.append(key)
             continue
         model = models[model_name]
         device = next(model.parameters()).device
         job_started, cpu_started = time.perf_counter(), time.process_time()
-        table = study_job(model_name, model, method, canonized, images.to(device), settings, setup.metrics)
+        table = study_job(model_name, model, method, canon, images.to(device), settings, setup.metrics)
         timing = {"wall_seconds": time.perf_counter() - job_started, "cpu_seconds": time.process_time() - cpu_started}
         _write_atomic(scores / f"{key}.json", json.dumps(timing))
         _write_atomic(scores / f"{key}.csv", table.to_csv(index=False))  # last: its presence marks the job done
