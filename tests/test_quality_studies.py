@@ -245,5 +245,5 @@ def test_stored_study_resumes_job_by_job_and_exports(tmp_path):
     assert len(summary) == 2 * 3 * 2 and {"orig_low", "canon_high", "diff_low", "improves"} <= set(summary.columns)
     description = json.loads(info.read_text())
     assert description["accuracies"] == {"vgg_small_bn": 0.9, "densenet_small": 0.8}
-    assert description["setup"]["images"] == 2 and description["wall_seconds"] > 0
+    assert description["setup"]["images"] == 2 and description["wall_seconds"] > 0 < description["job_wall_seconds"]
     assert not list((tmp_path / "out").glob(".*tmp"))

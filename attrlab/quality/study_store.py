@@ -179,7 +179,11 @@ def run_stored_study(
         device = next(model.parameters()).device
         job_started, cpu_started = time.perf_counter(), time.process_time()
         table = study_job(model_name, model, method, canon, images.to(device), settings, setup.metrics)
-        timing = {"wall_seconds": time.perf_counter() - job_started, "cpu_seconds": time.process_time() - cpu_started}
+        timing = {
+            "wall_seconds": time.perf_counter() - job_started,
+            "cpu_seconds": time.process_time() - cpu_started,
+            "finished": time.time(),  # the span of a study run in several processes is from these
+        }
         _write_atomic(scores / f"{key}.json", json.dumps(timing))
         _write_atomic(scores / f"{key}.csv", table.to_csv(index=False))  # last: its presence marks the job done
         computed.append(key)
@@ -241,12 +245,17 @@ def export_study(
     scores = pd.concat([pd.read_csv(output / "scores" / f"{key}.csv") for key in keys], ignore_index=True)
     summary = summarise_study(scores, n_resamples=n_resamples, seed=seed)
     timings = {key: json.loads((output / "scores" / f"{key}.json").read_text()) for key in keys}
+    finished = {
+        key: t.get("finished", (output / "scores" / f"{key}.json").stat().st_mtime) for key, t in timings.items()
+    }
+    span = max(finished.values()) - min(finished[key] - t["wall_seconds"] for key, t in timings.items())
     info = {
         "setup": setup.to_dict(),
         "models": models,
         "missing_models": incomplete,
         "accuracies": {model: float(accuracy) for model, accuracy in accuracies.items()},
-        "wall_seconds": sum(t["wall_seconds"] for t in timings.values()),
+        "wall_seconds": span,  # first job's start to last job's end (jobs may run in parallel processes)
+        "job_wall_seconds": sum(t["wall_seconds"] for t in timings.values()),
         "cpu_seconds": sum(t["cpu_seconds"] for t in timings.values()),
         "model_wall_seconds": {
             model: sum(t["wall_seconds"] for k, t in timings.items() if k.startswith(f"{model}_")) for model in models
