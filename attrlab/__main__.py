@@ -6,6 +6,8 @@
   attrlab book [--incremental] [--no-strict]      build the Jupyter Book into _build/html, warnings as errors
   attrlab gamma-search OUTPUT [--run RUN_DIR] [--images N] [--scheduler ADDRESS]
                                                   the LRP gamma search of Pahde et al. (2023) on Dask, resumable
+  attrlab canonization-study OUTPUT [--images N] [--only MODEL] [--export DIR]
+                                                  the canonization study of Pahde et al. (2023), resumable
 
 Errors are reported in one line (exit status 2); add --debug for the full traceback.
 """
@@ -287,6 +289,133 @@ def _gamma_search(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _assignments(values: list[str] | None, option: str, convert) -> dict:
+    """``MODEL=VALUE`` options as a dict, each value converted."""
+    result = {}
+    for text in values or []:
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{option} takes MODEL=VALUE, got {text!r}")
+        result[name] = convert(value)
+    return result
+
+
+def _add_canonization_study(subparsers, common) -> None:
+    from .quality.study_store import STUDY_MODELS, StudySetup
+
+    parser = subparsers.add_parser(
+        "canonization-study",
+        parents=[common],
+        help="the canonization study of Pahde et al. (2023, Table 1) on the canvas models, resumable",
+        description="Train (or reopen) each model on the canvases, then score every method, canonized or not, on "
+        "the image set; each finished (model, method, canonized) job is stored in OUTPUT/scores and never "
+        "recomputed. Processes given different --only models can share OUTPUT.",
+    )
+    parser.add_argument("output", help="the study folder (created, or reopened to resume)")
+    parser.add_argument(
+        "--models", default=",".join(STUDY_MODELS), help="comma-separated models of the study (default: %(default)s)"
+    )
+    parser.add_argument("--only", help="comma-separated models whose jobs this process runs (default: all)")
+    parser.add_argument(
+        "--canonized",
+        default="both",
+        choices=("both", "yes", "no"),
+        help="run only the canonized jobs, only the others, or both (default: both)",
+    )
+    parser.add_argument(
+        "--methods", help="comma-separated methods whose jobs this process runs: eb, lrp-a2b1, lrp-eplus (default: all)"
+    )
+    parser.add_argument(
+        "--images", type=_positive_int, default=StudySetup.images, help="test canvases (default: %(default)s)"
+    )
+    parser.add_argument("--image-seed", type=int, default=0, help="seed of the image set (default: 0)")
+    parser.add_argument("--metric-seed", type=int, default=0, help="seed of the metrics' draws (default: 0)")
+    parser.add_argument("--epochs", type=_positive_int, default=8, help="training epochs (default: 8)")
+    parser.add_argument(
+        "--epochs-of", action="append", metavar="MODEL=N", help="training epochs of one model (repeatable)"
+    )
+    parser.add_argument(
+        "--weights",
+        action="append",
+        metavar="MODEL=PATH",
+        help="a stored state dict of one model instead of training it (repeatable)",
+    )
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="when every job is stored, write the summary and its description to DIR (canonization_study.csv, "
+        "canonization_study.json)",
+    )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --export: export the models whose jobs are all stored, listing the others as missing",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _canonization_study(args: argparse.Namespace) -> int:
+    from .quality.setup import load_quality_model, test_accuracy, train_quality_model
+    from .quality.study_store import (
+        METHOD_KEYS,
+        StudySetup,
+        export_study,
+        job_key,
+        run_stored_study,
+        stored_setup,
+    )
+
+    output = Path(args.output)
+    setup = StudySetup(
+        models=tuple(args.models.split(",")),
+        images=args.images,
+        image_seed=args.image_seed,
+        metric_seed=args.metric_seed,
+    )
+    epochs = _assignments(args.epochs_of, "--epochs-of", _positive_int)
+    weights = _assignments(args.weights, "--weights", Path)
+    only = args.only.split(",") if args.only else list(setup.models)
+    stray = [m for m in [*epochs, *weights, *only] if m not in setup.models]
+    if stray:
+        raise ValueError(f"models {stray} are not in the study; its models are {list(setup.models)}")
+
+    states = {"both": (False, True), "yes": (True,), "no": (False,)}[args.canonized]
+    labels = {key: label for label, key in METHOD_KEYS.items()}
+    keys = args.methods.split(",") if args.methods else list(labels)
+    if any(key not in labels for key in keys):
+        raise ValueError(f"--methods takes {', '.join(labels)}, got {args.methods!r}")
+    methods = [labels[key] for key in keys]
+    stored = stored_setup(output)
+    if stored is not None and stored != setup:  # before any training
+        raise ValueError(f"{output} holds a study with {stored.to_dict()}; it cannot change to {setup.to_dict()}")
+
+    def model_of(name: str):
+        if name in weights:
+            return load_quality_model(weights[name], name)
+        epochs_of = epochs.get(name, args.epochs)
+        return train_quality_model(output / "train" / name, model=name, epochs=epochs_of, progress=not args.no_progress)
+
+    models = {name: model_of(name) for name in only}
+    result = run_stored_study(output, setup, models, methods, states, progress=not args.no_progress)
+    print(f"{len(result.computed)} jobs computed, {len(result.skipped)} already stored, in {result.wall_seconds:.1f} s")
+    missing = [job for job in setup.jobs() if not (output / "scores" / f"{job_key(*job)}.csv").exists()]
+    finished = [name for name in setup.models if all(job[0] != name for job in missing)]
+    done = not missing
+    if args.export and (done or (args.partial and finished)):
+        accuracies = {name: test_accuracy(models[name] if name in models else model_of(name)) for name in finished}
+        command = ["attrlab", "canonization-study", str(output), "--models", args.models, "--images", str(args.images)]
+        command += ["--image-seed", str(args.image_seed), "--metric-seed", str(args.metric_seed)]
+        command += ["--epochs", str(args.epochs)]
+        command += [f"--epochs-of={name}={n}" for name, n in epochs.items()]
+        command += [f"--weights={name}={path}" for name, path in weights.items()]
+        command += ["--export", args.export] + (["--partial"] if args.partial and not done else [])
+        for path in export_study(output, args.export, accuracies, command, partial=args.partial):
+            print(f"wrote {path}")
+    elif args.export:
+        print("not every job is stored yet: nothing exported")
+    return 0
+
+
 def _jupyter_book() -> str:
     beside = Path(sys.executable).with_name("jupyter-book")
     found = str(beside) if beside.is_file() else shutil.which("jupyter-book")
@@ -351,7 +480,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``attrlab`` command (its subcommands train, run, book and gamma-search)."""
+    """The argument parser of the ``attrlab`` command (subcommands train, run, book, gamma-search, canonization-study)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug",
@@ -365,11 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error instead of its one-line message"
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,run,book,gamma-search}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,run,book,gamma-search,canonization-study}"
+    )
     _add_train(subparsers, common)
     _add_run(subparsers, common)
     _add_book(subparsers, common)
     _add_gamma_search(subparsers, common)
+    _add_canonization_study(subparsers, common)
     return parser
 
 
@@ -378,6 +510,8 @@ def _command(args: argparse.Namespace) -> int:
         return _run(args)
     if args.command == "gamma-search":
         return _gamma_search(args)
+    if args.command == "canonization-study":
+        return _canonization_study(args)
     if args.command == "book":
         return build_book(args.root, incremental=args.incremental, strict=not args.no_strict, builder=args.builder)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_OPTIONS}

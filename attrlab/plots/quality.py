@@ -76,6 +76,7 @@ def plot_canonization_effects(summary: pd.DataFrame, metrics: Sequence[str] | No
         ax.axvline(0.0, color="0.5", linewidth=0.8)
         ax.set_title(METRIC_LABELS.get(metric, metric), fontsize="small")
         ax.tick_params(axis="x", labelsize="small")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(3, symmetric=True))  # few ticks: the panels are narrow
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:

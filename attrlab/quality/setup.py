@@ -110,6 +110,30 @@ def load_quality_model(path: str | Path, model: str = "vgg_small_bn") -> nn.Modu
     return net.eval()
 
 
+def test_accuracy(model: nn.Module, batch_size: int = 100) -> float:
+    """``model``'s accuracy on the test canvases of :func:`quality_dataset`, in batches, on the model's device.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model of the quality studies, in eval mode.
+    batch_size : int
+        Canvases per forward pass.
+
+    Returns
+    -------
+    float
+    """
+    test = quality_dataset(train_count=1).test
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test.y), batch_size):
+            x = test.x[start : start + batch_size].to(device)
+            correct += int((model(x).argmax(1).cpu() == test.y[start : start + batch_size]).sum())
+    return correct / len(test.y)
+
+
 def train_quality_model(
     run_dir: str | Path,
     model: str = "vgg_small_bn",
@@ -169,5 +193,6 @@ __all__ = [
     "image_set",
     "load_quality_model",
     "quality_dataset",
+    "test_accuracy",
     "train_quality_model",
 ]
