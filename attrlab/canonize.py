@@ -55,7 +55,7 @@ def _channel_view(t: Tensor, dims: int, axis: int) -> Tensor:
 
 def fold_into_previous(layer: nn.Module, weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor):
     """(weight, bias) of ``layer`` followed by a BatchNorm with (scale, shift); ``bias`` may be a spatial map
-    (out_channels, *spatial), see :func:`spatial_bias`."""
+    ``(out_channels, *spatial)``, see :func:`spatial_bias`."""
     new_weight = weight * _channel_view(scale, weight.dim(), 0)
     if bias is None:
         return new_weight, shift
@@ -136,12 +136,12 @@ def spatial_bias(layer: Any, weight: Tensor, bias: Tensor | None, shift: Tensor,
     shift : torch.Tensor
         The BatchNorm's shift per input channel.
     input_shape : tuple of int
-        The shape of the convolution's input (N, C, *spatial).
+        The shape of the convolution's input ``(N, C, *spatial)``.
 
     Returns
     -------
     torch.Tensor
-        (out_channels, *output spatial shape).
+        ``(out_channels, *output spatial shape)``.
     """
     constant = shift.view(1, -1, *[1] * (len(input_shape) - 2)).expand(1, *input_shape[1:])
     convolve = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(input_shape) - 2]

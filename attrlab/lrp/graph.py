@@ -383,7 +383,7 @@ class SpatialAffine:
         self._layers: dict[tuple, Affine] = {}
 
     def at(self, shape: torch.Size) -> Affine:
-        """The layer for inputs of ``shape`` (N, C, *spatial): built once per (C, *spatial), dtype-independent."""
+        """The layer for inputs of ``shape`` ``(N, C, *spatial)``: built once per ``(C, *spatial)``, dtype-independent."""
         key = tuple(shape[1:])
         if key not in self._layers:
             original, bias, shift = self.padded

@@ -57,7 +57,7 @@ class Affine:
         A weight to use instead of the module's own (read detached).
     bias : torch.Tensor, optional
         The bias going with ``weight`` (ignored without ``weight``: the module's own is used): one value per output
-        channel, or a map (out_channels, *output spatial shape) when a BatchNorm was folded into a padded convolution
+        channel, or a map ``(out_channels, *output spatial shape)`` when a BatchNorm was folded into a padded convolution
         (Pahde et al. 2023, appendix A: see :func:`attrlab.canonize.spatial_bias`).
     """
 
