@@ -58,6 +58,31 @@ def test_guided_training_runs_and_is_deterministic(small, tmp_path):
     assert losses[0].shape == (2,) and (losses[0] == losses[1]).all()
 
 
+def test_trainer_runs_the_model_once_per_guided_step(small, tmp_path):
+    """The trainer takes the logits of the map's own forward pass (logits_and_term): one model call per step, and the
+    loss equals the data loss on a separate forward pass plus the objective's term."""
+    objective = GuidanceObjective(small.train, "energy", "ixg", "input", lam=1.0, seed=3)
+    trainer = Trainer(
+        _config(model="bcos_relu_twin", objective=objective.__name__, loss="cross_entropy"),
+        tmp_path / "run",
+        callbacks=[objective],
+        dataset=small,
+        progress=False,
+        objective=objective,
+    )
+    objective.on_start(trainer, 0)
+    index = trainer.sampler.indices(0)
+    x, y = small.train.x[index], small.train.y[index]
+    calls = []
+    first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))  # the map's pass runs layers
+    handle = first.register_forward_hook(lambda *_: calls.append(1))
+    logits, loss = trainer._forward_and_loss(x, y)
+    handle.remove()
+    assert len(calls) == 1
+    separate = torch.nn.functional.cross_entropy(trainer.model(x), y) + objective(trainer.model, x, y, logits)
+    torch.testing.assert_close(loss, separate, rtol=1e-5, atol=1e-6)
+
+
 def test_masks_follow_the_batch_indices(small):
     annotated = annotated_subset(len(small.train), 0.1, seed=0)
     objective = GuidanceObjective(small.train, "l1", "bcos", lam=1.0, annotated=annotated, mask="outside")
