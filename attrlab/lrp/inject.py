@@ -86,13 +86,7 @@ def relevance_from(
             for name in step.names:
                 if name in record:
                     captured[name] = activation
-        if relevance.shape != activation.shape:
-            raise ValueError(
-                f"relevance of shape {tuple(relevance.shape)} does not match the output of {layer!r}, "
-                f"{tuple(activation.shape)}"
-            )
-        out = activation.detach()
-        seed = torch.where(out != 0, relevance.to(out) / torch.where(out != 0, out, 1.0), 0.0)
+        seed = _gradient_seed(relevance, activation, layer)
         wrt = [x if name is None else captured[name] for name in record]
         gradients = torch.autograd.grad(activation, wrt, grad_outputs=seed, allow_unused=True)
     input_space = any(isinstance(s.layer, Affine) and s.rule.input_space and s.info.model_input for s in steps)
@@ -130,13 +124,7 @@ def _relevance_from_graph(
         for step in run:
             env[step.node] = x if not env else step.compute(env)
         activation = env[run[-1].node]
-        if relevance.shape != activation.shape:
-            raise ValueError(
-                f"relevance of shape {tuple(relevance.shape)} does not match the output of {layer!r}, "
-                f"{tuple(activation.shape)}"
-            )
-        out = activation.detach()
-        seed = torch.where(out != 0, relevance.to(out) / torch.where(out != 0, out, 1.0), 0.0)
+        seed = _gradient_seed(relevance, activation, layer)
         wrt = [x if name is None else env[names[name]] for name in record]
         gradients = torch.autograd.grad(activation, wrt, grad_outputs=seed, allow_unused=True)
     input_space = any(s.info is not None and s.info.model_input and s.rule.input_space for s in run if s.rule)
@@ -153,6 +141,18 @@ def model_layers(model: nn.Module) -> list[str]:
     from .engine import walk
 
     return [name for name, module in walk(model) if isinstance(module, (nn.Conv2d, nn.Linear))]
+
+
+def _gradient_seed(relevance: Tensor, activation: Tensor, layer: Any) -> Tensor:
+    """``relevance / activation`` (0 where the activation is 0): the gradient that, times the activation, is the
+    injected relevance; a shape mismatch is an error naming the layer."""
+    if relevance.shape != activation.shape:
+        raise ValueError(
+            f"relevance of shape {tuple(relevance.shape)} does not match the output of {layer!r}, "
+            f"{tuple(activation.shape)}"
+        )
+    out = activation.detach()
+    return torch.where(out != 0, relevance.to(out) / torch.where(out != 0, out, 1.0), 0.0)
 
 
 __all__ = ["model_layers", "relevance_from"]
