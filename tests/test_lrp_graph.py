@@ -386,3 +386,5 @@ def test_relevance_injection_on_traced_models(composite):
     assert not torch.allclose(pre[None], active[None])  # the inactive units' relevance reaches the input too
     with pytest.raises(ValueError, match="not below 'layer1'"):
         relevance_from(lrp, inputs, "layer1", stage, ["layer2"])
+    with pytest.raises(ValueError, match="does not match the output of 'layer1'"):
+        relevance_from(lrp, inputs, "layer1", stage[:, :1], [None])

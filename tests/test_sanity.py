@@ -183,6 +183,8 @@ def test_lrp_injection_starts_with_the_given_relevance(composite):
     post = _recorded_at_injection(lrp, inputs, "relu4", v)
     active = model[:9](inputs) != 0
     torch.testing.assert_close(post, torch.where(active, v, 0.0))
+    with pytest.raises(ValueError, match="does not match the output of 'conv4'"):
+        relevance_from(lrp, inputs, "conv4", v[:, :1], [None])
 
 
 def _recorded_at_injection(lrp: LRP, inputs: torch.Tensor, layer: str, v: torch.Tensor) -> torch.Tensor:
