@@ -17,6 +17,7 @@ after the next one is complete, so a corrupt newest checkpoint falls back to the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -24,7 +25,8 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,62 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a small result table as CSV (6 significant digits), atomically, creating its folder."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.6g")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def point_tables(output: str | Path, filename: str, read: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """The tables ``filename`` of every point folder of a sweep's ``output`` (``*/filename``), read and joined."""
+    files = sorted(Path(output).glob(f"*/{filename}"))
+    if not files:
+        raise FileNotFoundError(f"no point of {output} has a {filename}; has the sweep run?")
+    return pd.concat([read(path) for path in files], ignore_index=True)
+
+
+def collect_command(
+    argv: Sequence[str] | None,
+    description: str,
+    example: str,
+    collect: Callable[[str], pd.DataFrame],
+    write: Callable[[pd.DataFrame, str], None],
+    unit: str,
+) -> int:
+    """The command line ``OUTPUT TABLE`` of a sweep collector: ``collect(OUTPUT)``, then ``write(frame, TABLE)``.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        The arguments (``None``: the process's).
+    description, example : str
+        The command's description and an example TABLE path, for its help.
+    collect, write : callable
+        The study's collector and its table writer.
+    unit : str
+        The column whose distinct values the closing message counts (e.g. ``"seed"``).
+
+    Returns
+    -------
+    int
+        0, or 2 when no point has a table (the error printed).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("output", help="the sweep's output folder (its YAML's 'output')")
+    parser.add_argument("table", help=f"the CSV to write, e.g. {example}")
+    args = parser.parse_args(argv)
+    try:
+        frame = collect(args.output)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write(frame, args.table)
+    print(f"wrote {len(frame)} rows of {frame[unit].nunique()} {unit}s to {args.table}")
+    return 0
 
 
 class RunStore:

@@ -22,11 +22,8 @@ analogue of the B-cos map (the thesis distils B-cos teachers into B-cos students
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import io
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ from torch import nn
 
 from ..data import ImageDataset, Split
 from ..models import build_model
-from ..runstore import atomic_write_text
+from ..runstore import collect_command, point_tables, write_csv
 from ..train import Run, TrainConfig, train
 from .evaluate import student_scores
 from .explain import TrainingExplanation, default_explanation, is_bcos
@@ -401,10 +398,7 @@ def write_results(frame: pd.DataFrame, path: str | Path) -> None:
     missing = [column for column in RESULT_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"result rows lack the columns {missing}; a result table has {list(RESULT_COLUMNS)}")
-    buffer = io.StringIO()
-    frame[list(RESULT_COLUMNS)].to_csv(buffer, index=False, float_format="%.6g")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(path), buffer.getvalue())
+    write_csv(frame[list(RESULT_COLUMNS)], path)
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -433,10 +427,7 @@ def collect_sweep(output: str | Path) -> pd.DataFrame:
     pandas.DataFrame
         All rows, ordered by seed (points with the same seed and regime: the last one read wins).
     """
-    files = sorted(Path(output).glob(f"*/{RESULT_FILE}"))
-    if not files:
-        raise FileNotFoundError(f"no point of {output} has a {RESULT_FILE}; has the sweep run?")
-    frame = pd.concat([read_results(path) for path in files], ignore_index=True)
+    frame = point_tables(output, RESULT_FILE, read_results)
     frame = frame.drop_duplicates(["teacher", "seed", "data", "method"], keep="last")
     return frame.sort_values("seed", kind="stable").reset_index(drop=True)
 
@@ -503,18 +494,14 @@ def claims_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attrlab.distill.study OUTPUT TABLE``: collect the seed sweep's points into one result table."""
-    parser = argparse.ArgumentParser(description="Collect the distillation sweep's result tables into one CSV.")
-    parser.add_argument("output", help="the sweep's output folder (its YAML's 'output')")
-    parser.add_argument("table", help="the CSV to write, e.g. book/results/distillation/seeds.csv")
-    args = parser.parse_args(argv)
-    try:
-        frame = collect_sweep(args.output)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_results(frame, args.table)
-    print(f"wrote {len(frame)} rows of {frame['seed'].nunique()} seeds to {args.table}")
-    return 0
+    return collect_command(
+        argv,
+        "Collect the distillation sweep's result tables into one CSV.",
+        "book/results/distillation/seeds.csv",
+        collect_sweep,
+        write_results,
+        "seed",
+    )
 
 
 __all__ = [

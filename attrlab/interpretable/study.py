@@ -18,10 +18,7 @@ This module sits in the evaluations layer (it reads result tables of grid evalua
 
 from __future__ import annotations
 
-import argparse
-import io
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +28,7 @@ import pandas as pd
 import torch
 
 from ..models.bcos import THESIS_B
-from ..runstore import atomic_write_text
+from ..runstore import collect_command, point_tables, write_csv
 
 #: Table 6.1 of the thesis (CIFAR10, the nine-layer simple B-cos net): (B, MaxOut) -> test accuracy in %
 THESIS_ACCURACY: dict[tuple[float, bool], float] = {
@@ -199,9 +196,7 @@ def _read(path: Path) -> pd.DataFrame:
 
 def write_results(frame: pd.DataFrame, path: str | Path) -> None:
     """Write a result table as CSV, atomically (a temporary file, then a rename)."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, float_format="%.6g")
-    atomic_write_text(Path(path), buffer.getvalue())
+    write_csv(frame, path)
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -218,11 +213,7 @@ def collect_sweep(output: str | Path) -> pd.DataFrame:
     Each point's folder (its ``run_dir``) holds :data:`RESULT_FILE`. The conventional model is trained and evaluated
     by every point; its rows are averaged over the points (its grids differ with the nets it shares them with).
     """
-    output = Path(output)
-    files = sorted(output.glob(f"*/{RESULT_FILE}"))
-    if not files:
-        raise FileNotFoundError(f"no point of {output} has a {RESULT_FILE}; has the sweep run?")
-    frame = pd.concat([_read(path) for path in files], ignore_index=True)
+    frame = point_tables(output, RESULT_FILE, _read)
     nets = frame[frame["model"] != TWIN].drop_duplicates(["model", "temperature", "method"], keep="last")
     twin = frame[frame["model"] == TWIN]
     if len(twin):
@@ -722,18 +713,14 @@ def bias_claims(table: pd.DataFrame, biased: Mapping[str, str], bias_free: str, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attrlab.interpretable.study OUTPUT TABLE``: collect a sweep's points into one result table."""
-    parser = argparse.ArgumentParser(description="Collect the B-cos sweep's result tables into one CSV.")
-    parser.add_argument("output", help="the sweep's output folder (its YAML's 'output')")
-    parser.add_argument("table", help="the CSV to write, e.g. book/results/bcos_b_sweep.csv")
-    args = parser.parse_args(argv)
-    try:
-        frame = collect_sweep(args.output)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_results(frame, args.table)
-    print(f"wrote {len(frame)} rows of {frame['model'].nunique()} models to {args.table}")
-    return 0
+    return collect_command(
+        argv,
+        "Collect the B-cos sweep's result tables into one CSV.",
+        "book/results/bcos_b_sweep.csv",
+        collect_sweep,
+        write_results,
+        "model",
+    )
 
 
 __all__ = [
