@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .device import reuse_freed_memory
 from .train import TrainConfig, train
 
 
@@ -523,6 +524,7 @@ def _command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``attrlab`` command line; return its exit status (2 after an error, reported in one line)."""
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # this process is attrlab's own: large CPU tensors are not page-faulted in again each time
     try:
         return _command(args)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
 from torch import nn
 
 from attrlab.device import device_name, resolve_device, synchronize
@@ -250,7 +251,9 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     parser.add_argument("--resnet18", action="store_true", help="time the traced engine on resnet18 (batch 64 default)")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

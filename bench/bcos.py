@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import paired  # bench/timing.py (the script's folder is on sys.path)
+from timing import add_malloc_argument, host_memory, paired  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution import make_method
 from attrlab.data import load_dataset
@@ -30,7 +30,9 @@ TARGETS = {"training step": 2.5, "explanation": 1.5}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5 repeats instead of 20")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     repeats = 5 if args.quick else 20
     data = load_dataset("digits", device="cpu")
     xb, yb = data.train.x[:100], data.train.y[:100]

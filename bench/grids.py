@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution import available_methods
 from attrlab.data import load_dataset
@@ -116,7 +117,9 @@ def main() -> None:
     parser.add_argument(
         "--out", default=str(RESULTS), help="the CSV the rows are merged into (bench/results/grids.csv)"
     )
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     grids_default, loop_default, sizes_default, repeats_default = SIZES[(device.type, args.quick)]

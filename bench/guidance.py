@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import paired  # bench/timing.py (the script's folder is on sys.path)
+from timing import add_malloc_argument, host_memory, paired  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution.differentiable import explain_for_training, explain_with_logits
 from attrlab.data import load_dataset
@@ -74,7 +74,9 @@ def step_function(model_name: str, method: str | None, layer: str = "input", sha
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     repeats = 3 if args.quick else 10
     rows = [
         ("IxG @ input", paired(step_function("bcos_relu_twin", "ixg"), step_function("bcos_relu_twin", None), repeats)),

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
 
 import attrlab.quality as q
 from attrlab.attribution import make_method
@@ -85,7 +86,9 @@ def main() -> None:
     parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="", help="CSV file (default bench/results/quality.csv, -quick with --quick)")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     import quantus
 
     device = resolve_device(args.device)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from skimage.metrics import structural_similarity
+from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.data import load_dataset
 from attrlab.lrp.inject import relevance_from
@@ -134,7 +135,9 @@ def main() -> None:
     parser.add_argument("--method", default="LRP-a1b0", help="a label of attrlab.sanity.SIXT_METHODS (with CSC)")
     parser.add_argument("--images", type=int, default=200, help="images in the suite")
     parser.add_argument("--loop-images", type=int, default=200, help="images of the loop (fewer: time extrapolated)")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     (method,) = sanity_methods([args.method])
     data = load_dataset("digits")
     x, y = data.test.x[: args.images], data.test.y[: args.images]

@@ -1,10 +1,14 @@
-"""Side-by-side timing for the benchmarks: two callables alternated within every repeat, the ratio as a median."""
+"""Side-by-side timing for the benchmarks: two callables alternated within every repeat, the ratio as a median; and
+the host-memory setting every benchmark runs under (``--malloc-defaults``)."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
+
+from attrlab.device import reuse_freed_memory
 
 
 def paired(ours: Callable[[], None], reference: Callable[[], None], repeats: int) -> tuple[float, float, float]:
@@ -28,3 +32,25 @@ def paired(ours: Callable[[], None], reference: Callable[[], None], repeats: int
         1000 * statistics.median(t[1] for t in times),
         statistics.median(t[0] / t[1] for t in times),
     )
+
+
+def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--malloc-defaults`` switch every benchmark takes (see :func:`host_memory`)."""
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="keep glibc's malloc defaults (by default freed host memory is reused: attrlab.device.reuse_freed_memory)",
+    )
+
+
+def host_memory(malloc_defaults: bool) -> str:
+    """Apply attrlab's host-memory setting unless ``malloc_defaults``; return the line that says which one is measured.
+
+    Both sides of every ratio run under the same setting; the ratios differ between the two settings because the
+    sides allocate different amounts of large temporaries (each one page-faulted in again under glibc's defaults).
+    """
+    if malloc_defaults:
+        return "host memory: glibc's malloc defaults (--malloc-defaults)"
+    if reuse_freed_memory():
+        return "host memory: freed memory reused (attrlab.device.reuse_freed_memory)"
+    return "host memory: the C library's defaults (not glibc, or ATTRLAB_REUSE_FREED_MEMORY=0)"

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.data import load_dataset
 from attrlab.device import device_name, resolve_device, synchronize
@@ -163,7 +164,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 repeats and a 1-epoch run")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     parser.add_argument("--profile", action="store_true", help="print the profiler's table of a tracked step")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    print(host_memory(args.malloc_defaults))
     device = resolve_device(args.device)
     repeats, epochs = (5, 1) if args.quick else (args.repeats, args.epochs)
     data = load_dataset("digits", device=device)

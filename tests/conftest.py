@@ -4,7 +4,8 @@ computes attributions, trains, tracks or evaluates runs on.
 ``device`` is "cpu" always and also "cuda" when ``torch.cuda.is_available()``; the CUDA cases carry the ``cuda``
 marker (``pytest -m cuda`` runs only them, ``make gpu-check`` does so). TF32 is switched off for every test on CUDA
 (cuDNN convolutions and matmuls in full float32), so the tolerances that hold on the CPU hold there too; TF32 stays
-at PyTorch's defaults in the package and the benchmarks (see the README's GPU section).
+at PyTorch's defaults in the package and the benchmarks (see the README's GPU section). Freed host memory is reused
+(:func:`attrlab.device.reuse_freed_memory`), as in attrlab's other processes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from attrlab.data import load_dataset
-from attrlab.device import full_float32
+from attrlab.device import full_float32, reuse_freed_memory
+
+reuse_freed_memory()
 
 DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
 

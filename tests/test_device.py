@@ -187,3 +187,59 @@ def test_trainer_keeps_its_tensors_on_the_device(tmp_path, digits, device):
         next(trainer.model.parameters()),
     ]
     assert {t.device.type for t in tensors} == {device}
+
+
+class _FakeLibc:
+    """Records mallopt calls; answers ``accepted`` for each."""
+
+    def __init__(self, accepted=(1, 1, 1)):
+        self.calls: list[tuple[int, int]] = []
+        self.accepted = list(accepted)
+
+    def mallopt(self, parameter, value):
+        self.calls.append((parameter, value))
+        return self.accepted[len(self.calls) - 1]
+
+
+def test_reuse_freed_memory_sets_every_parameter_and_says_whether_glibc_took_them(monkeypatch):
+    from attrlab import device
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(device, "_glibc", lambda: libc)
+    assert device.reuse_freed_memory() is True
+    assert libc.calls == list(device.MALLOPT_SETTINGS.values())
+    refusing = _FakeLibc(accepted=(0, 1, 1))  # a glibc that caps the mmap threshold: the other two still get set
+    monkeypatch.setattr(device, "_glibc", lambda: refusing)
+    assert device.reuse_freed_memory() is False
+    assert len(refusing.calls) == 3
+    monkeypatch.setattr(device, "_glibc", lambda: None)  # not glibc: nothing to do
+    assert device.reuse_freed_memory() is False
+    monkeypatch.setattr(device, "_glibc", lambda: libc)
+    monkeypatch.setenv(device.REUSE_ENV, "0")  # the opt-out: glibc is not touched
+    assert device.reuse_freed_memory() is False
+    assert len(libc.calls) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_after_reuse_freed_memory_a_large_tensor_comes_from_the_heap_not_from_mmap():
+    import ctypes
+
+    from attrlab import device
+
+    libc = device._glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+
+    class MallInfo2(ctypes.Structure):  # malloc.h: ten size_t fields; hblkhd = bytes in mmapped blocks
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        ] + [("keepcost", ctypes.c_size_t)]
+
+    libc.mallinfo2.restype = MallInfo2
+    assert device.reuse_freed_memory() is True  # conftest already called it; calling again changes nothing
+    size = 64 * 2**20  # above glibc's largest default mmap threshold (32 MiB): with its defaults this is an mmap
+    before = libc.mallinfo2().hblkhd
+    block = torch.empty(size, dtype=torch.uint8)
+    assert libc.mallinfo2().hblkhd - before < size
+    del block
