@@ -8,8 +8,9 @@ a checkpoint, into the run store's ``attributions`` table (one row per step and 
 chosen steps as float16 snapshots for filmstrips. A resumed run recomputes nothing twice and loses nothing: rows after the checkpoint
 are dropped by the store, snapshots are rewritten identically.
 
-The first method's forward pass also yields the predictions; the other methods are given those targets, so every
-method explains the same class per image. When the first method is LRP, the CAM methods (Grad-CAM, Grad-CAM++,
+The first method's forward pass also yields the predictions, and the logits of the trainer's attribution-set
+metrics at that step (:meth:`Tracker.attribution_logits`: one forward pass fewer per tracked step); the other methods
+are given those targets, so every method explains the same class per image. When the first method is LRP, the CAM methods (Grad-CAM, Grad-CAM++,
 LayerCAM) take the activation at their layer from LRP's forward pass, which computes every layer's true output, and
 run only the layers above it: the layers below run once per step instead of twice, and the maps are the same.
 """
@@ -28,7 +29,7 @@ import pandas as pd
 import torch
 
 from .attribution import Attribution
-from .attribution.base import feature_layer
+from .attribution.base import Explanation, feature_layer
 from .attribution.gradcam import GradCAM
 from .attribution.spec import PATH_SAFE_LABEL, MethodSpec
 from .lrp import LRP
@@ -119,6 +120,7 @@ class Tracker(Callback):
         self.snapshot_schedule = Schedule(snapshots)
         self.target = target
         self.methods: list[Attribution] = []
+        self._explained: tuple[int, list[Explanation]] | None = None  # (step, explanations) made for the metrics
 
     # ---------------------------------------------------------------- set-up
     def on_start(self, trainer: Trainer, step: int) -> None:
@@ -142,13 +144,21 @@ class Tracker(Callback):
                     method.set_training_batch(*trainer.batch, compute_now=True)
 
     # ------------------------------------------------------------------ step
-    def on_step(self, trainer: Trainer, step: int) -> None:
+    def attribution_logits(self, trainer: Trainer, step: int) -> torch.Tensor | None:
+        """The first method's logits of the attribution set at a tracked step (the trainer's ``attr_*`` metrics come
+        from them: no second forward pass); the explanations are kept for :meth:`on_step`."""
         if step not in self.tracked and step not in self.snapshot_steps:
-            return
+            return None
+        self._explained = (step, self._explain(trainer))
+        return self._explained[1][0].logits
+
+    def _explain(self, trainer: Trainer) -> list[Explanation]:
+        """Every method's explanation of the attribution set, in the order of the specs."""
         attribution_set = trainer.attribution_set
         target = None if self.target == "predicted" else attribution_set.y
         x = attribution_set.x
         kept: dict[str, torch.Tensor] = {}  # activations from the first method's pass, by layer name
+        explanations = []
         for index, (spec, method) in enumerate(zip(self.specs, self.methods)):
             layer = self.shared.get(index)
             if index == 0 and self.shared and isinstance(method, LRP):
@@ -159,6 +169,15 @@ class Tracker(Callback):
             else:
                 explanation = method.explain(x, target=target, layer=spec.layer)
             target = explanation.target  # later methods explain the same classes
+            explanations.append(explanation)
+        return explanations
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        if step not in self.tracked and step not in self.snapshot_steps:
+            return
+        explained, self._explained = self._explained, None
+        explanations = explained[1] if explained is not None and explained[0] == step else self._explain(trainer)
+        for spec, explanation in zip(self.specs, explanations):
             if step in self.tracked:
                 row = group_summary(summarise(explanation.attribution), self.groups)
                 self.buffer.append({"step": step, "method": spec.label}, summaries=row)

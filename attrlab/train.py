@@ -2,8 +2,9 @@
 
 Per step the trainer logs the minibatch loss and accuracy (of the forward pass the step was taken on, so "before the
 step") and, every ``eval_every`` steps and after the last one, the loss and accuracy on the test set (or a fixed
-seeded subset of it) and on the attribution set, each also per class. Metrics stay on the device in a preallocated
-buffer and reach the host only when the buffer is flushed, right before a checkpoint: there is no host
+seeded subset of it) and on the attribution set, each also per class (the attribution set's from a callback's
+forward pass when one explains it at that step: :meth:`Callback.attribution_logits`). Metrics stay on the device in a
+preallocated buffer and reach the host only when the buffer is flushed, right before a checkpoint: there is no host
 synchronisation per step. Callbacks (the attribution tracker, for one) run after every optimiser step.
 
 Killing a run at any point and calling :func:`train` again with the same configuration resumes from the newest
@@ -196,6 +197,12 @@ class Callback:
 
     def on_step(self, trainer: Trainer, step: int) -> None:
         """Called after optimiser step ``step`` (1-based) and its metrics."""
+
+    def attribution_logits(self, trainer: Trainer, step: int) -> torch.Tensor | None:
+        """The attribution set's logits (after optimiser step ``step``, eval semantics) when this callback computes
+        them at this step anyway; the trainer's ``attr_*`` metrics are then taken from them instead of another
+        forward pass. None (the default): the trainer runs its own."""
+        return None
 
     def on_flush(self, trainer: Trainer, step: int) -> None:
         """Persist everything up to ``step``: a checkpoint of that step is written right after."""
@@ -431,7 +438,12 @@ class Trainer:
             if step % self.config.eval_every == 0 or step == self.total_steps:
                 metrics["test"] = evaluate(self.model, self.eval_split.x, self.eval_split.y, self.data.num_classes)
                 attr = self.attribution_set
-                metrics["attr"] = evaluate(self.model, attr.x, attr.y, self.data.num_classes)
+                shared = next((l for c in self.callbacks if (l := c.attribution_logits(self, step)) is not None), None)
+                metrics["attr"] = (
+                    evaluate(self.model, attr.x, attr.y, self.data.num_classes)
+                    if shared is None
+                    else _grouped_metrics(shared.detach(), attr.y, self.data.num_classes)
+                )
             epoch = (step - 1) // self.sampler.steps_per_epoch + 1
             buffer.append({"step": step, "epoch": epoch}, **metrics)
             for callback in self.callbacks:

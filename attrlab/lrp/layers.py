@@ -202,6 +202,35 @@ def per_cell(layer: nn.Module, function: Callable[[Tensor], Tensor]) -> Callable
     return function
 
 
+def max_pool2d(
+    x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool = False
+) -> Tensor:
+    """``F.max_pool2d``; on the CPU and without a graph (max pooling as average pooling) computed in channels-last layout.
+
+    Why: PyTorch's CPU kernel for standard-layout (NCHW) tensors is scalar code, its channels-last kernel is vectorised
+    over the channels: 200 x 32 x 28 x 28 in 2 x 2 windows takes 8.8 ms against 3.0 ms including both layout
+    conversions. The maxima are the same numbers and come back in the standard layout. With a graph (max pooling
+    routing the gradient) the channels-last backward and the conversions cost what the forward saves, so PyTorch's
+    standard path runs.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (N, C, H, W).
+    kernel_size, stride, padding, dilation, ceil_mode
+        As for ``F.max_pool2d``.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C, H', W').
+    """
+    if x.device.type != "cpu" or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled()):
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    return F.max_pool2d(channels_last, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode).contiguous()
+
+
 def _channel(t: Tensor, x: Tensor) -> Tensor:
     """A per-channel vector shaped to broadcast over ``x`` (N, C, ...)."""
     return t.view(-1, *[1] * (x.dim() - 2))
@@ -265,7 +294,8 @@ def functional(layer: nn.Module) -> Callable[[Tensor], Tensor]:
         return lambda x: F.elu(x, layer.alpha)
     if isinstance(layer, MAX_POOLS):
         # (by isinstance: grid-cell layers subclass these)
-        pool = next(f for t, f in zip(MAX_POOLS, (F.max_pool1d, F.max_pool2d, F.max_pool3d)) if isinstance(layer, t))
+        pools: tuple[Callable[..., Tensor], ...] = (F.max_pool1d, max_pool2d, F.max_pool3d)
+        pool = next(f for t, f in zip(MAX_POOLS, pools) if isinstance(layer, t))
         return per_cell(
             layer,
             lambda x: pool(
@@ -311,5 +341,6 @@ __all__ = [
     "Convolution",
     "LayerInfo",
     "functional",
+    "max_pool2d",
     "per_cell",
 ]
