@@ -10,9 +10,10 @@ are dropped by the store, snapshots are rewritten identically.
 
 The first method's forward pass also yields the predictions, and the logits of the trainer's attribution-set
 metrics at that step (:meth:`Tracker.attribution_logits`: one forward pass fewer per tracked step); the other methods
-are given those targets, so every method explains the same class per image. When the first method is LRP, the CAM methods (Grad-CAM, Grad-CAM++,
-LayerCAM) take the activation at their layer from LRP's forward pass, which computes every layer's true output, and
-run only the layers above it: the layers below run once per step instead of twice, and the maps are the same.
+are given those targets, so every method explains the same class per image. When the first method is LRP, the CAM
+methods (Grad-CAM, Grad-CAM++, LayerCAM) take the activation at their layer from LRP's forward pass, which computes
+every layer's true output, and run only the layers above it: the layers below run once per step instead of twice,
+and the maps are the same.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Tracker(Callback):
     # ---------------------------------------------------------------- set-up
     def on_start(self, trainer: Trainer, step: int) -> None:
         model = trainer.model
+        self._explained = None
         self.methods = [spec.make(model) for spec in self.specs]
         self.shared = shared_layers(self.specs, self.methods, model)
         attribution = trainer.attribution_set
@@ -146,7 +148,10 @@ class Tracker(Callback):
     # ------------------------------------------------------------------ step
     def attribution_logits(self, trainer: Trainer, step: int) -> torch.Tensor | None:
         """The first method's logits of the attribution set at a tracked step (the trainer's ``attr_*`` metrics come
-        from them: no second forward pass); the explanations are kept for :meth:`on_step`."""
+        from them: no second forward pass); the explanations are kept for :meth:`on_step`.
+
+        Every method's logits are the model's in eval semantics; LRP's come from its own evaluation of the layers (the
+        same function, equal to float rounding; bit for bit on the seed's shallow and deep models)."""
         if step not in self.tracked and step not in self.snapshot_steps:
             return None
         self._explained = (step, self._explain(trainer))
