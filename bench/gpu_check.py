@@ -9,10 +9,14 @@ Steps, each a subprocess with its own time limit (about 5 minutes in all on one 
 2. ``bench/attribution.py --quick`` at batch 200 and 4096 (LRP and Grad-CAM against an input-gradient pass);
 3. ``bench/tracking.py --quick`` on the GPU and on the CPU (a tracked step against an input-gradient pass, a tracked
    digits run's wall time on each);
-4. ``bench/grids.py --quick`` on 2x2 and 3x3 GridPG (batched against a per-image loop, every method and layer).
+4. ``bench/grids.py --quick`` on 2x2 and 3x3 GridPG (batched against a per-image loop, every method and layer);
+5. ``bench/bcos.py --quick``, ``bench/guidance.py --quick``, ``bench/sanity.py`` on 64 digits and
+   ``bench/quality.py --quick`` (this one only where Quantus is installed: it is its reference; otherwise the report
+   says it was skipped).
 
 Everything each step printed goes to ``bench/results/gpu-check-<device name>.md`` (written when the check ends, via a
-temporary file), the grid rates also to ``bench/results/grids.csv``. Without a GPU it stops at once with exit code 2
+temporary file), the grid rates also to ``bench/results/grids.csv``, the sanity and quality tables to
+``sanity-gpu.csv`` and ``quality-gpu.csv`` there (the CPU tables stay). Without a GPU it stops at once with exit code 2
 and says so; any failing step makes the exit code 1. ``--allow-cpu`` runs the same steps on the CPU with the smallest
 sizes; it exists to test this script on machines without a GPU, not to measure anything.
 """
@@ -20,6 +24,7 @@ sizes; it exists to test this script on machines without a GPU, not to measure a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -43,6 +48,39 @@ class Step:
     command: list[str]
     limit_s: int
     ok_codes: tuple[int, ...] = (0,)
+    requires: str | None = None  #: a module the step needs; without it the step is skipped and said so
+
+
+def later_benchmarks(python: str, device: str, results: Path, tiny: bool) -> list[Step]:
+    """The B-cos, guidance, sanity and quality benchmarks (tiny: the smallest sizes, to test this script)."""
+    limits = (600, 600, 600, 600) if tiny else (30, 40, 60, 60)
+    batch = ["--batch", "8"] if tiny else []
+    images = ["--images", "4", "--loop-images", "4"] if tiny else ["--images", "64", "--loop-images", "16"]
+    quality = ["--n", "4", "--repeats", "1", "--metrics", "Sparseness"] if tiny else []
+    return [
+        Step("B-cos benchmark", [python, "bench/bcos.py", "--quick", "--device", device, *batch], limits[0]),
+        Step("guidance benchmark", [python, "bench/guidance.py", "--quick", "--device", device, *batch], limits[1]),
+        Step(
+            "sanity-check benchmark",
+            [python, "bench/sanity.py", "--device", device, *images, "--out", str(results / "sanity-gpu.csv")],
+            limits[2],
+        ),
+        Step(
+            "quality benchmark (against Quantus)",
+            [
+                python,
+                "bench/quality.py",
+                "--quick",
+                "--device",
+                device,
+                *quality,
+                "--out",
+                str(results / "quality-gpu.csv"),
+            ],
+            60,
+            requires="quantus",
+        ),
+    ]
 
 
 def steps(device: str, quick_cpu: bool, results: Path) -> list[Step]:
@@ -92,6 +130,7 @@ def steps(device: str, quick_cpu: bool, results: Path) -> list[Step]:
                 ],
                 600,
             ),
+            *later_benchmarks(python, device, results, tiny=True),
         ]
     return [
         # exit code 5: no CUDA-marked test was collected, which cannot happen on a GPU machine but is not a failure
@@ -122,6 +161,7 @@ def steps(device: str, quick_cpu: bool, results: Path) -> list[Step]:
             [python, "bench/grids.py", "--quick", "--device", device, "--n", "3", "--out", str(results / "grids.csv")],
             75,
         ),
+        *later_benchmarks(python, device, results, tiny=False),
     ]
 
 
@@ -163,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     failed, started = [], time.perf_counter()
     for step in steps(device, device == "cpu", results):
+        if step.requires and importlib.util.find_spec(step.requires) is None:
+            print(f"== {step.title}: skipped ({step.requires} is not installed)", flush=True)
+            report += [f"## {step.title}: SKIPPED ({step.requires} is not installed; carry its wheel to run it)", ""]
+            continue
         left = BUDGET_S - (time.perf_counter() - started)
         if device != "cpu" and left < 5:
             failed.append(step.title)

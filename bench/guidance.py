@@ -1,9 +1,11 @@
 """Benchmark of model guidance: a guided training step as a multiple of a plain one, measured side by side.
 
-    python bench/guidance.py            # 10 repeats
-    python bench/guidance.py --quick    # 3 repeats
+    python bench/guidance.py                  # 10 repeats
+    python bench/guidance.py --quick          # 3 repeats
+    python bench/guidance.py --device cuda    # default: CUDA when present; --batch to choose the batch
 
-Rows (batch of 64 digits, 1x28x28, Adam, the box the central 14x14 pixels):
+Rows (batch of 64 digits, 512 on a GPU, repeated where the split is smaller; 1x28x28, Adam, the box the central
+14x14 pixels):
 
 * ``IxG @ input``: the conventional CNN ``bcos_relu_twin``, cross-entropy plus ``lambda * Energy`` on Input x
   Gradient at the input (explanation with ``create_graph``, the loss back-propagated through it), against the same
@@ -27,10 +29,17 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import add_malloc_argument, host_memory, paired  # bench/timing.py (the script's folder is on sys.path)
+from timing import (
+    add_device_argument,
+    add_malloc_argument,
+    device_and_batch,
+    host_memory,
+    paired,
+)  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution.differentiable import explain_for_training, explain_with_logits
 from attrlab.data import load_dataset
+from attrlab.device import device_name
 from attrlab.guidance.losses import localisation_loss
 from attrlab.models import build_model
 from attrlab.objectives import bce_loss
@@ -38,17 +47,25 @@ from attrlab.objectives import bce_loss
 TARGET = 3.0
 
 
-def step_function(model_name: str, method: str | None, layer: str = "input", shared: bool = True) -> Callable[[], None]:
-    """One Adam step of ``model_name`` on 64 digits: the data loss, plus Energy on ``method``'s map unless None.
+def step_function(
+    model_name: str,
+    method: str | None,
+    layer: str = "input",
+    shared: bool = True,
+    device: str | torch.device = "cpu",
+    batch: int = 64,
+) -> Callable[[], None]:
+    """One Adam step of ``model_name`` on ``batch`` digits: the data loss, plus Energy on ``method``'s map unless None.
 
     ``shared``: the data loss is put on the logits of the map's own forward pass (:func:`explain_with_logits`);
     else the model runs a second time for them, as an objective handed the trainer's logits does.
     """
-    data = load_dataset("digits", device="cpu")
-    x, y = data.train.x[:64], data.train.y[:64]
-    masks = torch.zeros(64, 28, 28, dtype=torch.bool)
+    data = load_dataset("digits", device=device)
+    index = torch.arange(batch, device=device) % len(data.train.x)
+    x, y = data.train.x[index], data.train.y[index]
+    masks = torch.zeros(batch, 28, 28, dtype=torch.bool, device=device)
     masks[:, 7:21, 7:21] = True
-    model = build_model(model_name, seed=0).train()
+    model = build_model(model_name, seed=0).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     bcos = model_name.startswith("bcos") and "relu" not in model_name
 
@@ -74,21 +91,35 @@ def step_function(model_name: str, method: str | None, layer: str = "input", sha
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
+    parser.add_argument("--batch", type=int, help="digits per step (default 64, 512 on a GPU)")
+    add_device_argument(parser)
     add_malloc_argument(parser)
     args = parser.parse_args()
     print(host_memory(args.malloc_defaults))
+    device, batch = device_and_batch(args.device, 64, 512, args.batch)
     repeats = 3 if args.quick else 10
+    print(f"device {device_name(device)}; batch {batch}, median of {repeats}")
+
+    def pair(guided: tuple, plain: tuple, shared: bool = True) -> tuple[float, float, float]:
+        """(guided ms, plain ms, ratio) of two step_function specs (model, method[, layer]), side by side."""
+        return paired(
+            step_function(*guided, shared=shared, device=device, batch=batch),
+            step_function(*plain, device=device, batch=batch),
+            repeats,
+            device,
+        )
+
     rows = [
-        ("IxG @ input", paired(step_function("bcos_relu_twin", "ixg"), step_function("bcos_relu_twin", None), repeats)),
-        ("B-cos @ input", paired(step_function("bcos", "bcos"), step_function("bcos", None), repeats)),
-        ("B-cos @ conv4", paired(step_function("bcos", "bcos", "conv4"), step_function("bcos", None), repeats)),
+        ("IxG @ input", pair(("bcos_relu_twin", "ixg"), ("bcos_relu_twin", None))),
+        ("B-cos @ input", pair(("bcos", "bcos"), ("bcos", None))),
+        ("B-cos @ conv4", pair(("bcos", "bcos", "conv4"), ("bcos", None))),
     ]
     # the same steps with a second forward pass for the data loss (what a trainer objective handed logits pays)
     second = [
-        (f"{label}, 2nd forward", paired(step_function(*spec, shared=False), step_function(spec[0], None), repeats))
+        (f"{label}, 2nd forward", pair(spec, (spec[0], None), shared=False))
         for label, spec in (("IxG @ input", ("bcos_relu_twin", "ixg")), ("B-cos @ input", ("bcos", "bcos")))
     ]
-    speed = paired(step_function("bcos", "bcos"), step_function("bcos", "bcos", "conv4"), repeats)
+    speed = pair(("bcos", "bcos"), ("bcos", "bcos", "conv4"))
     print(f"{'guided step':<24} {'guided ms':>10} {'plain ms':>10} {'ratio':>7} {'target':>7}")
     for label, (ours, reference, ratio) in rows + second:
         verdict = "ok" if ratio <= TARGET else "MISSED"

@@ -10,14 +10,17 @@ and every Conv2d / Linear below). Both paths run in one process, side by side:
   torch SSIM, one injection pass per injection layer for all vectors of all images).
 
 The two must agree (SSIM scores to 1e-5, CSC medians to 1e-6; a mismatch aborts). The model is a freshly initialised
-``deep`` model (timing needs no training). Prints the times and the ratio and writes ``bench/results/sanity.csv``.
+``deep`` model (timing needs no training). Both paths run on ``--device`` (the loop's SSIM on the host, as per-image
+scripts do); on a GPU in full float32 (TF32 off), so that the two agree as on the CPU. Prints the times and the ratio
+and writes ``bench/results/sanity.csv`` (``--out`` for another file).
 
-    .venv/bin/python bench/sanity.py [--method LRP-a1b0] [--images 200] [--loop-images 200]
+    .venv/bin/python bench/sanity.py [--method LRP-a1b0] [--images 200] [--loop-images 200] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import time
 from pathlib import Path
@@ -26,9 +29,14 @@ import numpy as np
 import pandas as pd
 import torch
 from skimage.metrics import structural_similarity
-from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
+from timing import (
+    add_device_argument,
+    add_malloc_argument,
+    host_memory,
+)  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.data import load_dataset
+from attrlab.device import device_name, full_float32, resolve_device, synchronize
 from attrlab.lrp.inject import relevance_from
 from attrlab.models import build_model
 from attrlab.sanity import (
@@ -63,7 +71,7 @@ def _ssim_flipped(a: np.ndarray, b: np.ndarray, percentile: float) -> float:
 
 def _map(method, model, image, target) -> np.ndarray:
     attribution = method.build(model).attribute(image[None], target=[int(target)])
-    return reduce_channels(attribution.detach(), method.reduce)[0].double().numpy()
+    return reduce_channels(attribution.detach(), method.reduce)[0].double().cpu().numpy()
 
 
 def loop_suite(model, method, x, y, seed: int = 0) -> dict:
@@ -85,7 +93,7 @@ def loop_suite(model, method, x, y, seed: int = 0) -> dict:
         below = [n for n in RECORD if n is None or RECORD.index(n) < _position(layer)]
         shape = _shape(model, layer)
         generator = torch.Generator().manual_seed(seed + k_index)
-        start = torch.randn((VECTORS * len(x), *shape), generator=generator)
+        start = torch.randn((VECTORS * len(x), *shape), generator=generator).to(x)  # drawn as attrlab.sanity.csc does
         cosines: dict = {name: [] for name in below}
         for i in range(len(x)):
             per_vector = []
@@ -117,7 +125,7 @@ def _shape(model, layer: str) -> tuple:
     handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _a, o: captured.setdefault("o", o))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 1, 28, 28))
+            model(torch.zeros(1, 1, 28, 28, device=next(model.parameters()).device))
     finally:
         handle.remove()
     return tuple(captured["o"].shape[1:])
@@ -135,23 +143,31 @@ def main() -> None:
     parser.add_argument("--method", default="LRP-a1b0", help="a label of attrlab.sanity.SIXT_METHODS (with CSC)")
     parser.add_argument("--images", type=int, default=200, help="images in the suite")
     parser.add_argument("--loop-images", type=int, default=200, help="images of the loop (fewer: time extrapolated)")
+    parser.add_argument("--out", default=str(RESULTS), help="CSV file (default bench/results/sanity.csv)")
+    add_device_argument(parser)
     add_malloc_argument(parser)
     args = parser.parse_args()
     print(host_memory(args.malloc_defaults))
+    device = resolve_device(args.device)
     (method,) = sanity_methods([args.method])
-    data = load_dataset("digits")
+    data = load_dataset("digits", device=device)
     x, y = data.test.x[: args.images], data.test.y[: args.images]
-    model = build_model("deep", (1, 28, 28), seed=0).eval()
+    model = build_model("deep", (1, 28, 28), seed=0).to(device).eval()
     torch.manual_seed(0)
+    print(f"device {device_name(device)}; {method.label}, {args.images} digits")
 
-    started = time.perf_counter()
-    batched = batched_suite(model, method, x, y)
-    batched_seconds = time.perf_counter() - started
+    with full_float32() if device.type == "cuda" else contextlib.nullcontext():
+        synchronize(device)
+        started = time.perf_counter()
+        batched = batched_suite(model, method, x, y)
+        synchronize(device)
+        batched_seconds = time.perf_counter() - started
 
-    n = min(args.loop_images, args.images)
-    started = time.perf_counter()
-    loop = loop_suite(model, method, x[:n], y[:n])
-    loop_seconds = (time.perf_counter() - started) * args.images / n
+        n = min(args.loop_images, args.images)
+        started = time.perf_counter()
+        loop = loop_suite(model, method, x[:n], y[:n])
+        synchronize(device)
+        loop_seconds = (time.perf_counter() - started) * args.images / n
 
     if n == args.images:
         for key in ("logit", "cascading"):
@@ -171,8 +187,9 @@ def main() -> None:
     }
     print(pd.DataFrame([row]).to_string(index=False))
     print(f"batched is {ratio:.1f}x faster than the per-image loop (target >= 10x)")
-    RESULTS.parent.mkdir(exist_ok=True)
-    pd.DataFrame([row]).to_csv(RESULTS, index=False)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"device": device_name(device), **row}]).to_csv(out, index=False)
 
 
 if __name__ == "__main__":
