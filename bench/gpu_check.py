@@ -53,7 +53,7 @@ class Step:
 
 def later_benchmarks(python: str, device: str, results: Path, tiny: bool) -> list[Step]:
     """The B-cos, guidance, sanity and quality benchmarks (tiny: the smallest sizes, to test this script)."""
-    limits = (600, 600, 600, 600) if tiny else (30, 40, 60, 60)
+    limits = (600, 600, 600, 600) if tiny else (25, 30, 45, 45)
     batch = ["--batch", "8"] if tiny else []
     images = ["--images", "4", "--loop-images", "4"] if tiny else ["--images", "64", "--loop-images", "16"]
     quality = ["--n", "4", "--repeats", "1", "--metrics", "Sparseness"] if tiny else []
