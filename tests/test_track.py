@@ -194,10 +194,11 @@ def test_gradcam_rows_equal_a_direct_computation(tracked_run, digits):
 
 
 def test_attribution_set_metrics_come_from_the_tracked_pass_and_equal_an_untracked_runs(
-    tmp_path, digits, monkeypatch, tracked_run
+    tmp_path, digits, monkeypatch, tracked_run, device
 ):
     """At a tracked evaluation step the trainer takes the attribution set's logits from the tracker's first method (no
-    second forward pass); the metrics equal an untracked run's (the shallow model's LRP forward is bit for bit its own)."""
+    second forward pass); the metrics equal an untracked run's (on the CPU the shallow model's LRP forward is bit for
+    bit its own; cuDNN may pick another algorithm for LRP's stacked convolution, so on CUDA to float tolerance)."""
     import attrlab.train as train_module
     from attrlab.data import attribution_set
 
@@ -209,11 +210,15 @@ def test_attribution_set_metrics_come_from_the_tracked_pass_and_equal_an_untrack
         return evaluate(model, x, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate", counting)
-    train(tmp_path / "untracked", TrainConfig(**CONFIG), dataset=digits, progress=False)
+    config = TrainConfig(**{**CONFIG, "device": device})
+    train(tmp_path / "untracked", config, dataset=digits, progress=False)
     attr_size = len(attribution_set(digits).x)
     assert evaluated.count(attr_size) == 5  # evaluation steps 3, 6, 9, 12, 15
     evaluated.clear()
-    train(tmp_path / "tracked", TrainConfig(**CONFIG), callbacks=[Tracker(schedule=2)], dataset=digits, progress=False)
+    train(tmp_path / "tracked", config, callbacks=[Tracker(schedule=2)], dataset=digits, progress=False)
     assert evaluated.count(attr_size) == 2  # 6, 12 and 15 are tracked (every 2nd step and the last): 3 and 9 remain
-    pd.testing.assert_frame_equal(Run(tmp_path / "tracked").metrics, Run(tmp_path / "untracked").metrics)
-    pd.testing.assert_frame_equal(Run(tracked_run).metrics, Run(tmp_path / "untracked").metrics)
+    untracked = Run(tmp_path / "untracked").metrics
+    exact = device == "cpu"
+    pd.testing.assert_frame_equal(Run(tmp_path / "tracked").metrics, untracked, check_exact=exact, rtol=1e-5)
+    if exact:  # the module's tracked run (CPU) too
+        pd.testing.assert_frame_equal(Run(tracked_run).metrics, untracked)
