@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 
 import torch
+
+# bench/timing.py (the script's folder is on sys.path)
 from timing import (
     add_device_argument,
     add_malloc_argument,
     device_and_batch,
     host_memory,
     paired,
-)  # bench/timing.py (the script's folder is on sys.path)
+)
 
 from attrlab.attribution import make_method
 from attrlab.data import load_dataset

@@ -29,13 +29,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+# bench/timing.py (the script's folder is on sys.path)
 from timing import (
     add_device_argument,
     add_malloc_argument,
     device_and_batch,
     host_memory,
     paired,
-)  # bench/timing.py (the script's folder is on sys.path)
+)
 
 from attrlab.attribution.differentiable import explain_for_training, explain_with_logits
 from attrlab.data import load_dataset
