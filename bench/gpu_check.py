@@ -77,7 +77,7 @@ def later_benchmarks(python: str, device: str, results: Path, tiny: bool) -> lis
                 "--out",
                 str(results / "quality-gpu.csv"),
             ],
-            60,
+            limits[3],
             requires="quantus",
         ),
     ]

@@ -31,11 +31,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 # bench/timing.py (the script's folder is on sys.path)
-from timing import (
-    add_device_argument,
-    add_malloc_argument,
-    host_memory,
-)
+from timing import add_device_argument, add_malloc_argument, host_memory
 
 from attrlab.data import load_dataset
 from attrlab.device import device_name, full_float32, resolve_device, synchronize
