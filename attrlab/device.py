@@ -86,6 +86,7 @@ def reuse_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
+    # a list, not a generator: every setting is tried even after glibc refuses one (an older glibc caps the threshold)
     return all([libc.mallopt(parameter, value) == 1 for parameter, value in MALLOPT_SETTINGS.values()])
 
 

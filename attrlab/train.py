@@ -111,10 +111,7 @@ class TrainConfig:
     augment_pad: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_every", "attr_per_class", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, ("epochs", "batch_size", "eval_every", "attr_per_class", "checkpoint_every"))
         if (
             isinstance(self.checkpoint_seconds, bool)
             or not isinstance(self.checkpoint_seconds, (int, float))
@@ -184,6 +181,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+def require_positive_ints(config: Any, names: Sequence[str]) -> None:
+    """Raise a ValueError naming the first of ``config``'s fields ``names`` that is not an int >= 1 (bools are not)."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class Callback:

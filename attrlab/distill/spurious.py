@@ -48,7 +48,7 @@ from ..guidance.metrics import energy_pointing_game
 from ..guidance.objective import MASK_KINDS, GuidanceObjective
 from ..models import build_model
 from ..runstore import RunStore, atomic_write_text
-from ..train import TrainConfig, train
+from ..train import TrainConfig, require_positive_ints, train
 from .evaluate import predictions
 from .explain import TrainingExplanation
 from .study import distill_student, epochs_for
@@ -166,10 +166,7 @@ class SpuriousSetup:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("train_count", "test_count", "teacher_epochs", "steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, ("train_count", "test_count", "teacher_epochs", "steps", "batch_size"))
         if not self.tau > 0 or not self.lam > 0:
             raise ValueError(f"tau and lam must be positive, got tau={self.tau!r}, lam={self.lam!r}")
         self.training_explanation  # noqa: B018  (checks the method and the layer's form)

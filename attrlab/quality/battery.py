@@ -96,11 +96,8 @@ class BatterySettings:
     def __post_init__(self) -> None:
         if self.mask not in ("box", "pixels"):
             raise ValueError(f"unknown mask {self.mask!r}; valid choices: box, pixels")
-        for name in ("patch_size", "regions_evaluation", "blur_kernel_size", "features_in_step", "subset_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("nr_runs", "nr_samples", "num_classes"):
+        counts = ("patch_size", "regions_evaluation", "blur_kernel_size", "features_in_step", "subset_size")
+        for name in (*counts, "nr_runs", "nr_samples", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
