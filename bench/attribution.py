@@ -27,7 +27,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
+from timing import (
+    add_device_argument,
+    add_malloc_argument,
+    host_memory,
+)  # bench/timing.py (the script's folder is on sys.path)
 from torch import nn
 
 from attrlab.device import device_name, resolve_device, synchronize
@@ -249,7 +253,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: what torch picks)")
     parser.add_argument("--no-issue12", action="store_true", help="skip the rows of issue 12's methods")
     parser.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
+    add_device_argument(parser)
     parser.add_argument("--resnet18", action="store_true", help="time the traced engine on resnet18 (batch 64 default)")
     add_malloc_argument(parser)
     args = parser.parse_args()

@@ -31,7 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
+from timing import (
+    add_device_argument,
+    add_malloc_argument,
+    host_memory,
+)  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.attribution import available_methods
 from attrlab.data import load_dataset
@@ -112,7 +116,7 @@ def main() -> None:
     parser.add_argument("--layers", default="input,middle,final", help="comma-separated ML-Att layer keys")
     parser.add_argument("--repeats", type=int, help="timed repeats, best taken (default 2, 1 with --quick)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
+    add_device_argument(parser)
     parser.add_argument("--quick", action="store_true", help="fewer grids, one repeat")
     parser.add_argument(
         "--out", default=str(RESULTS), help="the CSV the rows are merged into (bench/results/grids.csv)"

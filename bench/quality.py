@@ -28,7 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
+from timing import (
+    add_device_argument,
+    add_malloc_argument,
+    host_memory,
+)  # bench/timing.py (the script's folder is on sys.path)
 
 import attrlab.quality as q
 from attrlab.attribution import make_method
@@ -79,7 +83,7 @@ def as_numpy(result) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
+    add_device_argument(parser)
     parser.add_argument("--n", type=int, default=None, help="test digits in the batch (default 200, --quick 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of attrlab's side (best is kept)")
     parser.add_argument("--quick", action="store_true", help="32 digits and fewer random runs: a smoke run")

@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 
 import torch
-from timing import add_malloc_argument, host_memory  # bench/timing.py (the script's folder is on sys.path)
+from timing import (
+    add_device_argument,
+    add_malloc_argument,
+    host_memory,
+)  # bench/timing.py (the script's folder is on sys.path)
 
 from attrlab.data import load_dataset
 from attrlab.device import device_name, resolve_device, synchronize
@@ -162,7 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="5 repeats and a 1-epoch run")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
+    add_device_argument(parser)
     parser.add_argument("--profile", action="store_true", help="print the profiler's table of a tracked step")
     add_malloc_argument(parser)
     args = parser.parse_args()
