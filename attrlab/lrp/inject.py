@@ -90,13 +90,7 @@ def relevance_from(
         wrt = [x if name is None else captured[name] for name in record]
         gradients = torch.autograd.grad(activation, wrt, grad_outputs=seed, allow_unused=True)
     input_space = any(isinstance(s.layer, Affine) and s.rule.input_space and s.info.model_input for s in steps)
-    result: dict[str | None, Tensor] = {}
-    for key, tensor, gradient in zip(record, wrt, gradients):
-        if gradient is None:
-            gradient = torch.zeros_like(tensor)
-        # input-space first rules (flat, w^2, z^B) hand back the input relevance itself
-        result[key] = gradient if (key is None and input_space) else tensor.detach() * gradient
-    return result
+    return _relevances(record, wrt, gradients, input_space)
 
 
 def _relevance_from_graph(
@@ -128,6 +122,15 @@ def _relevance_from_graph(
         wrt = [x if name is None else env[names[name]] for name in record]
         gradients = torch.autograd.grad(activation, wrt, grad_outputs=seed, allow_unused=True)
     input_space = any(s.info is not None and s.info.model_input and s.rule.input_space for s in run if s.rule)
+    return _relevances(record, wrt, gradients, input_space)
+
+
+def _relevances(
+    record: Sequence[str | None], wrt: Sequence[Tensor], gradients: Sequence[Tensor | None], input_space: bool
+) -> dict[str | None, Tensor]:
+    """Relevance per recorded layer: activation x gradient (zero where the layer got no gradient); at the input
+    ``None`` the gradient itself when the first rule is an input-space one (flat, w^2, z^B hand back the input
+    relevance)."""
     result: dict[str | None, Tensor] = {}
     for key, tensor, gradient in zip(record, wrt, gradients):
         if gradient is None:
