@@ -294,10 +294,17 @@ def compare_students(
 def thesis_layout(table: pd.DataFrame, metrics: tuple[str, ...] = ("accuracy", "agreement")) -> pd.DataFrame:
     """:func:`compare_students`' rows in the layout of Tables 8.1-8.3: methods down, (regime, metric) across."""
     wide = table.pivot_table(index="method", columns="data", values=list(metrics), sort=False)
+    return _thesis_order(wide, table, metrics)
+
+
+def _thesis_order(wide: pd.DataFrame, rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """A (metric, data) pivot of ``rows`` laid out as the thesis' tables: (regime, metric) columns with the regimes in
+    the order they first appear, the methods down in :data:`DISTILLATION_METHODS` order, named by
+    :data:`METHOD_LABELS`."""
     wide = wide.swaplevel(0, 1, axis=1)
-    regimes = list(dict.fromkeys(table["data"]))
+    regimes = list(dict.fromkeys(rows["data"]))
     wide = wide.reindex(columns=[(regime, metric) for regime in regimes for metric in metrics])
-    methods = [method for method in DISTILLATION_METHODS if method in set(table["method"])]
+    methods = [method for method in DISTILLATION_METHODS if method in set(rows["method"])]
     wide = wide.reindex(methods)
     wide.index = [METHOD_LABELS[method] for method in methods]
     return wide
@@ -463,13 +470,7 @@ def spread_layout(summary: pd.DataFrame, metrics: tuple[str, ...] = ("accuracy",
             for metric in metrics
         }
     )
-    wide = cells.pivot(index="method", columns="data", values=list(metrics)).swaplevel(0, 1, axis=1)
-    regimes = list(dict.fromkeys(summary["data"]))
-    wide = wide.reindex(columns=[(regime, metric) for regime in regimes for metric in metrics])
-    methods = [method for method in DISTILLATION_METHODS if method in set(summary["method"])]
-    wide = wide.reindex(methods)
-    wide.index = [METHOD_LABELS[method] for method in methods]
-    return wide
+    return _thesis_order(cells.pivot(index="method", columns="data", values=list(metrics)), summary, metrics)
 
 
 def claims_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
